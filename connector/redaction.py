@@ -1,0 +1,69 @@
+"""Keep secrets out of logs, reports and exception texts.
+
+A logging filter built from the settings replaces every secret value (and its base64
+form, as used in HTTP Basic auth) with `***` in every record, whatever logged it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+REDACTED = "***"
+
+
+def secret_variants(secrets: list[str]) -> list[str]:
+    variants: set[str] = set()
+    for secret in secrets:
+        if len(secret) < 4:
+            continue
+        variants.add(secret)
+        variants.add(base64.b64encode(f"{secret}:".encode()).decode())
+    return sorted(variants, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for variant in secret_variants(secrets):
+        text = text.replace(variant, REDACTED)
+    return text
+
+
+def last4(secret: str | None) -> str:
+    """How a key may be shown to a person: only its last four characters."""
+    if not secret:
+        return "(not set)"
+    return "…" + secret[-4:] if len(secret) > 8 else "(set)"
+
+
+class SecretFilter(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.variants = secret_variants(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.variants:
+            return True
+        message = record.getMessage()
+        cleaned = message
+        for variant in self.variants:
+            cleaned = cleaned.replace(variant, REDACTED)
+        if cleaned != message or record.exc_info:
+            record.msg, record.args = cleaned, None
+            if record.exc_info:
+                import traceback
+
+                text = "".join(traceback.format_exception(*record.exc_info))
+                for variant in self.variants:
+                    text = text.replace(variant, REDACTED)
+                record.exc_text, record.exc_info = text, None
+        return True
+
+
+def install_secret_filter(secrets: list[str]) -> None:
+    """Attach the filter to every handler of the root logger (handlers see all records)."""
+    root = logging.getLogger()
+    flt = SecretFilter(secrets)
+    for handler in root.handlers:
+        handler.addFilter(flt)
+    # The Segment library logs whole request bodies (write key included) at DEBUG.
+    logging.getLogger("segment").setLevel(logging.WARNING)

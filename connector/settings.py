@@ -1,0 +1,103 @@
+"""Every setting of the connector, read from the environment (and an optional `.env`).
+
+Secrets are `SecretStr`: their repr is masked, and nothing in the code base calls
+`get_secret_value()` except the HTTP layer that puts the key on the wire.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. The message names the setting, never its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # --- Moesif Management API (sync source) ---
+    moesif_management_api_key: SecretStr | None = None
+    moesif_api_url: str = "https://api.moesif.com"
+    moesif_page_size: int = Field(1000, ge=1, le=10_000)
+    moesif_lookback_seconds: int = Field(600, ge=0)
+    moesif_timeout_seconds: float = Field(30.0, gt=0)
+    moesif_max_retries: int = Field(8, ge=0)
+
+    # --- Segment (sync destination) ---
+    segment_write_key: SecretStr | None = None
+    segment_host: str = "https://api.segment.io"
+    segment_batch_messages: int = Field(500, ge=1, le=2500)
+    segment_batch_bytes: int = Field(475_000, ge=10_000, le=500_000)
+    segment_timeout_seconds: float = Field(15.0, gt=0)
+    segment_max_retries: int = Field(6, ge=0)
+    sync_send_group_calls: bool = True
+    sync_max_attempts: int = Field(5, ge=1)
+
+    # --- where state, reports and mappings live ---
+    connector_home: Path = Path("./.moesif-segment")
+    mappings_dir: Path | None = None
+    report_keep_runs: int = Field(50, ge=1)
+
+    # --- schedule ---
+    sync_interval: str | None = None
+    sync_cron: str | None = None
+    lease_seconds: int = Field(900, ge=10)
+
+    # --- forwarder (WSO2 APIM -> Moesif Collector) ---
+    moesif_application_id: SecretStr | None = None
+    moesif_collector_url: str = "https://api.moesif.net"
+    forward_ingest_token: SecretStr | None = None
+    forward_batch_events: int = Field(1000, ge=1, le=10_000)
+    forward_batch_bytes: int = Field(5_000_000, ge=10_000, le=40_000_000)
+    forward_batch_age_seconds: float = Field(1.0, gt=0)
+    forward_spool_max_events: int = Field(1_000_000, ge=100)
+    forward_max_body_bytes: int = Field(1_048_576, ge=1024)
+    forward_company_unknown_values: str = "UNKNOWN"
+
+    @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def state_path(self) -> Path:
+        return self.connector_home / "state.sqlite3"
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log filter that scrubs them."""
+        values = [
+            self.moesif_management_api_key,
+            self.segment_write_key,
+            self.moesif_application_id,
+            self.forward_ingest_token,
+        ]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+    def require(self, *names: str) -> None:
+        """Fail with a ConfigError naming each missing required setting."""
+        missing = [n.upper() for n in names if not _has_value(getattr(self, n))]
+        if missing:
+            raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+
+
+def _has_value(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        return bool(value.get_secret_value().strip())
+    return value not in (None, "")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's validation error into a ConfigError naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid setting(s): {problems}") from None

@@ -1,0 +1,50 @@
+"""Moesif's mixed timestamp shapes in, ISO 8601 UTC out.
+
+Seen in Moesif's own examples: `2023-07-27T21:52:58.0990000Z` (7 fractional digits),
+`2023-07-27T21:55:19.464` (no zone: UTC), and plain `...Z`. Epoch numbers (s or ms) are
+accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_FRACTION = re.compile(r"(\.\d+)")
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse leniently; raise ValueError for anything that is not a timestamp."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if isinstance(value, int | float):
+        seconds = value / 1000 if abs(value) > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"not a timestamp: {value!r}")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # Python accepts at most 6 fractional digits: cut (not round) the rest.
+    text = _FRACTION.sub(lambda m: m.group(1)[:7], text, count=1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a timestamp: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def to_iso(value: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a `Z`."""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def iso_utc(value: object) -> str:
+    return to_iso(parse_timestamp(value))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

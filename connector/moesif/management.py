@@ -1,0 +1,299 @@
+"""Moesif Management API client: search users and companies with keyset paging.
+
+Facts relied on (../shared/reference/moesif-api.md): search bodies are Elasticsearch DSL,
+`search_after` takes the previous page's last `sort` array (opaque to us), 500 queries
+per *calendar minute* then 429 usually without `Retry-After`, 401/402/403 mean the key
+or subscription is wrong and retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+from pydantic import SecretStr
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from connector import __version__, jsonutil
+from connector.timeutil import to_iso
+
+log = logging.getLogger(__name__)
+
+SEARCH_PATHS = {
+    "users": "/v1/search/~/search/users",
+    "companies": "/v1/search/~/search/companies",
+    "usermetrics": "/v1/search/~/search/usermetrics/users",
+}
+ID_FIELDS = {"users": "user_id", "companies": "company_id"}
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+AUTH_STATUSES = frozenset({401, 402, 403})
+
+
+class MoesifError(Exception):
+    """A Moesif request failed for good (after retries, or not retryable)."""
+
+
+class MoesifAuthError(MoesifError):
+    """The Management API refused the key (401/403) or the subscription (402)."""
+
+
+class MoesifRetryableError(MoesifError):
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Page:
+    hits: list[dict[str, Any]]
+    total: int
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        return [hit.get("_source") or {} for hit in self.hits]
+
+
+def seconds_to_next_minute(now: float | None = None) -> float:
+    """Moesif's rate-limit window resets at the calendar-minute boundary."""
+    now = time.time() if now is None else now
+    return 60.0 - (now % 60.0)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class BackoffPolicy:
+    """How long to wait before the next attempt.
+
+    429: `Retry-After` when given; else exponential with full jitter from `base`, never
+    past the next calendar-minute boundary. 5xx and connection errors: exponential with
+    jitter, capped at `cap`.
+    """
+
+    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
+        self.base = base
+        self.cap = cap
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        attempt = state.attempt_number
+        exp = min(self.cap, self.base * (2 ** (attempt - 1)))
+        jittered = random.uniform(self.base / 2, max(self.base, exp))
+        if isinstance(exc, MoesifRetryableError) and exc.status == 429:
+            if exc.retry_after is not None:
+                return exc.retry_after
+            return min(jittered, seconds_to_next_minute())
+        return jittered
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, MoesifRetryableError)
+
+
+class MoesifManagementClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 8,
+        backoff: BackoffPolicy | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff or BackoffPolicy()
+        self.session = session or requests.Session()
+        self.session.headers.update({
+            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+            "User-Agent": f"moesif-segment-connector/{__version__}",
+        })
+        self.requests_made = 0
+        self.retries = 0
+
+    # --- low level -------------------------------------------------------------------
+    def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
+        url = self.base_url + path
+        self.requests_made += 1
+        try:
+            resp = self.session.post(url, data=jsonutil.dumps(body), params=params,
+                                     timeout=self.timeout)
+        except requests.RequestException as exc:
+            # The exception text carries the URL (no key in it) and the reason.
+            raise MoesifRetryableError(f"{type(exc).__name__} calling {path}") from None
+        return self._handle(resp, path)
+
+    def _get_once(self, path: str) -> Any:
+        self.requests_made += 1
+        try:
+            resp = self.session.get(self.base_url + path, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise MoesifRetryableError(f"{type(exc).__name__} calling {path}") from None
+        return self._handle(resp, path)
+
+    def _handle(self, resp: requests.Response, path: str) -> Any:
+        status = resp.status_code
+        if status in AUTH_STATUSES:
+            reason = {401: "the key was refused (wrong key or missing scope)",
+                      402: "the Moesif subscription is inactive",
+                      403: "the key lacks permission"}[status]
+            raise MoesifAuthError(
+                f"Moesif Management API answered {status} on {path}: {reason}; "
+                "check MOESIF_MANAGEMENT_API_KEY")
+        if status in RETRY_STATUSES or status >= 500:
+            raise MoesifRetryableError(
+                f"Moesif answered {status} on {path}", status,
+                parse_retry_after(resp.headers.get("Retry-After")))
+        if status == 404:
+            return None
+        if status >= 400:
+            raise MoesifError(f"Moesif answered {status} on {path}: {resp.text[:300]}")
+        try:
+            return jsonutil.loads(resp.content)
+        except ValueError:
+            raise MoesifRetryableError(f"Moesif sent invalid JSON on {path}", status) from None
+
+    def _with_retries(self, fn, *args: Any) -> Any:
+        def count_retry(state: RetryCallState) -> None:
+            self.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("Moesif request failed (%s); retry %d of %d", exc,
+                        state.attempt_number, self.max_retries)
+
+        retrying = Retrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=self.backoff,
+            stop=stop_after_attempt(self.max_retries + 1),
+            before_sleep=count_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args)
+        except MoesifRetryableError as exc:
+            raise MoesifError(f"{exc} (gave up after {self.max_retries} retries)") from None
+
+    def post(self, path: str, body: dict[str, Any], params: dict[str, str] | None = None) -> Any:
+        return self._with_retries(self._post_once, path, body, params)
+
+    def get(self, path: str) -> Any:
+        return self._with_retries(self._get_once, path)
+
+    # --- searches ----------------------------------------------------------------------
+    def search(self, kind: str, body: dict[str, Any],
+               params: dict[str, str] | None = None) -> Page:
+        data = self.post(SEARCH_PATHS[kind], body, params) or {}
+        hits = data.get("hits") or {}
+        total = hits.get("total", 0)
+        if isinstance(total, dict):  # newer Elasticsearch shape {"value": n}
+            total = total.get("value", 0)
+        return Page(hits=list(hits.get("hits") or []), total=int(total or 0))
+
+    def iter_modified(
+        self,
+        entity: str,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        page_size: int,
+        search_after: list[Any] | None = None,
+    ) -> Iterator[Page]:
+        """Keyset pages of `entity` ordered by (modified_time, id), within [since, until)."""
+        id_field = ID_FIELDS[entity]
+        range_clause: dict[str, str] = {}
+        if since is not None:
+            range_clause["gte"] = to_iso(since)
+        if until is not None:
+            range_clause["lt"] = to_iso(until)
+        query: dict[str, Any] = {"match_all": {}}
+        if range_clause:
+            query = {"bool": {"filter": [{"range": {"modified_time": range_clause}}]}}
+        body: dict[str, Any] = {
+            "size": page_size,
+            "sort": [{"modified_time": {"order": "asc"}},
+                     {f"{id_field}.raw": {"order": "asc"}}],
+            "query": query,
+        }
+        while True:
+            if search_after is not None:
+                body["search_after"] = search_after
+            page = self.search(entity, body)
+            if not page.hits:
+                return
+            yield page
+            if len(page.hits) < page_size:
+                return
+            search_after = page.hits[-1].get("sort")
+            if not search_after:
+                raise MoesifError("Moesif returned hits without sort values; cannot page")
+
+    def fetch_by_ids(self, entity: str, ids: list[str], *, field: str | None = None,
+                     page_size: int = 1000) -> Iterator[Page]:
+        """Every record whose `field` (default: the entity id) is one of `ids`."""
+        field = field or ID_FIELDS[entity]
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), page_size):
+            chunk = unique[start:start + page_size]
+            query = {"bool": {"filter": [{"terms": {f"{field}.raw": chunk}}]}}
+            yield from self._iter_query(entity, query, page_size)
+
+    def _iter_query(self, entity: str, query: dict[str, Any], page_size: int) -> Iterator[Page]:
+        id_field = ID_FIELDS[entity]
+        body: dict[str, Any] = {
+            "size": page_size,
+            "sort": [{"modified_time": {"order": "asc"}},
+                     {f"{id_field}.raw": {"order": "asc"}}],
+            "query": query,
+        }
+        while True:
+            page = self.search(entity, body)
+            if page.hits:
+                yield page
+            if len(page.hits) < page_size:
+                return
+            body["search_after"] = page.hits[-1].get("sort")
+
+    def user_metrics(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Last-24-hour activity rollups for a page of users, in one query."""
+        if not user_ids:
+            return {}
+        body = {
+            "size": len(user_ids),
+            "query": {"bool": {"filter": [{"terms": {"user_id.raw": sorted(set(user_ids))}}]}},
+        }
+        page = self.search("usermetrics", body, params={"from": "-24h", "to": "now"})
+        metrics: dict[str, dict[str, Any]] = {}
+        for hit in page.hits:
+            source = hit.get("_source") or {}
+            user_id = source.get("user_id") or hit.get("_id")
+            value = source.get("metrics") or hit.get("metrics")
+            if user_id and isinstance(value, dict) and value:
+                metrics[str(user_id)] = value
+        return metrics
+
+    def count(self, entity: str, query: dict[str, Any] | None = None) -> int | None:
+        data = self.post(f"/v1/search/~/count/{entity}", {"query": query or {"match_all": {}}})
+        if isinstance(data, dict) and isinstance(data.get("count"), int):
+            return data["count"]
+        return None

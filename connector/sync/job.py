@@ -1,0 +1,663 @@
+"""One sync run: Moesif users and companies that changed -> Segment identify and group.
+
+Page by page: fetch (with the page's companies and 24-hour metrics joined, prefetched in
+a background thread) -> map -> diff against stored hashes -> shape and size-guard ->
+send -> commit hashes, failures and the cursor in one transaction. Every fetched record
+ends as delivered, unchanged, invalid (with a reason code) or failed (retried next run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from connector import jsonutil
+from connector.mapping import Applied, Coverage, MappingSet, load_mappings
+from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
+from connector.segment.sink import (
+    MAX_MESSAGE_BYTES,
+    OutMessage,
+    SegmentAuthError,
+    SegmentSink,
+    json_size,
+)
+from connector.settings import ConfigError, Settings
+from connector.store import connect
+from connector.sync.prefetch import Prefetcher
+from connector.sync.state import PageCommit, SyncState
+from connector.timeutil import parse_timestamp, to_iso, utcnow
+
+log = logging.getLogger(__name__)
+
+ENTITIES = ("users", "companies")
+COUNT_KEYS = ("fetched", "changed", "unchanged", "invalid", "sent", "delivered", "failed",
+              "retried", "gave_up")
+MAX_STORED_ISSUES = 10_000
+SAMPLE_COUNT = 3
+MASK = "*****"
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class SyncOutcome:
+    exit_code: int
+    report: dict[str, Any]
+
+
+@dataclass
+class Candidate:
+    """A mapped user record on its way to Segment."""
+
+    id: str
+    doc: dict[str, Any]
+    timestamp: datetime | None
+    identify: Applied
+    group: Applied | None
+    hash: str
+    messages: list[OutMessage] = field(default_factory=list)
+    trimmed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Joined:
+    """A page of users with what it needs from other searches."""
+
+    docs: list[dict[str, Any]]
+    companies: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    cursor: str | None
+    total: int
+
+
+class Report:
+    """Accumulates a run's counts, coverage, issues and timings."""
+
+    def __init__(self, run_id: str, mode: str, mapping_version: str, settings: Settings) -> None:
+        self.run_id = run_id
+        self.mode = mode
+        self.started = utcnow()
+        self.mapping_version = mapping_version
+        self.entities = {e: dict.fromkeys(COUNT_KEYS, 0) for e in ENTITIES}
+        self.messages = {k: {"sent": 0, "delivered": 0, "failed": 0}
+                         for k in ("identify", "group")}
+        self.coverage = Coverage()
+        self.issues: list[dict[str, Any]] = []
+        self.issue_counts: dict[str, int] = {}
+        self.phases = dict.fromkeys(("fetch", "map", "diff", "send", "store"), 0.0)
+        self.samples: list[dict[str, Any]] = []
+        self.settings = {
+            "moesif_api_url": settings.moesif_api_url,
+            "segment_host": settings.segment_host,
+            "page_size": settings.moesif_page_size,
+            "lookback_seconds": settings.moesif_lookback_seconds,
+            "group_calls": settings.sync_send_group_calls,
+            "max_attempts": settings.sync_max_attempts,
+        }
+
+    def count(self, entity: str, key: str, n: int = 1) -> None:
+        self.entities[entity][key] += n
+
+    def issue(self, entity: str, record_id: str | None, code: str, detail: str,
+              attempts: int | None = None) -> None:
+        self.issue_counts[code] = self.issue_counts.get(code, 0) + 1
+        if len(self.issues) < MAX_STORED_ISSUES:
+            item: dict[str, Any] = {"entity": entity, "id": record_id, "code": code,
+                                    "detail": detail}
+            if attempts is not None:
+                item["attempts"] = attempts
+            self.issues.append(item)
+
+    def finish(self, status: str, error: str | None) -> dict[str, Any]:
+        finished = utcnow()
+        duration = max((finished - self.started).total_seconds(), 1e-9)
+        records = sum(e["fetched"] for e in self.entities.values())
+        messages = sum(m["delivered"] for m in self.messages.values())
+        report: dict[str, Any] = {
+            "run_id": self.run_id,
+            "started_at": to_iso(self.started),
+            "finished_at": to_iso(finished),
+            "mode": self.mode,
+            "status": status,
+            "error": error,
+            "mapping_version": self.mapping_version,
+            "settings": self.settings,
+            "entities": self.entities,
+            "messages": self.messages,
+            "fields": self.coverage.as_dict(),
+            "issues": self.issues,
+            "issue_counts": dict(sorted(self.issue_counts.items())),
+            "issues_truncated": sum(self.issue_counts.values()) > len(self.issues),
+            "phases": {k: round(v, 4) for k, v in self.phases.items()},
+            "duration_s": round(duration, 4),
+            "throughput": {"records_per_s": round(records / duration, 1),
+                           "messages_per_s": round(messages / duration, 1)},
+            "samples": self.samples,
+        }
+        if self.mode == "dry-run":
+            report["dry_run_note"] = ("dry run: nothing was sent and no state moved; "
+                                      "'changed' counts what would have been sent")
+        return report
+
+
+class Timer:
+    def __init__(self, phases: dict[str, float], name: str) -> None:
+        self.phases, self.name = phases, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.phases[self.name] += time.perf_counter() - self.t0
+
+
+def new_run_id() -> str:
+    return f"{utcnow():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def _strip(message: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
+    """A shallow-copied message without the given paths (for hashing)."""
+    if not paths:
+        return message
+    out = dict(message)
+    for path in paths:
+        node: Any = out
+        parents = []
+        for part in path[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            parents.append((node, part))
+            node[part] = dict(node[part])
+            node = node[part]
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def _get_path(node: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _pop_path(node: dict[str, Any], path: tuple[str, ...]) -> bool:
+    for part in path[:-1]:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return False
+    return node.pop(path[-1], None) is not None
+
+
+def mask_paths(doc: Any, paths: set[str]) -> Any:
+    """A copy of `doc` with the personal fields (dotted paths) replaced by *****."""
+    masked = jsonutil.loads(jsonutil.dumps(doc))
+    for dotted in paths:
+        parts = dotted.lstrip("@").split(".")
+        node = masked
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(parts[-1]) not in (None, ""):
+            node[parts[-1]] = MASK
+    return masked
+
+
+class SyncRun:
+    def __init__(self, settings: Settings, mode: str, conn: sqlite3.Connection,
+                 mappings: MappingSet, stop_event: threading.Event | None = None,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.dry_run = mode == "dry-run"
+        self.full = mode == "full"
+        self.stop_event = stop_event or threading.Event()
+        self.progress = progress or (lambda *a, **k: None)
+        self.mappings = mappings
+        self.state = SyncState(conn, max_attempts=settings.sync_max_attempts)
+        self.report = Report(new_run_id(), mode, f"{mappings.version}", settings)
+        self.moesif = MoesifManagementClient(
+            settings.moesif_api_url, settings.moesif_management_api_key,  # type: ignore[arg-type]
+            timeout=settings.moesif_timeout_seconds, max_retries=settings.moesif_max_retries)
+        self.sink = SegmentSink(
+            settings.segment_write_key, settings.segment_host,  # type: ignore[arg-type]
+            batch_messages=settings.segment_batch_messages,
+            batch_bytes=settings.segment_batch_bytes,
+            timeout=settings.segment_timeout_seconds, max_retries=settings.segment_max_retries)
+        self.identify_volatile = mappings.volatile_paths("identify")
+        self.identify_trimmable = mappings.trimmable_paths("identify")
+        self.group_trimmable = mappings.trimmable_paths("group")
+        self.personal = mappings.personal_sources()
+        self.seen: dict[str, set[str]] = {e: set() for e in ENTITIES}
+
+    # --- the run --------------------------------------------------------------------------
+    def run(self) -> SyncOutcome:
+        started = self.report.started
+        try:
+            for entity in ENTITIES:
+                if self.stop_event.is_set():
+                    break
+                self.sync_entity(entity, until=started)
+                self.retry_failures(entity)
+        except (MoesifAuthError, SegmentAuthError, ConfigError) as exc:
+            return SyncOutcome(2, self.report.finish("failed", str(exc)))
+        except MoesifError as exc:
+            return SyncOutcome(1, self.report.finish("failed", str(exc)))
+        failed = any(self.report.entities[e]["failed"] for e in ENTITIES)
+        stopped = self.stop_event.is_set()
+        status = "partial" if failed or stopped else "success"
+        error = "stopped by signal before the end; the next run continues" if stopped else None
+        return SyncOutcome(1 if failed else 0, self.report.finish(status, error))
+
+    def _since(self, entity: str) -> datetime | None:
+        if self.full:
+            return None
+        cursor = self.state.cursor(entity)
+        if cursor is None:
+            return None
+        return parse_timestamp(cursor) - timedelta(seconds=self.settings.moesif_lookback_seconds)
+
+    def sync_entity(self, entity: str, until: datetime) -> None:
+        pages = self.moesif.iter_modified(entity, since=self._since(entity), until=until,
+                                          page_size=self.settings.moesif_page_size)
+        joined = self._joined(pages) if entity == "users" else self._plain(pages)
+        prefetch = Prefetcher(joined, depth=2)
+        try:
+            waited = time.perf_counter()
+            for page in prefetch:
+                self.report.phases["fetch"] += time.perf_counter() - waited
+                self.progress("total", entity=entity, total=page.total)
+                if entity == "users":
+                    self.process_users(page, cursor=page.cursor)
+                else:
+                    self.process_companies(page.docs, cursor=page.cursor)
+                if self.stop_event.is_set():
+                    log.info("stop requested: %s page finished and saved", entity)
+                    break
+                waited = time.perf_counter()
+        finally:
+            prefetch.close()
+
+    def _page_cursor(self, docs: list[dict[str, Any]]) -> str | None:
+        for doc in reversed(docs):
+            try:
+                return to_iso(parse_timestamp(doc.get("modified_time")))
+            except ValueError:
+                continue
+        return None
+
+    def _joined(self, pages: Iterator[Any]) -> Iterator[Joined]:
+        for page in pages:
+            yield self._join(page.sources, total=page.total)
+
+    def _plain(self, pages: Iterator[Any]) -> Iterator[Joined]:
+        for page in pages:
+            docs = page.sources
+            yield Joined(docs, {}, {}, self._page_cursor(docs), page.total)
+
+    def _join(self, docs: list[dict[str, Any]], total: int = 0,
+              known: dict[str, dict[str, Any]] | None = None) -> Joined:
+        """Fetch the page's companies (one search) and 24-hour metrics (one search)."""
+        companies = dict(known or {})
+        wanted = {str(d["company_id"]) for d in docs
+                  if d.get("company_id") and str(d["company_id"]) not in companies}
+        if wanted:
+            for page in self.moesif.fetch_by_ids("companies", sorted(wanted)):
+                for doc in page.sources:
+                    if doc.get("company_id"):
+                        companies[str(doc["company_id"])] = doc
+        user_ids = [str(d["user_id"]) for d in docs if d.get("user_id")]
+        metrics = self.moesif.user_metrics(user_ids)
+        return Joined(docs, companies, metrics, self._page_cursor(docs), total)
+
+    # --- users ----------------------------------------------------------------------------
+    def process_users(self, page: Joined, cursor: str | None,
+                      retried: dict[str, int] | None = None) -> dict[str, str]:
+        """Map, diff, send and commit one page of users; return id -> outcome."""
+        entity = "users"
+        counts = self.report.entities[entity]
+        outcomes: dict[str, str] = {}
+        candidates: list[Candidate] = []
+        with Timer(self.report.phases, "map"):
+            for doc in page.docs:
+                counts["fetched"] += 1
+                candidate = self._map_user(doc, page)
+                if candidate is None:
+                    counts["invalid"] += 1
+                    continue
+                candidates.append(candidate)
+        self.progress("fetched", entity=entity, n=len(page.docs))
+        with Timer(self.report.phases, "diff"):
+            stored = {} if self.full else self.state.hashes(entity, [c.id for c in candidates])
+            changed = []
+            for c in candidates:
+                self.seen[entity].add(c.id)
+                if stored.get(c.id) == c.hash and c.id not in (retried or {}):
+                    counts["unchanged"] += 1
+                    outcomes[c.id] = "unchanged"
+                else:
+                    changed.append(c)
+        with Timer(self.report.phases, "map"):
+            sendable = [c for c in changed if self._shape(c)]
+        for c in changed:
+            if c not in sendable:
+                counts["invalid"] += 1
+                outcomes[c.id] = "invalid"
+        counts["changed"] += len(sendable)
+        for c in sendable:
+            self._count_fields(c)
+        self._sample(sendable)
+        if self.dry_run:
+            for c in sendable:
+                outcomes[c.id] = "would-send"
+            return outcomes
+        return self._deliver(entity, sendable, cursor, outcomes, retried or {})
+
+    def _map_user(self, doc: dict[str, Any], page: Joined) -> Candidate | None:
+        company_id = str(doc["company_id"]) if doc.get("company_id") else None
+        company = page.companies.get(company_id) if company_id else None
+        user_id = doc.get("user_id")
+        joins = {"@company": company, "@metrics": page.metrics.get(str(user_id))}
+        identify = self.mappings.apply("identify", doc, joins)
+        record_id = str(user_id) if user_id not in (None, "") else None
+        for code, detail in identify.issues:
+            self.report.issue("users", record_id, code, detail)
+        if identify.missing_required or record_id is None:
+            self.report.issue("users", record_id or doc.get("_id"), "MISSING_ID",
+                              f"required field(s) missing: {', '.join(identify.missing_required)}")
+            return None
+        group = None
+        if company is not None and self.settings.sync_send_group_calls:
+            group = self.mappings.apply("group", company, {})
+            if group.missing_required:
+                group = None
+            else:
+                group.message["userId"] = record_id
+        if company_id and company is None:
+            self.report.issue("users", record_id, "COMPANY_NOT_FOUND",
+                              f"company {company_id} is not in Moesif's companies search")
+        timestamp = None
+        if identify.message.get("timestamp"):
+            timestamp = parse_timestamp(identify.message.pop("timestamp"))
+        if group is not None:
+            group.message.pop("timestamp", None)  # the user's change time, for both calls
+        hashed = [_strip(identify.message, self.identify_volatile),
+                  group.message if group else None, to_iso(timestamp) if timestamp else None]
+        digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
+        return Candidate(record_id, doc, timestamp, identify, group, digest)
+
+    def _message_id(self, kind: str, c: Candidate) -> str:
+        return f"ms-{kind[:3]}-" + hashlib.blake2b(
+            f"users|{c.id}|{kind}|{c.hash}|{self.mappings.version}".encode(),
+            digest_size=20).hexdigest()
+
+    def _shape(self, c: Candidate) -> bool:
+        """Shape every message of a record, trimming to fit 32 KB; False if it cannot."""
+        parts = [("identify", c.identify.message, self.identify_trimmable, "identify")]
+        if c.group is not None:
+            parts.append(("group", c.group.message, self.group_trimmable, "group"))
+        for kind, body, trimmable, prefix in parts:
+            shaped = self._shape_one(kind, body, c, trimmable, prefix)
+            if shaped is None:
+                return False
+            c.messages.append(shaped)
+        if c.trimmed:
+            self.report.issue("users", c.id, "OVERSIZE_TRIMMED",
+                              f"dropped {', '.join(c.trimmed)} to fit Segment's 32 KB limit")
+        return True
+
+    def _shape_one(self, kind: str, body: dict[str, Any], c: Candidate,
+                   trimmable: list[tuple[str, tuple[str, ...]]], prefix: str) -> OutMessage | None:
+        message_id = self._message_id(kind, c)
+        while True:
+            try:
+                msg = self.sink.shape(kind, body, c.timestamp, message_id)
+            except RuntimeError:  # the library's own 32 KB check
+                msg = None
+            if msg is not None:
+                size = json_size(msg)
+                if size <= MAX_MESSAGE_BYTES:
+                    return OutMessage(msg, size, ("users", c.id))
+            # Too big: drop the largest free-form subtree still present, then retry.
+            present = [(json_size(v), target, path) for target, path in trimmable
+                       if (v := _get_path(body, path)) is not None]
+            if not present:
+                self.report.issue("users", c.id, "OVERSIZE",
+                                  f"{kind} is over 32 KB even without "
+                                  f"{', '.join(t for t, _ in trimmable) or 'free-form fields'}")
+                return None
+            _, target, path = max(present)
+            _pop_path(body, path)
+            c.trimmed.append(f"{prefix}.{target}")
+
+    def _count_fields(self, c: Candidate) -> None:
+        trimmed = set(c.trimmed)
+        for applied in (c.identify, c.group):
+            if applied is None:
+                continue
+            for key, slot in applied.fields:
+                self.report.coverage.add(key, slot)
+        for key in trimmed:
+            self.report.coverage.add(key, 3)
+
+    def _sample(self, sendable: list[Candidate]) -> None:
+        for c in sendable:
+            if len(self.report.samples) >= SAMPLE_COUNT:
+                return
+            self.report.samples.append({
+                "entity": "users", "id": c.id,
+                "source": mask_paths(c.doc, self.personal),
+                "messages": [self._mask_message(o.message) for o in c.messages],
+            })
+
+    def _mask_message(self, message: dict[str, Any]) -> dict[str, Any]:
+        personal = {r.target for section in ("identify", "group")
+                    for r in self.mappings.rules(section) if r.personal}
+        personal |= {f"traits.company.{r.target}" for r in self.mappings.rules("company_object")
+                     if r.personal}
+        masked = mask_paths(message, personal)
+        if isinstance(masked.get("traits"), dict) and "metadata" in masked["traits"]:
+            masked["traits"]["metadata"] = mask_paths(masked["traits"]["metadata"],
+                                                      {"email", "name", "phone",
+                                                       "first_name", "last_name"})
+        return masked
+
+    def _deliver(self, entity: str, sendable: list[Candidate], cursor: str | None,
+                 outcomes: dict[str, str], retried: dict[str, int]) -> dict[str, str]:
+        counts = self.report.entities[entity]
+        out = [m for c in sendable for m in c.messages]
+        for m in out:
+            self.report.messages[m.message["type"]]["sent"] += 1
+        counts["sent"] += len(sendable)
+        with Timer(self.report.phases, "send"):
+            result = self.sink.send(out, on_batch=lambda n: self.progress("delivered", n=n))
+        hashes: dict[str, str] = {}
+        failures: list[tuple[str, str, str]] = []
+        for c in sendable:
+            problems = [result.failed[m.message["messageId"]] for m in c.messages
+                        if m.message["messageId"] in result.failed]
+            for m in c.messages:
+                key = "failed" if m.message["messageId"] in result.failed else "delivered"
+                self.report.messages[m.message["type"]][key] += 1
+            if problems:
+                failures.append((c.id, problems[0][0], problems[0][1]))
+                outcomes[c.id] = "failed"
+            else:
+                hashes[c.id] = c.hash
+                outcomes[c.id] = "delivered"
+        with Timer(self.report.phases, "store"):
+            recorded = self.state.commit_page(PageCommit(
+                entity=entity, hashes=hashes, resolved=list(hashes), failures=failures,
+                cursor=cursor))
+        counts["delivered"] += len(hashes)
+        counts["failed"] += len(failures)
+        for f in recorded:
+            if f.gave_up:
+                counts["gave_up"] += 1
+                self.report.issue(entity, f.id, "GAVE_UP",
+                                  f"{f.code} after {f.attempts} attempts: {f.detail}", f.attempts)
+            else:
+                self.report.issue(entity, f.id, f.code, f.detail, f.attempts)
+        return outcomes
+
+    # --- companies ------------------------------------------------------------------------
+    def process_companies(self, docs: list[dict[str, Any]], cursor: str | None,
+                          retried: dict[str, int] | None = None) -> None:
+        """A changed company re-sends its members (identify with the new traits.company,
+        and group), since Segment's group call needs a userId."""
+        entity = "companies"
+        counts = self.report.entities[entity]
+        changed: dict[str, tuple[dict[str, Any], str]] = {}
+        with Timer(self.report.phases, "map"):
+            mapped = []
+            for doc in docs:
+                counts["fetched"] += 1
+                company_id = doc.get("company_id")
+                if company_id in (None, ""):
+                    counts["invalid"] += 1
+                    self.report.issue(entity, doc.get("_id"), "MISSING_ID",
+                                      "company record without company_id")
+                    continue
+                cid = str(company_id)
+                obj = self.mappings.apply("company_object", doc, {})
+                grp = self.mappings.apply("group", doc, {})
+                for code, detail in obj.issues:
+                    self.report.issue(entity, cid, code, detail)
+                digest = hashlib.blake2b(jsonutil.dumps_sorted([obj.message, grp.message]),
+                                         digest_size=16).hexdigest()
+                mapped.append((cid, doc, digest))
+        self.progress("fetched", entity=entity, n=len(docs))
+        with Timer(self.report.phases, "diff"):
+            stored = {} if self.full else self.state.hashes(entity, [m[0] for m in mapped])
+            for cid, doc, digest in mapped:
+                self.seen[entity].add(cid)
+                if stored.get(cid) == digest and cid not in (retried or {}):
+                    counts["unchanged"] += 1
+                else:
+                    changed[cid] = (doc, digest)
+        if not changed:
+            if not self.dry_run and cursor:
+                self.state.commit_page(PageCommit(entity, {}, [], [], cursor=cursor))
+            return
+        member_outcomes = self._sync_members(changed)
+        self._resolve_companies(changed, member_outcomes, cursor)
+
+    def _sync_members(self, changed: dict[str, tuple[dict[str, Any], str]]
+                      ) -> dict[str, list[str]]:
+        """Run every member of the changed companies through the user pipeline."""
+        known = {cid: doc for cid, (doc, _) in changed.items()}
+        by_company: dict[str, list[str]] = {cid: [] for cid in changed}
+        pages = self.moesif.fetch_by_ids("users", sorted(changed), field="company_id",
+                                         page_size=self.settings.moesif_page_size)
+        for page in pages:
+            t0 = time.perf_counter()
+            joined = self._join(page.sources, known=known)
+            self.report.phases["fetch"] += time.perf_counter() - t0
+            outcomes = self.process_users(joined, cursor=None)
+            for doc in page.sources:
+                uid, cid = doc.get("user_id"), doc.get("company_id")
+                if uid and cid and str(cid) in by_company:
+                    by_company[str(cid)].append(outcomes.get(str(uid), "invalid"))
+        return by_company
+
+    def _resolve_companies(self, changed: dict[str, tuple[dict[str, Any], str]],
+                           member_outcomes: dict[str, list[str]], cursor: str | None) -> None:
+        entity = "companies"
+        counts = self.report.entities[entity]
+        hashes: dict[str, str] = {}
+        failures: list[tuple[str, str, str]] = []
+        for cid, (_, digest) in changed.items():
+            outcomes = member_outcomes.get(cid, [])
+            if not outcomes:
+                counts["invalid"] += 1
+                self.report.issue(entity, cid, "NO_MEMBERS",
+                                  "no Moesif user belongs to this company; Segment group calls "
+                                  "need a userId, so nothing was sent")
+                hashes[cid] = digest  # nothing to send until it changes again
+                continue
+            counts["changed"] += 1
+            if self.dry_run:
+                continue
+            counts["sent"] += 1
+            if "failed" in outcomes:
+                failures.append((cid, "DELIVERY_FAILED",
+                                 f"{outcomes.count('failed')} member user(s) not delivered"))
+            else:
+                hashes[cid] = digest
+        if self.dry_run:
+            return
+        with Timer(self.report.phases, "store"):
+            recorded = self.state.commit_page(PageCommit(
+                entity=entity, hashes=hashes, resolved=list(hashes), failures=failures,
+                cursor=cursor))
+        counts["delivered"] += len([h for h in hashes if member_outcomes.get(h)])
+        counts["failed"] += len(failures)
+        for f in recorded:
+            if f.gave_up:
+                counts["gave_up"] += 1
+            code = "GAVE_UP" if f.gave_up else f.code
+            self.report.issue(entity, f.id, code, f.detail, f.attempts)
+
+    # --- failures from earlier runs ---------------------------------------------------------
+    def retry_failures(self, entity: str) -> None:
+        """Records whose delivery failed before are retried whatever the cursor says."""
+        if self.stop_event.is_set():
+            return
+        pending = [f for f in self.state.pending_failures(entity) if f.id not in self.seen[entity]]
+        if not pending:
+            return
+        attempts = {f.id: f.attempts for f in pending}
+        self.report.count(entity, "retried", len(pending))
+        found: set[str] = set()
+        id_field = "user_id" if entity == "users" else "company_id"
+        for page in self.moesif.fetch_by_ids(entity, list(attempts),
+                                             page_size=self.settings.moesif_page_size):
+            found.update(str(d.get(id_field)) for d in page.sources)
+            if entity == "users":
+                self.process_users(self._join(page.sources), cursor=None, retried=attempts)
+            else:
+                self.process_companies(page.sources, cursor=None, retried=attempts)
+        gone = [rid for rid in attempts if rid not in found]
+        if gone and not self.dry_run:
+            self.state.commit_page(PageCommit(entity, {}, gone, []))
+            for rid in gone:
+                self.report.issue(entity, rid, "GONE",
+                                  "failed earlier and no longer exists in Moesif; dropped")
+
+
+def run_sync(settings: Settings, mode: str = "incremental",
+             stop_event: threading.Event | None = None, progress: Progress | None = None,
+             conn: sqlite3.Connection | None = None) -> SyncOutcome:
+    """One run, with its report stored. Configuration problems come back as exit code 2."""
+    from connector.report_store import ReportStore
+
+    if mode not in ("incremental", "full", "dry-run"):
+        raise ValueError(f"unknown mode {mode!r}")
+    own_conn = conn is None
+    try:
+        settings.require("moesif_management_api_key", "segment_write_key")
+        mappings = load_mappings(settings.mappings_dir)
+        conn = conn or connect(settings.state_path)
+    except ConfigError as exc:
+        report = Report(new_run_id(), mode, "-", settings).finish("failed", str(exc))
+        return SyncOutcome(2, report)
+    try:
+        store = ReportStore(conn)
+        run = SyncRun(settings, mode, conn, mappings, stop_event, progress)
+        store.start(run.report.run_id, to_iso(run.report.started), mode)
+        outcome = run.run()
+        store.save(outcome.report)
+        store.prune(settings.report_keep_runs)
+        return outcome
+    finally:
+        if own_conn and conn is not None:
+            conn.close()

@@ -1,0 +1,143 @@
+"""Sync state in the one SQLite file: cursors, record hashes, failed records.
+
+A cursor, a hash or the removal of a failure is written only after Segment confirmed
+the messages of the records concerned, in one transaction per page, so a SIGKILL at any
+point leaves state that is behind (records get re-sent, deduplicated by messageId),
+never ahead (records skipped).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from connector.store import Transaction, ensure_schema
+from connector.timeutil import utcnow
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS sync_cursor (
+        entity TEXT PRIMARY KEY,
+        modified_time TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS record_hash (
+        entity TEXT NOT NULL,
+        id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (entity, id)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS failed_record (
+        entity TEXT NOT NULL,
+        id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_code TEXT NOT NULL,
+        last_detail TEXT NOT NULL,
+        first_failed_at TEXT NOT NULL,
+        last_failed_at TEXT NOT NULL,
+        gave_up INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (entity, id)) WITHOUT ROWID""",
+)
+
+
+@dataclass(slots=True)
+class Failure:
+    entity: str
+    id: str
+    attempts: int
+    code: str
+    detail: str
+    gave_up: bool
+
+
+@dataclass
+class PageCommit:
+    """Everything one page's confirmed outcome writes, applied in one transaction."""
+
+    entity: str
+    hashes: dict[str, str]                          # delivered/unchanged id -> hash
+    resolved: list[str]                              # ids whose earlier failure is now fixed
+    failures: list[tuple[str, str, str]]             # (id, code, detail) failed this run
+    cursor: str | None = None                        # new cursor for `entity`, if it moves
+    cursor_entity: str | None = None
+
+
+class SyncState:
+    def __init__(self, conn: sqlite3.Connection, max_attempts: int = 5) -> None:
+        self.conn = conn
+        self.max_attempts = max_attempts
+        ensure_schema(conn, SCHEMA)
+
+    # --- reads ------------------------------------------------------------------------
+    def cursor(self, entity: str) -> str | None:
+        row = self.conn.execute("SELECT modified_time FROM sync_cursor WHERE entity = ?",
+                                (entity,)).fetchone()
+        return row[0] if row else None
+
+    def hashes(self, entity: str, ids: Iterable[str]) -> dict[str, str]:
+        ids = list(ids)
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT id, hash FROM record_hash WHERE entity = ? AND id IN ({marks})",
+                (entity, *chunk))
+            found.update(rows)
+        return found
+
+    def pending_failures(self, entity: str) -> list[Failure]:
+        rows = self.conn.execute(
+            "SELECT entity, id, attempts, last_code, last_detail, gave_up FROM failed_record "
+            "WHERE entity = ? AND gave_up = 0 ORDER BY id", (entity,))
+        return [Failure(*row[:5], bool(row[5])) for row in rows]
+
+    def failure_attempts(self, entity: str, ids: Iterable[str]) -> dict[str, int]:
+        ids = list(ids)
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(
+                f"SELECT id, attempts FROM failed_record WHERE entity = ? AND id IN ({marks})",
+                (entity, *chunk)))
+        return found
+
+    # --- writes (only after confirmed delivery) ----------------------------------------
+    def commit_page(self, page: PageCommit) -> list[Failure]:
+        """Apply a page's outcome; return the failures, with GAVE_UP marked."""
+        now = utcnow().isoformat()
+        recorded: list[Failure] = []
+        with Transaction(self.conn) as conn:
+            if page.hashes:
+                conn.executemany(
+                    "INSERT INTO record_hash (entity, id, hash) VALUES (?, ?, ?) "
+                    "ON CONFLICT (entity, id) DO UPDATE SET hash = excluded.hash",
+                    [(page.entity, rid, h) for rid, h in page.hashes.items()])
+            if page.resolved:
+                conn.executemany("DELETE FROM failed_record WHERE entity = ? AND id = ?",
+                                 [(page.entity, rid) for rid in page.resolved])
+            for rid, code, detail in page.failures:
+                row = conn.execute("SELECT attempts FROM failed_record WHERE entity = ? "
+                                   "AND id = ?", (page.entity, rid)).fetchone()
+                attempts = (row[0] if row else 0) + 1
+                gave_up = attempts >= self.max_attempts
+                conn.execute(
+                    "INSERT INTO failed_record (entity, id, attempts, last_code, last_detail, "
+                    "first_failed_at, last_failed_at, gave_up) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (entity, id) DO UPDATE SET attempts = excluded.attempts, "
+                    "last_code = excluded.last_code, last_detail = excluded.last_detail, "
+                    "last_failed_at = excluded.last_failed_at, gave_up = excluded.gave_up",
+                    (page.entity, rid, attempts, code, detail[:500], now, now, int(gave_up)))
+                recorded.append(Failure(page.entity, rid, attempts, code, detail, gave_up))
+            if page.cursor is not None:
+                conn.execute(
+                    "INSERT INTO sync_cursor (entity, modified_time, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (entity) DO UPDATE SET modified_time = "
+                    "MAX(sync_cursor.modified_time, excluded.modified_time), "
+                    "updated_at = excluded.updated_at",
+                    (page.cursor_entity or page.entity, page.cursor, now))
+        return recorded
+
+    def reset(self) -> None:
+        with Transaction(self.conn) as conn:
+            for table in ("sync_cursor", "record_hash", "failed_record"):
+                conn.execute(f"DELETE FROM {table}")

@@ -1,8 +1,289 @@
-"""The `moesif-segment` command."""
+"""The `moesif-segment` command: sync, schedule, report, check, forward, demo, sandbox.
+
+Exit codes: 0 all good; 1 some deliveries failed (retried by the next run); 2 a
+configuration or authentication problem, with a message naming the setting (never a key).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+from connector.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Sync Moesif users/companies into Segment; forward WSO2 APIM "
+                       "analytics events into Moesif.")
+log = logging.getLogger("connector")
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
+    from connector.logsetup import setup_logging
+
+    setup_logging(level, fmt.value, settings.secrets())
+
+
+@contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the work to stop at a safe point instead of killing it."""
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s: finishing the page in hand, then exiting",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _progress_callback(enabled: bool):  # noqa: ANN202 - returns (callback, context manager)
+    """A rich progress bar on a terminal, plain log lines otherwise."""
+    from connector.progress import SyncProgress
+
+    return SyncProgress(enabled=enabled and sys.stderr.isatty())
+
+
+# --- sync ----------------------------------------------------------------------------------
+@app.command()
+def sync(
+    full: bool = typer.Option(False, "--full", help="Ignore cursors and hashes; resend all."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Fetch, map and report; send nothing, move nothing."),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """One incremental sync run: Moesif users and companies -> Segment identify/group."""
+    from connector.report import render_text
+
+    settings = _settings()
+    _logging(settings, log_format, log_level)
+    if full and dry_run:
+        _fail("--full and --dry-run cannot be combined")
+    mode = "dry-run" if dry_run else "full" if full else "incremental"
+    stop = threading.Event()
+    with _signals_set(stop), _progress_callback(progress) as bar:
+        outcome = run_sync_locked(settings, mode, stop, bar)
+    typer.echo(render_text(outcome.report))
+    if outcome.exit_code == 2 and outcome.report.get("error"):
+        typer.echo(f"error: {outcome.report['error']}", err=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
+                    progress: Any = None) -> Any:
+    """A sync run under the state store's lease, so it never overlaps a scheduled one."""
+    from connector.lease import Lease, default_holder_id
+    from connector.store import connect
+    from connector.sync.job import run_sync
+
+    try:
+        settings.require("moesif_management_api_key", "segment_write_key")
+    except ConfigError as exc:
+        from connector.sync.job import Report, new_run_id
+
+        return _Outcome(2, Report(new_run_id(), mode, "-", settings).finish("failed", str(exc)))
+    conn = connect(settings.state_path)
+    lease = Lease(conn, "sync", default_holder_id(), settings.lease_seconds)
+    try:
+        if not lease.wait_acquire(stop, poll=1.0):
+            from connector.sync.job import Report, new_run_id
+
+            return _Outcome(1, Report(new_run_id(), mode, "-", settings).finish(
+                "failed", "stopped while waiting for another sync to release the lease"))
+        with lease.keep_alive():
+            return run_sync(settings, mode, stop, progress, conn=conn)
+    finally:
+        lease.release()
+        conn.close()
+
+
+class _Outcome:
+    def __init__(self, exit_code: int, report: dict[str, Any]) -> None:
+        self.exit_code, self.report = exit_code, report
+
+
+# --- schedule ------------------------------------------------------------------------------
+@app.command()
+def schedule(
+    once: bool = typer.Option(False, "--once", help="One scheduled-style run, then exit."),
+    no_initial_run: bool = typer.Option(False, "--no-initial-run",
+                                        help="Wait for the first trigger instead of "
+                                             "running at launch."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port",
+                                            help="Serve /healthz and /metrics on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT)."""
+    from connector.metrics import Metrics, serve_metrics
+    from connector.sync.schedule import build_trigger, run_schedule
+
+    settings = _settings()
+    _logging(settings, log_format, log_level)
+    try:
+        settings.require("moesif_management_api_key", "segment_write_key")
+        trigger = build_trigger(settings)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    metrics = Metrics()
+    server = serve_metrics(metrics, metrics_port, metrics_host) if metrics_port else None
+
+    def one_run(stop: threading.Event) -> int:
+        with _progress_callback(progress) as bar:
+            outcome = run_sync_locked(settings, "incremental", stop, bar)
+        metrics.observe_report(outcome.report)
+        r = outcome.report
+        log.info("run %s %s: users %s, companies %s", r["run_id"], r["status"],
+                 _brief(r, "users"), _brief(r, "companies"))
+        return outcome.exit_code
+
+    stop = threading.Event()
+    try:
+        with _signals_set(stop):
+            code = run_schedule(settings, one_run, once=once, first_run_now=not no_initial_run,
+                                stop_event=stop, trigger=trigger)
+    finally:
+        if server:
+            server.stop()
+    raise typer.Exit(code)
+
+
+def _brief(report: dict[str, Any], entity: str) -> str:
+    e = report.get("entities", {}).get(entity, {})
+    return (f"{e.get('fetched', 0)} fetched, {e.get('delivered', 0)} delivered, "
+            f"{e.get('unchanged', 0)} unchanged, {e.get('invalid', 0)} invalid, "
+            f"{e.get('failed', 0)} failed")
+
+
+# --- check ---------------------------------------------------------------------------------
+@app.command()
+def check() -> None:
+    """Check settings and connectivity before the first run; exit 0 only if all pass."""
+    from connector.checks import run_checks
+
+    settings = _settings()
+    raise typer.Exit(run_checks(settings))
+
+
+# --- demo / sandbox ------------------------------------------------------------------------
+@app.command()
+def demo(
+    users: int = typer.Option(2000, help="Users in the sandbox."),
+    companies: int = typer.Option(200, help="Companies in the sandbox."),
+    events: int = typer.Option(5000, help="apim_metrics.log lines to forward."),
+) -> None:
+    """No keys needed: start the local sandbox, sync into it, forward a log, show reports."""
+    from connector.demo import run_demo
+
+    raise typer.Exit(run_demo(users=users, companies=companies, log_lines=events))
+
+
+@app.command()
+def sandbox(
+    users: int = typer.Option(1000), companies: int = typer.Option(100),
+    seed: int = typer.Option(7),
+) -> None:
+    """Run the local Moesif and Segment sandboxes until stopped (prints their URLs)."""
+    from connector.sandbox.serve import main as serve_main
+
+    serve_main(["--users", str(users), "--companies", str(companies), "--seed", str(seed)])
+
+
+# --- forward -------------------------------------------------------------------------------
+forward_app = typer.Typer(help="Forward WSO2 API Manager analytics events into Moesif.",
+                          invoke_without_command=True)
+app.add_typer(forward_app, name="forward")
+
+
+@forward_app.callback()
+def forward(
+    ctx: typer.Context,
+    from_log: Path | None = typer.Option(None, "--from-log",
+                                         help="Follow this apim_metrics.log (like tail -F)."),
+    from_jsonl: str | None = typer.Option(None, "--from-jsonl",
+                                          help="Read JSON lines from a file, or '-' for stdin."),
+    listen: str | None = typer.Option(None, "--listen", help="HTTP ingest, e.g. 127.0.0.1:9099"),
+    wso2_config: Path | None = typer.Option(None, "--wso2-config",
+                                            help="API Manager's deployment.toml."),
+    once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """Forward events: --from-log, --from-jsonl or --listen (see `forward status`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from connector.forward.pipeline import run_forward
+
+    settings = _settings()
+    _logging(settings, log_format, log_level)
+    if not (from_log or from_jsonl or listen):
+        _fail("say where events come from: --from-log, --from-jsonl or --listen")
+    stop = threading.Event()
+    with _signals_set(stop):
+        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
+                           wso2_config_path=wso2_config, once=once, stop_event=stop)
+    raise typer.Exit(code)
+
+
+@forward_app.command("status")
+def forward_status_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Backlog, delivered and dead-lettered events, per-source offsets."""
+    from connector.forward.pipeline import forward_status
+    from connector.jsonutil import dumps
+
+    settings = _settings()
+    status = forward_status(settings)
+    if json_out:
+        typer.echo(dumps(status).decode())
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(status))
+
+
+def _add_report_app() -> None:
+    from connector.report_cli import report_app
+
+    app.add_typer(report_app, name="report", help="List, show and diff mapping reports.")
+
+
+_add_report_app()
 
 
 def main() -> None:

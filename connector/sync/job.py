@@ -638,6 +638,7 @@ def run_sync(settings: Settings, mode: str = "incremental",
              stop_event: threading.Event | None = None, progress: Progress | None = None,
              conn: sqlite3.Connection | None = None) -> SyncOutcome:
     """One run, with its report stored. Configuration problems come back as exit code 2."""
+    from connector.logsetup import run_context
     from connector.report_store import ReportStore
 
     if mode not in ("incremental", "full", "dry-run"):
@@ -654,7 +655,10 @@ def run_sync(settings: Settings, mode: str = "incremental",
         store = ReportStore(conn)
         run = SyncRun(settings, mode, conn, mappings, stop_event, progress)
         store.start(run.report.run_id, to_iso(run.report.started), mode)
-        outcome = run.run()
+        with run_context(run.report.run_id):
+            log.info("sync run %s started (%s)", run.report.run_id, mode)
+            outcome = run.run()
+            log.info("sync run %s finished: %s", run.report.run_id, outcome.report["status"])
         store.save(outcome.report)
         store.prune(settings.report_keep_runs)
         return outcome

@@ -75,4 +75,4 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                    f"(forward exit code {forward_code}).")
     typer.echo(f"\nHTML report: {html_path.resolve()}")
     typer.echo(f"Inspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
-    return outcome.exit_code if outcome.exit_code != 1 else 0 if forward_code == 0 else 1
+    return max(outcome.exit_code, forward_code)

@@ -307,9 +307,10 @@ def _compile_source(file: Path, where: str, spec: Any) -> Getter:
             raise _fail(file, where, f"bad source path {spec!r}")
         return _path_getter(spec)
     if isinstance(spec, dict):
-        if set(spec) <= {"join", "sep"} and isinstance(spec.get("join"), list):
+        if "join" in spec and set(spec) <= {"join", "sep"}:
             paths = spec["join"]
-            if not paths or not all(isinstance(p, str) and p for p in paths):
+            if not isinstance(paths, list) or not paths or not all(
+                    isinstance(p, str) and p for p in paths):
                 raise _fail(file, where, "join needs a list of source paths")
             return _join_getter(paths, str(spec.get("sep", " ")))
         if set(spec) == {"seconds_between"}:

@@ -1,0 +1,27 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from connector.timeutil import iso_utc, parse_timestamp
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("2023-07-27T21:52:58.0990000Z", "2023-07-27T21:52:58.099Z"),   # 7 fractional digits
+    ("2023-07-27T21:55:19.464", "2023-07-27T21:55:19.464Z"),         # no zone means UTC
+    ("2023-07-27T21:55:19Z", "2023-07-27T21:55:19.000Z"),
+    ("2023-07-27T23:55:19+02:00", "2023-07-27T21:55:19.000Z"),
+    (1690494919464, "2023-07-27T21:55:19.464Z"),                       # epoch millis
+    (1690494919, "2023-07-27T21:55:19.000Z"),                          # epoch seconds
+])
+def test_moesif_shapes_become_iso_utc(raw, expected):
+    assert iso_utc(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["not-a-date", "", None, True, {"a": 1}, "2023-13-45T00:00:00Z"])
+def test_garbage_is_refused(raw):
+    with pytest.raises(ValueError):
+        parse_timestamp(raw)
+
+
+def test_naive_datetime_is_taken_as_utc():
+    assert parse_timestamp(datetime(2024, 1, 1)).tzinfo == UTC

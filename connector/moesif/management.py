@@ -58,7 +58,14 @@ class Page:
 
     @property
     def sources(self) -> list[dict[str, Any]]:
-        return [hit.get("_source") or {} for hit in self.hits]
+        """The records; one without its own id keeps the search `_id` to be reported by."""
+        out = []
+        for hit in self.hits:
+            source = hit.get("_source") or {}
+            if not (source.get("user_id") or source.get("company_id")) and hit.get("_id"):
+                source = {**source, "_id": hit["_id"]}
+            out.append(source)
+        return out
 
 
 def seconds_to_next_minute(now: float | None = None) -> float:

@@ -88,7 +88,9 @@ class SandboxServer:
                  port: int = 0) -> None:
         self.httpd = FastThreadingHTTPServer((host, port), handler)
         self.httpd.app = app  # type: ignore[attr-defined]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
+        # A short poll interval makes stop() prompt (tests start and stop many servers).
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True,
                                        name=f"sandbox-{handler.__name__}")
 
     @property

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Benchmark the sync path end to end (not a test).
+
+    python scripts/bench_sync.py                 # 100,000 users, 10,000 companies
+    python scripts/bench_sync.py --users 1000000 # the 1M-user variant
+
+Starts the sandbox (Moesif Management + Segment) in its own process, then, each in a
+separate process:
+  1. a full `moesif-segment sync --full` (identify + group calls, diffing, state, report);
+  2. a no-change incremental re-run (cost should follow what changed, not the user base);
+  3. a naive baseline sending the same messages: page with `requests`, same mapping,
+     segment-analytics-python's Client at its defaults (consumer thread), no diffing, no
+     state.
+Prints users/s, messages/s and peak RSS of each, and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+MGMT_KEY = "bench-management-key"
+WRITE_KEY = "bench-write-key"
+
+
+def start_sandbox(users: int, companies: int) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector.sandbox.serve", "--users", str(users),
+         "--companies", str(companies), "--no-special", "--no-record",
+         "--management-key", MGMT_KEY, "--write-key", WRITE_KEY],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = proc.stdout.readline()
+    return proc, json.loads(line)
+
+
+def timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a child process; return (seconds, peak RSS in MB, stdout)."""
+    with tempfile.TemporaryFile("w+") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode not in (0,):
+        print(f"  ! {' '.join(cmd[-3:])} exited {proc.returncode}")
+    return elapsed, usage.ru_maxrss / 1024, text
+
+
+def segment_stats(urls: dict) -> dict:
+    return requests.get(urls["segment_host"] + "/_sandbox/stats", timeout=10).json()
+
+
+def reset_segment(urls: dict) -> None:
+    requests.post(urls["segment_host"] + "/_sandbox/reset", timeout=10)
+
+
+def baseline_worker() -> None:
+    """The naive way: same pages and messages, library defaults, no state, no diffing."""
+    from segment.analytics import Client
+
+    from connector.mapping import load_mappings
+    from connector.timeutil import parse_timestamp
+
+    moesif, host = os.environ["MOESIF_API_URL"], os.environ["SEGMENT_HOST"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {MGMT_KEY}"
+    mappings = load_mappings(ROOT / "mappings")
+    client = Client(write_key=WRITE_KEY, host=host)
+    body = {"size": 1000, "sort": [{"modified_time": {"order": "asc"}},
+                                   {"user_id.raw": {"order": "asc"}}]}
+    sent = 0
+    while True:
+        hits = session.post(f"{moesif}/v1/search/~/search/users", json=body).json()["hits"]["hits"]
+        if not hits:
+            break
+        docs = [h["_source"] for h in hits]
+        cids = sorted({d["company_id"] for d in docs if d.get("company_id")})
+        companies = {}
+        if cids:
+            q = {"size": len(cids), "query": {"bool": {"filter": [
+                {"terms": {"company_id.raw": cids}}]}}}
+            for h in session.post(f"{moesif}/v1/search/~/search/companies",
+                                  json=q).json()["hits"]["hits"]:
+                companies[h["_source"]["company_id"]] = h["_source"]
+        uids = [d["user_id"] for d in docs if d.get("user_id")]
+        q = {"size": len(uids), "query": {"bool": {"filter": [{"terms": {"user_id.raw": uids}}]}}}
+        metrics = {h["_source"]["user_id"]: h["_source"].get("metrics") for h in session.post(
+            f"{moesif}/v1/search/~/search/usermetrics/users?from=-24h&to=now",
+            json=q).json()["hits"]["hits"]}
+        for doc in docs:
+            company = companies.get(doc.get("company_id"))
+            msg = mappings.apply("identify", doc, {"@company": company,
+                                                   "@metrics": metrics.get(doc["user_id"])}).message
+            ts = parse_timestamp(msg.pop("timestamp"))
+            client.identify(msg["userId"], msg.get("traits"), msg.get("context"), ts)
+            sent += 1
+            if company:
+                g = mappings.apply("group", company, {}).message
+                g.pop("timestamp", None)
+                client.group(doc["user_id"], g["groupId"], g.get("traits"), timestamp=ts)
+                sent += 1
+        if len(hits) < 1000:
+            break
+        body["search_after"] = hits[-1]["sort"]
+    client.flush()
+    print(json.dumps({"messages": sent}))
+
+
+def main() -> None:
+    if "--baseline-worker" in sys.argv:
+        baseline_worker()
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--companies", type=int, default=10_000)
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+
+    print(f"seeding sandbox: {args.users:,} users, {args.companies:,} companies ...")
+    sandbox, urls = start_sandbox(args.users, args.companies)
+    home = tempfile.mkdtemp(prefix="bench-sync-")
+    env = dict(os.environ, MOESIF_API_URL=urls["moesif_api_url"],
+               SEGMENT_HOST=urls["segment_host"], MOESIF_MANAGEMENT_API_KEY=MGMT_KEY,
+               SEGMENT_WRITE_KEY=WRITE_KEY, CONNECTOR_HOME=home, MOESIF_PAGE_SIZE="1000")
+    cli = [sys.executable, "-m", "connector"]
+    try:
+        secs, rss, _ = timed_child(cli + ["sync", "--full", "--no-progress"], env)
+        stats = segment_stats(urls)
+        ours = args.users / secs
+        print(f"connector full sync : {secs:7.2f} s  {ours:9,.0f} users/s  "
+              f"{stats.get('received_count', 0) / secs:9,.0f} messages/s  peak RSS {rss:6.1f} MB")
+        reset_segment(urls)
+        secs2, rss2, _ = timed_child(cli + ["sync", "--no-progress"], env)
+        stats2 = segment_stats(urls)
+        print(f"no-change re-run    : {secs2:7.2f} s  sent {stats2.get('received_count', 0)} "
+              f"messages  peak RSS {rss2:6.1f} MB  ({secs / max(secs2, 1e-9):.0f}x faster "
+              "than the full run)")
+        if not args.skip_baseline:
+            reset_segment(urls)
+            secs3, rss3, out = timed_child([sys.executable, __file__, "--baseline-worker"], env)
+            stats3 = segment_stats(urls)
+            base = args.users / secs3
+            print(f"naive baseline      : {secs3:7.2f} s  {base:9,.0f} users/s  "
+                  f"{stats3.get('received_count', 0) / secs3:9,.0f} messages/s  "
+                  f"peak RSS {rss3:6.1f} MB")
+            print(f"ratio connector / baseline: {ours / base:.2f}x")
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -148,36 +148,33 @@ def schedule(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT)."""
-    from connector.metrics import Metrics, serve_metrics
+    from connector.sync.job import run_sync
     from connector.sync.schedule import build_trigger, run_schedule
 
     settings = _settings()
     _logging(settings, log_format, log_level)
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
-        trigger = build_trigger(settings)
+        build_trigger(settings)  # fail now, with the setting's name, not at the first tick
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
-    metrics = Metrics()
-    server = serve_metrics(metrics, metrics_port, metrics_host) if metrics_port else None
 
     def one_run(stop: threading.Event) -> int:
+        # run_schedule holds the lease around this call.
         with _progress_callback(progress) as bar:
-            outcome = run_sync_locked(settings, "incremental", stop, bar)
-        metrics.observe_report(outcome.report)
+            outcome = run_sync(settings, "incremental", stop, bar)
         r = outcome.report
-        log.info("run %s %s: users %s, companies %s", r["run_id"], r["status"],
+        log.info("run %s %s: users %s; companies %s", r["run_id"], r["status"],
                  _brief(r, "users"), _brief(r, "companies"))
+        if r.get("error"):
+            log.error("run %s: %s", r["run_id"], r["error"])
         return outcome.exit_code
 
-    stop = threading.Event()
     try:
-        with _signals_set(stop):
-            code = run_schedule(settings, one_run, once=once, first_run_now=not no_initial_run,
-                                stop_event=stop, trigger=trigger)
-    finally:
-        if server:
-            server.stop()
+        code = run_schedule(settings, one_run, once=once, first_run_now=not no_initial_run,
+                            metrics_port=metrics_port, metrics_host=metrics_host)
+    except ConfigError as exc:
+        _fail(str(exc))
     raise typer.Exit(code)
 
 

@@ -238,6 +238,9 @@ class SyncRun:
         self.group_trimmable = mappings.trimmable_paths("group")
         self.personal = mappings.personal_sources()
         self.seen: dict[str, set[str]] = {e: set() for e in ENTITIES}
+        # Users already handled in this run (with their company as it is now): a changed
+        # company's members are not sent twice in one run.
+        self.user_outcomes: dict[str, str] = {}
 
     # --- the run --------------------------------------------------------------------------
     def run(self) -> SyncOutcome:
@@ -320,8 +323,7 @@ class SyncRun:
         return Joined(docs, companies, metrics, self._page_cursor(docs), total)
 
     # --- users ----------------------------------------------------------------------------
-    def process_users(self, page: Joined, cursor: str | None,
-                      retried: dict[str, int] | None = None) -> dict[str, str]:
+    def process_users(self, page: Joined, cursor: str | None) -> dict[str, str]:
         """Map, diff, send and commit one page of users; return id -> outcome."""
         entity = "users"
         counts = self.report.entities[entity]
@@ -337,11 +339,14 @@ class SyncRun:
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
         with Timer(self.report.phases, "diff"):
-            stored = {} if self.full else self.state.hashes(entity, [c.id for c in candidates])
+            ids = [c.id for c in candidates]
+            stored = {} if self.full else self.state.hashes(entity, ids)
+            retried = self.state.failure_attempts(entity, ids)
+            counts["retried"] += len(retried)
             changed = []
             for c in candidates:
                 self.seen[entity].add(c.id)
-                if stored.get(c.id) == c.hash and c.id not in (retried or {}):
+                if stored.get(c.id) == c.hash and c.id not in retried:
                     counts["unchanged"] += 1
                     outcomes[c.id] = "unchanged"
                 else:
@@ -359,8 +364,10 @@ class SyncRun:
         if self.dry_run:
             for c in sendable:
                 outcomes[c.id] = "would-send"
-            return outcomes
-        return self._deliver(entity, sendable, cursor, outcomes, retried or {})
+        else:
+            self._deliver(entity, sendable, cursor, outcomes)
+        self.user_outcomes.update(outcomes)
+        return outcomes
 
     def _map_user(self, doc: dict[str, Any], page: Joined) -> Candidate | None:
         company_id = str(doc["company_id"]) if doc.get("company_id") else None
@@ -472,7 +479,7 @@ class SyncRun:
         return masked
 
     def _deliver(self, entity: str, sendable: list[Candidate], cursor: str | None,
-                 outcomes: dict[str, str], retried: dict[str, int]) -> dict[str, str]:
+                 outcomes: dict[str, str]) -> None:
         counts = self.report.entities[entity]
         out = [m for c in sendable for m in c.messages]
         for m in out:
@@ -507,11 +514,9 @@ class SyncRun:
                                   f"{f.code} after {f.attempts} attempts: {f.detail}", f.attempts)
             else:
                 self.report.issue(entity, f.id, f.code, f.detail, f.attempts)
-        return outcomes
 
     # --- companies ------------------------------------------------------------------------
-    def process_companies(self, docs: list[dict[str, Any]], cursor: str | None,
-                          retried: dict[str, int] | None = None) -> None:
+    def process_companies(self, docs: list[dict[str, Any]], cursor: str | None) -> None:
         """A changed company re-sends its members (identify with the new traits.company,
         and group), since Segment's group call needs a userId."""
         entity = "companies"
@@ -537,10 +542,13 @@ class SyncRun:
                 mapped.append((cid, doc, digest))
         self.progress("fetched", entity=entity, n=len(docs))
         with Timer(self.report.phases, "diff"):
-            stored = {} if self.full else self.state.hashes(entity, [m[0] for m in mapped])
+            ids = [m[0] for m in mapped]
+            stored = {} if self.full else self.state.hashes(entity, ids)
+            retried = self.state.failure_attempts(entity, ids)
+            counts["retried"] += len(retried)
             for cid, doc, digest in mapped:
                 self.seen[entity].add(cid)
-                if stored.get(cid) == digest and cid not in (retried or {}):
+                if stored.get(cid) == digest and cid not in retried:
                     counts["unchanged"] += 1
                 else:
                     changed[cid] = (doc, digest)
@@ -559,10 +567,13 @@ class SyncRun:
         pages = self.moesif.fetch_by_ids("users", sorted(changed), field="company_id",
                                          page_size=self.settings.moesif_page_size)
         for page in pages:
-            t0 = time.perf_counter()
-            joined = self._join(page.sources, known=known)
-            self.report.phases["fetch"] += time.perf_counter() - t0
-            outcomes = self.process_users(joined, cursor=None)
+            fresh = [d for d in page.sources if str(d.get("user_id")) not in self.user_outcomes]
+            if fresh:
+                t0 = time.perf_counter()
+                joined = self._join(fresh, known=known)
+                self.report.phases["fetch"] += time.perf_counter() - t0
+                self.process_users(joined, cursor=None)
+            outcomes = self.user_outcomes
             for doc in page.sources:
                 uid, cid = doc.get("user_id"), doc.get("company_id")
                 if uid and cid and str(cid) in by_company:
@@ -616,16 +627,15 @@ class SyncRun:
         if not pending:
             return
         attempts = {f.id: f.attempts for f in pending}
-        self.report.count(entity, "retried", len(pending))
         found: set[str] = set()
         id_field = "user_id" if entity == "users" else "company_id"
         for page in self.moesif.fetch_by_ids(entity, list(attempts),
                                              page_size=self.settings.moesif_page_size):
             found.update(str(d.get(id_field)) for d in page.sources)
             if entity == "users":
-                self.process_users(self._join(page.sources), cursor=None, retried=attempts)
+                self.process_users(self._join(page.sources), cursor=None)
             else:
-                self.process_companies(page.sources, cursor=None, retried=attempts)
+                self.process_companies(page.sources, cursor=None)
         gone = [rid for rid in attempts if rid not in found]
         if gone and not self.dry_run:
             self.state.commit_page(PageCommit(entity, {}, gone, []))

@@ -91,13 +91,15 @@ class SyncState:
         return [Failure(*row[:5], bool(row[5])) for row in rows]
 
     def failure_attempts(self, entity: str, ids: Iterable[str]) -> dict[str, int]:
+        """Attempts so far of the given records that failed before and are still retried."""
         ids = list(ids)
         found: dict[str, int] = {}
         for start in range(0, len(ids), 900):
             chunk = ids[start:start + 900]
             marks = ",".join("?" * len(chunk))
             found.update(self.conn.execute(
-                f"SELECT id, attempts FROM failed_record WHERE entity = ? AND id IN ({marks})",
+                f"SELECT id, attempts FROM failed_record WHERE entity = ? AND gave_up = 0 "
+                f"AND id IN ({marks})",
                 (entity, *chunk)))
         return found
 

@@ -1,0 +1,292 @@
+"""Run the sync on a schedule (APScheduler 3.x), one run at a time, across processes too.
+
+- One run at a time in this process: `max_instances=1`, misfires coalesced. A run that
+  outlasts its interval makes APScheduler skip the tick(s) that fell inside it; we then
+  start one catch-up run as soon as it ends, so an overrun delays the next run instead of
+  stacking runs or silently dropping one.
+- One run at a time across processes sharing CONNECTOR_HOME: every run takes the `sync`
+  lease in the state file first (waiting while another scheduler holds it) and renews it
+  while it works.
+- SIGTERM/SIGINT set the stop event: the run in hand finishes its page, flushes and saves
+  its state; then the scheduler shuts down and we return 0. A second signal exits at once
+  (state is crash-safe by design, so that loses no record).
+- An exception escaping one run is logged with its reason; the schedule goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    JobEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from connector.lease import Lease
+from connector.metrics import Metrics, serve_metrics
+from connector.report_store import ReportStore
+from connector.settings import ConfigError, Settings
+from connector.store import connect
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = timedelta(minutes=15)
+JOB_ID = "sync"
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_INTERVAL = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+RunOnce = Callable[[threading.Event], int]
+
+
+def parse_interval(text: str | int) -> timedelta:
+    """`"15m"`, `"90s"`, `"1h"`, `"1h30m"`, `"2d"` or plain seconds (`"900"`)."""
+    raw = str(text).strip().lower()
+    if raw.isdigit():
+        seconds = int(raw)
+    else:
+        match = _INTERVAL.fullmatch(raw)
+        if not raw or match is None:
+            raise ValueError(f"not an interval: {text!r} (use e.g. 90s, 15m, 1h, 1h30m, "
+                             "or a number of seconds)")
+        seconds = sum(int(v) * f for v, f in zip(match.groups(), _UNITS.values(), strict=True)
+                      if v)
+    if seconds <= 0:
+        raise ValueError(f"interval must be positive: {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def build_trigger(settings: Settings) -> BaseTrigger:
+    """An interval trigger (SYNC_INTERVAL, default 15m) or a UTC cron trigger (SYNC_CRON)."""
+    interval = (settings.sync_interval or "").strip()
+    cron = (settings.sync_cron or "").strip()
+    if interval and cron:
+        raise ConfigError("set only one of SYNC_INTERVAL and SYNC_CRON, not both")
+    if cron:
+        try:
+            return CronTrigger.from_crontab(cron, timezone="UTC")
+        except ValueError as exc:
+            raise ConfigError(f"SYNC_CRON is not a valid crontab expression: {exc}") from None
+    try:
+        every = parse_interval(interval) if interval else DEFAULT_INTERVAL
+    except ValueError as exc:
+        raise ConfigError(f"SYNC_INTERVAL: {exc}") from None
+    return IntervalTrigger(seconds=int(every.total_seconds()), timezone=UTC)
+
+
+def schedule_period(trigger: BaseTrigger) -> timedelta:
+    """The longest gap between fires (over the next few), for grace and staleness."""
+    if isinstance(trigger, IntervalTrigger):
+        return trigger.interval
+    now = datetime.now(UTC)
+    fires: list[datetime] = []
+    previous: datetime | None = None
+    for _ in range(8):
+        nxt = trigger.get_next_fire_time(previous, previous or now)
+        if nxt is None:
+            break
+        fires.append(nxt)
+        previous = nxt
+    gaps = [b - a for a, b in zip(fires, fires[1:], strict=False)]
+    return max(gaps) if gaps else DEFAULT_INTERVAL
+
+
+def describe_trigger(trigger: BaseTrigger) -> str:
+    if isinstance(trigger, IntervalTrigger):
+        return f"every {trigger.interval}"
+    return f"on cron {trigger} (UTC)"
+
+
+class _Runner:
+    """One lease-guarded run, plus the bookkeeping around it (metrics, overruns)."""
+
+    def __init__(self, settings: Settings, run_once_fn: RunOnce, stop_event: threading.Event,
+                 metrics: Metrics | None, lease_poll: float) -> None:
+        self.run_once_fn = run_once_fn
+        self.stop_event = stop_event
+        self.metrics = metrics
+        self.lease_poll = lease_poll
+        # Separate connections: the lease's renewal thread must not share the reports'.
+        self.lease_conn = connect(settings.state_path)
+        self.reports_conn = connect(settings.state_path)
+        self.lease = Lease(self.lease_conn, "sync", ttl_seconds=settings.lease_seconds)
+        self.reports = ReportStore(self.reports_conn)
+        self.in_run = threading.Event()
+        self.overran = threading.Event()
+
+    def close(self) -> None:
+        self.lease_conn.close()
+        self.reports_conn.close()
+
+    def run_guarded(self) -> int | None:
+        """Wait for the lease, run once, release. None when stopped before running."""
+        if self.stop_event.is_set():
+            return None
+        if not self.lease.wait_acquire(self.stop_event, poll=self.lease_poll):
+            log.info("stopping before the run: the lease was not free")
+            return None
+        try:
+            return self._run_with_lease()
+        finally:
+            self.lease.release()
+
+    def _run_with_lease(self) -> int:
+        before = self.reports.latest_run_id()
+        started = time.monotonic()
+        self.in_run.set()
+        try:
+            with self.lease.keep_alive():
+                code = int(self.run_once_fn(self.stop_event))
+        except ConfigError as exc:
+            log.error("sync run stopped by a configuration error: %s", exc)
+            self._observe(before, crash=str(exc), duration=time.monotonic() - started)
+            return EXIT_CONFIG
+        except Exception as exc:
+            log.error("sync run crashed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            self._observe(before, crash=f"{type(exc).__name__}: {exc}",
+                          duration=time.monotonic() - started)
+            return EXIT_FAILED
+        finally:
+            self.in_run.clear()
+        log.info("sync run finished with exit code %d in %.1f s", code,
+                 time.monotonic() - started)
+        self._observe(before)
+        return code
+
+    def _observe(self, before: str | None, crash: str | None = None,
+                 duration: float | None = None) -> None:
+        if self.metrics is None:
+            return
+        latest = self.reports.latest_run_id()
+        if latest is not None and latest != before:
+            report = self.reports.get(latest)
+            if report is not None:
+                self.metrics.observe_report(report)
+                return
+        if crash is not None:
+            self.metrics.observe_crash(crash, duration)
+
+    def scheduled_run(self) -> None:
+        """The scheduler's job: one run, plus one catch-up run per overrun.
+
+        The catch-up runs inside the same job execution, so `max_instances=1` still holds
+        and no scheduler API is called from a job thread (APScheduler's shutdown holds the
+        job store lock while it waits for running jobs: calling back into it deadlocks).
+        """
+        while True:
+            self.overran.clear()
+            code = self.run_guarded()
+            if code is None or self.stop_event.is_set() or not self.overran.is_set():
+                return
+            log.info("starting the run that was due while the last one was still going")
+
+
+def _install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set the stop event (main thread only); returns the restorer."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop_event.is_set():
+            log.warning("second %s: exiting now; the next run resumes from saved state", name)
+            os._exit(128 + signum)
+        log.info("%s received: finishing the page in hand, then stopping "
+                 "(send it again to exit at once)", name)
+        stop_event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run_schedule(settings: Settings, run_once_fn: RunOnce, *, once: bool = False,
+                 first_run_now: bool = True, stop_event: threading.Event | None = None,
+                 metrics: Metrics | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1", lease_poll: float = 1.0) -> int:
+    """Run `run_once_fn(stop_event) -> exit code` on the configured schedule until stopped.
+
+    `once=True`: a single lease-guarded run, returning its exit code. Otherwise returns 0
+    after a stop (signal or `stop_event`). Raises ConfigError for a bad schedule setting.
+    """
+    trigger = build_trigger(settings)
+    period = schedule_period(trigger)
+    stop_event = stop_event or threading.Event()
+    if metrics is None and metrics_port is not None:
+        metrics = Metrics(stale_after_seconds=3 * period.total_seconds())
+    server = serve_metrics(metrics, metrics_port, metrics_host) if (
+        metrics is not None and metrics_port is not None) else None
+    if server is not None:
+        log.info("serving /healthz and /metrics on %s", server.url)
+    runner = _Runner(settings, run_once_fn, stop_event, metrics, lease_poll)
+    restore_signals = _install_signal_handlers(stop_event)
+    try:
+        if once:
+            code = runner.run_guarded()
+            return EXIT_OK if code is None else code
+        _run_scheduler(runner, trigger, period, first_run_now)
+        return EXIT_OK
+    finally:
+        restore_signals()
+        runner.close()
+        if server is not None:
+            server.stop()
+
+
+def _run_scheduler(runner: _Runner, trigger: BaseTrigger, period: timedelta,
+                   first_run_now: bool) -> None:
+    scheduler = BackgroundScheduler(timezone=UTC,
+                                    executors={"default": ThreadPoolExecutor(max_workers=1)})
+    grace = max(1, int(period.total_seconds() / 2))
+    extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if first_run_now else {}
+    scheduler.add_job(runner.scheduled_run, trigger, id=JOB_ID, name="moesif-segment sync",
+                      max_instances=1, coalesce=True, misfire_grace_time=grace, **extra)
+
+    def on_event(event: JobEvent) -> None:
+        # Pure bookkeeping: never call back into the scheduler from here (see scheduled_run).
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            # Only an overrun of the run itself earns a catch-up run; ticks missed while
+            # waiting for another scheduler's lease are covered by the run that follows.
+            if runner.in_run.is_set() and not runner.overran.is_set():
+                runner.overran.set()
+                log.warning("the run is still going at its next scheduled time; "
+                            "the next run starts as soon as it ends")
+            return
+        if not runner.stop_event.is_set():
+            upcoming = trigger.get_next_fire_time(None, datetime.now(UTC))
+            if upcoming is not None:
+                log.info("next run at %s", upcoming.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+    scheduler.add_listener(on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_EXECUTED
+                           | EVENT_JOB_ERROR)
+    scheduler.start()
+    log.info("scheduler started: %s%s; lease holder %s", describe_trigger(trigger),
+             ", first run now" if first_run_now else "", runner.lease.holder)
+    try:
+        # A timed wait keeps the main thread responsive to signals on every platform.
+        while not runner.stop_event.wait(1.0):
+            pass
+    finally:
+        log.info("stopping the scheduler (waiting for the run in hand to finish)")
+        scheduler.shutdown(wait=True)
+        log.info("scheduler stopped")

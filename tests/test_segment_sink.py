@@ -1,0 +1,96 @@
+"""The Segment sink against the Segment sandbox over loopback."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from connector.sandbox.segment_tracking import SegmentSandbox
+from connector.segment.sink import MAX_MESSAGE_BYTES, OutMessage, SegmentAuthError, SegmentSink, json_size
+from tests.conftest import WRITE_KEY
+
+
+@pytest.fixture
+def segment():
+    sandbox = SegmentSandbox({WRITE_KEY})
+    with sandbox.server() as server:
+        yield sandbox, server.url
+
+
+def make_sink(url: str, key: str = WRITE_KEY, **kw) -> SegmentSink:
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("backoff_cap", 0.05)
+    return SegmentSink(SecretStr(key), url, **kw)
+
+
+def out(sink: SegmentSink, i: int, payload: str = "x") -> OutMessage:
+    msg = sink.shape("identify", {"userId": f"u{i}", "traits": {"p": payload}}, None, f"m-{i}")
+    return OutMessage(msg, json_size(msg), ("users", f"u{i}"))
+
+
+def test_delivers_in_batches_within_limits(segment):
+    sandbox, url = segment
+    sink = make_sink(url, batch_messages=40)
+    messages = [out(sink, i) for i in range(100)]
+    result = sink.send(messages)
+    assert result.delivered == {f"m-{i}" for i in range(100)}
+    assert not result.failed
+    assert result.batches == 3
+    assert set(sandbox.by_message_id) == result.delivered
+
+
+def test_batches_respect_byte_budget(segment):
+    _, url = segment
+    sink = make_sink(url, batch_bytes=50_000)
+    messages = [out(sink, i, "é" * 2000) for i in range(30)]  # ~12 KB each as the library counts
+    batches = list(sink.batches(messages))
+    assert len(batches) > 1
+    for batch in batches:
+        assert sum(m.size + 2 for m in batch) + 200 <= 50_000
+
+
+def test_shape_refuses_oversize_like_the_library(segment):
+    _, url = segment
+    sink = make_sink(url)
+    with pytest.raises(RuntimeError):
+        sink.shape("identify", {"userId": "u", "traits": {"n": "字" * 6000}}, None, "m")
+    assert json_size({"n": "字" * 6000}) > MAX_MESSAGE_BYTES
+
+
+def test_retries_5xx_and_429_then_succeeds(segment):
+    sandbox, url = segment
+    sandbox.inject(503, count=2)
+    sandbox.inject(429, count=1, retry_after="0")
+    sink = make_sink(url)
+    result = sink.send([out(sink, i) for i in range(5)])
+    assert len(result.delivered) == 5 and result.retries == 3
+
+
+def test_persistent_failure_is_reported_not_lost(segment):
+    sandbox, url = segment
+    sandbox.inject(500, count=100)
+    sink = make_sink(url, max_retries=2)
+    result = sink.send([out(sink, i) for i in range(3)])
+    assert not result.delivered
+    assert {code for code, _ in result.failed.values()} == {"DELIVERY_FAILED"}
+
+
+def test_wrong_write_key_is_an_auth_error_without_the_key(segment):
+    _, url = segment
+    wrong = "wrong-key-1234567890"
+    sink = make_sink(url, key=wrong)
+    with pytest.raises(SegmentAuthError) as err:
+        sink.send([out(sink, 1)])
+    assert wrong not in str(err.value) and "SEGMENT_WRITE_KEY" in str(err.value)
+
+
+def test_a_400_isolates_the_bad_message(segment):
+    sandbox, url = segment
+    sink = make_sink(url)
+    good = [out(sink, i) for i in range(7)]
+    bad_msg = dict(good[3].message, messageId="x" * 150)  # over Segment's 100-char limit
+    good[3] = OutMessage(bad_msg, json_size(bad_msg), ("users", "u3"))
+    result = sink.send(good)
+    assert set(result.failed) == {"x" * 150}
+    assert result.failed["x" * 150][0] == "REJECTED"
+    assert len(result.delivered) == 6

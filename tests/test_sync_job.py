@@ -1,0 +1,263 @@
+"""The sync job end to end, over loopback against the Moesif and Segment sandboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from connector.sandbox.serve import start_sync_sandbox
+from connector.store import connect
+from connector.sync.job import run_sync
+from connector.sync.state import SyncState
+from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in, assert_no_keys_in_tree
+
+USERS, COMPANIES = 600, 40
+
+
+@pytest.fixture
+def sandbox():
+    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
+                            write_key=WRITE_KEY) as sb:
+        yield sb
+
+
+@pytest.fixture
+def settings(sandbox, settings_factory):
+    return settings_factory(moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url)
+
+
+def identify_ids(sandbox) -> set[str]:
+    return {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
+
+
+def valid_user_ids(sandbox) -> set[str]:
+    ds = sandbox.dataset
+    ids = {ds.user_id(i) for i in range(USERS)}
+    return {i for i in ids if i}
+
+
+def check_counts_add_up(report, real_run=True):
+    for entity, c in report["entities"].items():
+        assert c["fetched"] == c["changed"] + c["unchanged"] + c["invalid"], entity
+        if real_run:
+            assert c["changed"] == c["delivered"] + c["failed"], entity
+
+
+def test_first_run_delivers_every_valid_user_and_reports_the_rest(sandbox, settings):
+    outcome = run_sync(settings)
+    report = outcome.report
+    assert outcome.exit_code == 0, report
+    assert report["status"] == "success"
+    check_counts_add_up(report)
+    users = report["entities"]["users"]
+    codes = report["issue_counts"]
+    assert codes.get("MISSING_ID", 0) >= 2
+    assert codes.get("OVERSIZE", 0) >= 1 and codes.get("OVERSIZE_TRIMMED", 0) >= 1
+    assert codes.get("BAD_TIMESTAMP", 0) >= 1
+    delivered = identify_ids(sandbox)
+    oversize = {i["id"] for i in report["issues"] if i["code"] == "OVERSIZE"}
+    assert delivered == valid_user_ids(sandbox) - oversize
+    assert users["delivered"] == len(delivered)
+    # one group call per delivered user that has a company
+    groups = [m for m in sandbox.segment.messages if m["type"] == "group"]
+    with_company = {m["userId"] for m in sandbox.segment.messages
+                    if m["type"] == "identify" and "company" in m["traits"]}
+    assert {g["userId"] for g in groups} == with_company and groups
+    # the seed's traits made it, with the message timestamp = modified_time
+    sample = next(m for m in sandbox.segment.messages if m["type"] == "identify"
+                  and "company" in m["traits"] and "email" in m["traits"])
+    assert sample["traits"]["id"] == sample["userId"]
+    assert sample["timestamp"].startswith(sample["traits"]["modifiedTime"][:19])
+    assert {"id", "modifiedTime", "companyDomain"} & set(sample["traits"]["company"])
+    for m in sandbox.segment.messages:
+        assert len(m["messageId"]) <= 100
+        assert len(json.dumps(m)) <= 32 * 1024
+    # field coverage is counted
+    email = report["fields"]["identify.traits.email"]
+    assert email["present"] > 0 and email["missing"] > 0
+
+
+def test_unchanged_rerun_sends_nothing_and_touched_user_is_resent(sandbox, settings):
+    assert run_sync(settings).exit_code == 0
+    sent_before = len(sandbox.segment.messages)
+    again = run_sync(settings)
+    assert again.exit_code == 0
+    assert len(sandbox.segment.messages) == sent_before
+    assert again.report["entities"]["users"]["delivered"] == 0
+
+    uid = sandbox.dataset.user_id(100)
+    old_ids = {m["messageId"] for m in sandbox.segment.messages if m["userId"] == uid}
+    sandbox.dataset.touch_users([uid])
+    third = run_sync(settings)
+    new = [m for m in sandbox.segment.messages[sent_before:]]
+    assert {m["userId"] for m in new} == {uid}
+    assert not {m["messageId"] for m in new} & old_ids
+    assert third.report["entities"]["users"]["delivered"] == 1
+
+
+def test_full_resends_everything_with_the_same_message_ids(sandbox, settings):
+    run_sync(settings)
+    first = {m["messageId"] for m in sandbox.segment.messages}
+    full = run_sync(settings, mode="full")
+    assert full.report["mode"] == "full"
+    assert sandbox.segment.duplicates >= len(first)  # deduplicated downstream by messageId
+
+
+def test_dry_run_sends_nothing_and_moves_nothing(sandbox, settings):
+    outcome = run_sync(settings, mode="dry-run")
+    report = outcome.report
+    assert report["mode"] == "dry-run" and "nothing was sent" in report["dry_run_note"]
+    assert sandbox.segment.received_count == 0
+    assert report["entities"]["users"]["changed"] > 0
+    assert report["entities"]["users"]["sent"] == 0
+    check_counts_add_up(report, real_run=False)
+    conn = connect(settings.state_path)
+    assert SyncState(conn).cursor("users") is None
+    # the real run afterwards still sends everything
+    assert run_sync(settings).report["entities"]["users"]["delivered"] > 0
+
+
+def test_records_modified_during_the_run_are_not_lost(sandbox, settings):
+    touched: list[str] = []
+
+    def progress(event, **kw):
+        if event == "fetched" and kw.get("entity") == "users" and not touched:
+            ids = [sandbox.dataset.user_id(i) for i in (30, 31, 590)]
+            touched.extend(i for i in ids if i)
+            sandbox.dataset.touch_users(touched)
+
+    first = run_sync(settings, progress=progress)
+    assert first.exit_code == 0 and touched
+    before = len(sandbox.segment.messages)
+    run_sync(settings)
+    resent = {m["userId"] for m in sandbox.segment.messages[before:] if m["type"] == "identify"}
+    latest = {uid: sandbox.segment.by_message_id for uid in touched}
+    assert latest
+    # every touched user's newest version reached Segment in the first or second run
+    for uid in touched:
+        newest = sandbox.dataset.get_user(uid)["modified_time"]
+        seen = [m for m in sandbox.segment.messages if m["type"] == "identify"
+                and m["userId"] == uid]
+        assert any(m["traits"]["modifiedTime"][:19] == newest[:19] for m in seen) or \
+            uid in resent, uid
+
+
+def test_429_without_retry_after_and_5xx_are_retried(sandbox, settings):
+    sandbox.moesif.inject(429, count=1)
+    sandbox.moesif.inject(503, count=2)
+    outcome = run_sync(settings.model_copy(update={"moesif_max_retries": 4}))
+    assert outcome.exit_code == 0
+    assert identify_ids(sandbox)
+
+
+def test_wrong_management_key_is_exit_2_without_the_key(sandbox, settings):
+    from pydantic import SecretStr
+
+    wrong = "wrong-management-key-abcdef"
+    outcome = run_sync(settings.model_copy(update={"moesif_management_api_key": SecretStr(wrong)}))
+    assert outcome.exit_code == 2
+    assert "MOESIF_MANAGEMENT_API_KEY" in outcome.report["error"]
+    assert wrong not in json.dumps(outcome.report)
+
+
+def test_missing_settings_are_named(settings):
+    outcome = run_sync(settings.model_copy(update={"segment_write_key": None}))
+    assert outcome.exit_code == 2 and "SEGMENT_WRITE_KEY" in outcome.report["error"]
+
+
+def test_mapping_file_error_is_exit_2(settings, tmp_path):
+    bad = tmp_path / "maps"
+    bad.mkdir()
+    (bad / "users.toml").write_text('[[identify]]\ntarget = "userId"\n')
+    (bad / "companies.toml").write_text("")
+    outcome = run_sync(settings.model_copy(update={"mappings_dir": bad}))
+    assert outcome.exit_code == 2 and "users.toml" in outcome.report["error"]
+
+
+def test_failed_deliveries_are_retried_next_run_then_given_up(sandbox, settings):
+    s = settings.model_copy(update={"segment_max_retries": 0, "sync_max_attempts": 2})
+    sandbox.segment.inject(500, count=10_000)
+    first = run_sync(s)
+    assert first.exit_code == 1 and first.report["status"] == "partial"
+    failed = first.report["entities"]["users"]["failed"]
+    assert failed > 0 and not sandbox.segment.messages
+    check_counts_add_up(first.report)
+    second = run_sync(s)  # still failing: attempts reach the limit
+    assert second.report["entities"]["users"]["retried"] >= failed
+    assert second.report["issue_counts"].get("GAVE_UP", 0) >= failed
+    sandbox.segment.reset()
+    sandbox.segment.inject(500, count=0)
+    third = run_sync(s)
+    assert third.report["entities"]["users"]["retried"] == 0  # given up: not retried forever
+    assert third.exit_code == 0
+
+
+def test_failed_records_are_retried_whatever_the_cursor(sandbox, settings):
+    s = settings.model_copy(update={"segment_max_retries": 0})
+    sandbox.segment.inject(500, count=3)  # the first batches fail
+    first = run_sync(s)
+    failed = [i for i in first.report["issues"] if i["code"] == "DELIVERY_FAILED"]
+    failed_users = {i["id"] for i in failed if i["entity"] == "users"}
+    failed_companies = {i["id"] for i in failed if i["entity"] == "companies"}
+    assert failed_users and failed_companies  # a company fails with its members
+    assert {i.get("attempts") for i in failed} == {1}
+    second = run_sync(s)
+    assert second.exit_code == 0
+    assert failed_users <= identify_ids(sandbox)
+    companies = second.report["entities"]["companies"]
+    assert companies["retried"] == len(failed_companies) and companies["failed"] == 0
+
+
+def test_changed_company_resends_its_members(sandbox, settings):
+    run_sync(settings)
+    before = len(sandbox.segment.messages)
+    company_id = sandbox.dataset.company_id(3)
+    sandbox.dataset.update_company(company_id, {"metadata": {"name": "Renamed Ltd", "plan": "pro"}})
+    outcome = run_sync(settings)
+    new = sandbox.segment.messages[before:]
+    assert new and all(m.get("groupId", m["traits"].get("company", {}).get("id")) == company_id
+                       for m in new)
+    assert any(m["type"] == "group" and m["traits"].get("name") == "Renamed Ltd" for m in new)
+    assert outcome.report["entities"]["companies"]["delivered"] == 1
+
+
+def test_sigkill_mid_run_then_rerun_delivers_everyone(sandbox, settings, tmp_path):
+    sandbox.segment.inject_delay(0.3, count=4)  # keep the first run busy long enough to kill
+    env = dict(os.environ, MOESIF_API_URL=sandbox.moesif_url, SEGMENT_HOST=sandbox.segment_url,
+               MOESIF_MANAGEMENT_API_KEY=MANAGEMENT_KEY, SEGMENT_WRITE_KEY=WRITE_KEY,
+               CONNECTOR_HOME=str(settings.connector_home), MOESIF_PAGE_SIZE="50",
+               MAPPINGS_DIR=str(settings.mappings_dir))
+    cmd = [sys.executable, "-m", "connector", "sync", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while sandbox.segment.batches < 1 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = identify_ids(sandbox)
+    assert partial and partial != valid_user_ids(sandbox)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "connector", "report", "show", "latest", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60).stdout)
+    oversize = {i["id"] for i in report["issues"] if i["code"] == "OVERSIZE"}
+    assert identify_ids(sandbox) == valid_user_ids(sandbox) - oversize
+    assert report["entities"]["users"]["delivered"] > 0 and report["status"] == "success"
+    for text in (rerun.stdout, rerun.stderr):
+        assert_no_keys_in(text)
+    assert_no_keys_in_tree(Path(settings.connector_home))
+
+
+def test_no_key_in_reports_or_state(sandbox, settings):
+    outcome = run_sync(settings)
+    assert_no_keys_in(json.dumps(outcome.report))
+    assert_no_keys_in_tree(Path(settings.connector_home))

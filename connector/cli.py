@@ -114,7 +114,10 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
 
         return _Outcome(2, Report(new_run_id(), mode, "-", settings).finish("failed", str(exc)))
     conn = connect(settings.state_path)
-    lease = Lease(conn, "sync", default_holder_id(), settings.lease_seconds)
+    # The lease renews from its own thread: give it its own connection, so a renewal
+    # never lands inside (or is rolled back with) the job's transaction.
+    lease_conn = connect(settings.state_path)
+    lease = Lease(lease_conn, "sync", default_holder_id(), settings.lease_seconds)
     try:
         if not lease.wait_acquire(stop, poll=1.0):
             from connector.sync.job import Report, new_run_id
@@ -125,6 +128,7 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
             return run_sync(settings, mode, stop, progress, conn=conn)
     finally:
         lease.release()
+        lease_conn.close()
         conn.close()
 
 

@@ -1,0 +1,160 @@
+"""Prometheus metrics for the scheduled sync, and a small `/healthz` + `/metrics` server.
+
+Each `Metrics` has its own CollectorRegistry (not prometheus-client's global one), so a
+test or a process can hold several without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from connector.sandbox.httpbase import JsonHandler, SandboxServer
+from connector.timeutil import parse_timestamp
+
+RUN_STATUSES = ("success", "partial", "failed")
+RECORD_OUTCOMES = ("delivered", "unchanged", "invalid", "failed", "gave_up")
+ENTITIES = ("users", "companies")
+# Runs last from seconds (nothing changed) to hours (a first full sync of millions).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+
+
+class Metrics:
+    def __init__(self, *, stale_after_seconds: float = 3 * 900.0,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.stale_after_seconds = stale_after_seconds
+        self.clock = clock
+        self.runs = Counter("moesif_segment_runs_total", "Sync runs by final status.",
+                            ["status"], registry=self.registry)
+        self.records = Counter("moesif_segment_records_total",
+                               "Records by entity and outcome.", ["entity", "outcome"],
+                               registry=self.registry)
+        self.duration = Histogram("moesif_segment_run_duration_seconds",
+                                  "Wall-clock duration of sync runs.",
+                                  buckets=DURATION_BUCKETS, registry=self.registry)
+        self.last_success = Gauge("moesif_segment_last_success_timestamp_seconds",
+                                  "When the last successful run finished (Unix time).",
+                                  registry=self.registry)
+        self.last_run = Gauge("moesif_segment_last_run_timestamp_seconds",
+                              "When the last run finished, whatever its status (Unix time).",
+                              registry=self.registry)
+        # Export zeros from the start so rate() and alerts see every series.
+        for status in RUN_STATUSES:
+            self.runs.labels(status=status)
+        for entity in ENTITIES:
+            for outcome in RECORD_OUTCOMES:
+                self.records.labels(entity=entity, outcome=outcome)
+        self._lock = threading.Lock()
+        self.started_at = clock()
+        self.last_status: str | None = None
+        self.last_run_id: str | None = None
+        self.last_error: str | None = None
+        self.last_run_at: float | None = None
+        self.last_success_at: float | None = None
+
+    def observe_report(self, report: dict[str, Any]) -> None:
+        """Count one finished run from its report (tolerates missing parts)."""
+        status = str(report.get("status") or "failed")
+        finished = _epoch(report.get("finished_at")) or self.clock()
+        self.runs.labels(status=status).inc()
+        for entity, counts in (report.get("entities") or {}).items():
+            if not isinstance(counts, dict):
+                continue
+            for outcome in RECORD_OUTCOMES:
+                value = counts.get(outcome)
+                if isinstance(value, int | float) and value > 0:
+                    self.records.labels(entity=str(entity), outcome=outcome).inc(value)
+        duration = report.get("duration_s")
+        if isinstance(duration, int | float) and duration >= 0:
+            self.duration.observe(duration)
+        self._record_end(status, finished, report.get("run_id"), report.get("error"))
+
+    def observe_crash(self, reason: str, duration_s: float | None = None) -> None:
+        """A run that ended without a report (an exception escaped it)."""
+        self.runs.labels(status="failed").inc()
+        if duration_s is not None:
+            self.duration.observe(duration_s)
+        self._record_end("failed", self.clock(), None, reason)
+
+    def _record_end(self, status: str, finished: float, run_id: Any, error: Any) -> None:
+        with self._lock:
+            self.last_status = status
+            self.last_run_id = str(run_id) if run_id else None
+            self.last_error = str(error) if error else None
+            self.last_run_at = finished
+            self.last_run.set(finished)
+            if status == "success":
+                self.last_success_at = finished
+                self.last_success.set(finished)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) for `/healthz`.
+
+        200 when the last run succeeded (or was partial: failures are retried next run) and
+        the last success is recent, or when no run finished yet within the grace period;
+        503 when the last run failed or the last success is older than `stale_after_seconds`.
+        """
+        now = self.clock()
+        with self._lock:
+            status, run_at, success_at = self.last_status, self.last_run_at, self.last_success_at
+            body: dict[str, Any] = {
+                "last_run_status": status,
+                "last_run_id": self.last_run_id,
+                "last_run_age_s": _age(now, run_at),
+                "last_success_age_s": _age(now, success_at),
+                "stale_after_s": self.stale_after_seconds,
+            }
+            if self.last_error:
+                body["last_error"] = self.last_error
+        # With no success yet, the clock starts when the process did.
+        since_success = now - (success_at if success_at is not None else self.started_at)
+        if status == "failed":
+            healthy, reason = False, "the last run failed"
+        elif since_success > self.stale_after_seconds:
+            healthy, reason = False, "no successful run for longer than stale_after_s"
+        elif status is None:
+            healthy, reason = True, "no run finished yet (within the grace period)"
+        else:
+            healthy, reason = True, f"the last run was {status}"
+        body["status"] = "ok" if healthy else "unhealthy"
+        body["reason"] = reason
+        return (200 if healthy else 503), body
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _epoch(value: Any) -> float | None:
+    try:
+        return parse_timestamp(value).timestamp() if value else None
+    except ValueError:
+        return None
+
+
+def _age(now: float, then: float | None) -> float | None:
+    return None if then is None else round(max(0.0, now - then), 1)
+
+
+class _MetricsHandler(JsonHandler):
+    def do_GET(self) -> None:
+        metrics: Metrics = self.app
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self.send_text(200, metrics.exposition().decode(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            status, body = metrics.health()
+            self.send_json(status, body)
+        else:
+            self.send_json(404, {"error": "not found", "paths": ["/healthz", "/metrics"]})
+
+
+def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> SandboxServer:
+    """Serve `/metrics` and `/healthz` in a background thread; `.stop()` to end, `.url`."""
+    return SandboxServer(_MetricsHandler, metrics, host=host, port=port).start()

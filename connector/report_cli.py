@@ -1,0 +1,183 @@
+"""`moesif-segment report list | show | diff`: read the runs kept in the state file.
+
+Mounted by the main CLI with `app.add_typer(report_app, name="report")`.
+Exit status: 0 on success, 1 for an unknown or ambiguous run id, 2 for a settings error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
+from connector.report_store import RUNNING, AmbiguousRunId, ReportStore
+from connector.settings import ConfigError, Settings, load_settings
+from connector.store import connect
+
+report_app = typer.Typer(help="Inspect the mapping reports of past runs.",
+                         no_args_is_help=True, add_completion=False)
+
+MAIN_ENTITIES = ("users", "companies")
+
+
+class ShowFormat(StrEnum):
+    text = "text"
+    json = "json"
+    html = "html"
+
+
+class DiffFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@contextlib.contextmanager
+def _open_store() -> Iterator[tuple[Settings, ReportStore | None]]:
+    """Settings and the report store (None when no state file exists yet)."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not settings.state_path.exists():
+        yield settings, None
+        return
+    conn = connect(settings.state_path)
+    try:
+        yield settings, ReportStore(conn)
+    finally:
+        conn.close()
+
+
+def _load(store: ReportStore | None, settings: Settings, run_id: str) -> dict[str, Any]:
+    """A finished run's report, or a message on stderr and exit 1."""
+    if store is None:
+        _fail(f"no runs recorded yet (no state file at {settings.state_path})")
+    try:
+        report = store.get(run_id)
+    except AmbiguousRunId as exc:
+        _fail(f"{exc}; give more characters of the run id")
+    if report is None:
+        what = "no finished run yet" if run_id == "latest" else f"no run with id {run_id!r}"
+        _fail(f"{what} in {settings.connector_home} (see `moesif-segment report list`)")
+    if report.get("status") == RUNNING:
+        _fail(f"run {report.get('run_id')} is still running; its report is saved when it ends")
+    return report
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
+
+
+def _stdout_console() -> Console:
+    console = Console(highlight=False)
+    # Piped output: wide enough that run ids never wrap.
+    return console if console.is_terminal else Console(width=160, highlight=False)
+
+
+def _short_time(value: Any) -> str:
+    text = str(value or "")
+    return text[:19].replace("T", " ") if text else "–"
+
+
+def _duration(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "–"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _triple(counts: dict[str, Any]) -> str:
+    if not counts:
+        return "–"
+    return "/".join(f"{counts.get(k, 0):,}" for k in ("fetched", "delivered", "failed"))
+
+
+@report_app.command("list")
+def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
+                                        help="How many runs to show, newest first.")) -> None:
+    """A table of recent runs, newest first."""
+    with _open_store() as (settings, store):
+        runs = store.list(limit) if store is not None else []
+    if not runs:
+        typer.echo(f"no runs recorded yet in {settings.connector_home}")
+        return
+    extra = sorted({e for run in runs for e in run["entities"]} - set(MAIN_ENTITIES))
+    table = Table(box=box.SIMPLE_HEAD, caption="counts: fetched/delivered/failed")
+    table.add_column("run id", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("duration", justify="right")
+    table.add_column("mode")
+    table.add_column("status")
+    for entity in (*MAIN_ENTITIES, *extra):
+        table.add_column(f"{entity} f/d/fail", justify="right", no_wrap=True)
+    styles = {"success": "green", "partial": "yellow", "failed": "red", RUNNING: "cyan"}
+    for run in runs:
+        status = str(run["status"])
+        table.add_row(Text(run["run_id"]), _short_time(run["started_at"]),
+                      _duration(run["duration_s"]), Text(str(run["mode"] or "–")),
+                      Text(status, style=styles.get(status, "")),
+                      *(_triple(run["entities"].get(e, {})) for e in (*MAIN_ENTITIES, *extra)))
+    _stdout_console().print(table)
+
+
+def _safe_name(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+@report_app.command("show")
+def show(
+    run_id: str = typer.Argument("latest", help="A run id, a unique prefix of one, or latest."),
+    fmt: ShowFormat = typer.Option(ShowFormat.text, "--format", "-f", help="text, json or html."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """One run's report: a text summary, the stored JSON, or a self-contained HTML page."""
+    with _open_store() as (settings, store):
+        report = _load(store, settings, run_id)
+    if fmt is ShowFormat.json:
+        content = render_json(report)
+    elif fmt is ShowFormat.html:
+        content = render_html(report)
+        if output is None:
+            name = _safe_name(str(report.get("run_id") or run_id))
+            output = settings.connector_home / "reports" / f"{name}.html"
+    else:
+        color = output is None and sys.stdout.isatty()
+        content = render_text(report, width=_stdout_console().width, color=color)
+    if output is None:
+        typer.echo(content.rstrip("\n"))
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(content if content.endswith("\n") else content + "\n", encoding="utf-8")
+    typer.echo(str(output))
+
+
+@report_app.command("diff")
+def diff(
+    run_a: str = typer.Argument(..., help="The earlier run (id, prefix, or latest)."),
+    run_b: str = typer.Argument(..., help="The later run (id, prefix, or latest)."),
+    fmt: DiffFormat = typer.Option(DiffFormat.text, "--format", "-f", help="text or json."),
+) -> None:
+    """What moved between two runs: counts, field coverage, issue codes, status."""
+    with _open_store() as (settings, store):
+        a = _load(store, settings, run_a)
+        b = _load(store, settings, run_b)
+    result = diff_reports(a, b)
+    if fmt is DiffFormat.json:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        color = sys.stdout.isatty()
+        typer.echo(render_diff_text(result, width=_stdout_console().width, color=color)
+                   .rstrip("\n"))

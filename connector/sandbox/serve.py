@@ -1,0 +1,116 @@
+"""Run the sync path's sandbox peers (Moesif Management API + Segment Tracking API).
+
+    python -m connector.sandbox.serve --users 1000 --companies 100
+
+prints one JSON line, `{"moesif_api_url": ..., "segment_host": ..., "pid": ...}`, then
+serves until SIGTERM or SIGINT. In-process users (tests, the demo, benchmarks) call
+`start_sync_sandbox(...)` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from connector.sandbox.dataset import Dataset
+from connector.sandbox.httpbase import SandboxServer
+from connector.sandbox.moesif_management import MoesifManagementSandbox
+from connector.sandbox.segment_tracking import SegmentSandbox
+
+DEFAULT_MANAGEMENT_KEY = "sandbox-management-key"
+DEFAULT_WRITE_KEY = "sandbox-write-key"
+
+
+@dataclass
+class SyncSandbox:
+    """Both peers running on loopback; `stop()` (or leaving the `with`) shuts them down."""
+
+    dataset: Dataset
+    moesif: MoesifManagementSandbox
+    segment: SegmentSandbox
+    moesif_server: SandboxServer
+    segment_server: SandboxServer
+
+    @property
+    def moesif_url(self) -> str:
+        return self.moesif_server.url
+
+    @property
+    def segment_url(self) -> str:
+        return self.segment_server.url
+
+    def stop(self) -> None:
+        self.moesif_server.stop()
+        self.segment_server.stop()
+
+    def __enter__(self) -> SyncSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_sync_sandbox(users: int, companies: int, seed: int = 7,
+                       management_key: str = DEFAULT_MANAGEMENT_KEY,
+                       write_key: str = DEFAULT_WRITE_KEY, special_records: bool = True,
+                       record_messages: bool = True, host: str = "127.0.0.1") -> SyncSandbox:
+    """Build the dataset and start both servers on free ports (already started)."""
+    dataset = Dataset(users, companies, seed=seed, special_records=special_records)
+    moesif = MoesifManagementSandbox(dataset, management_key)
+    segment = SegmentSandbox(write_key, record_messages=record_messages)
+    moesif_server = moesif.server(host).start()
+    try:
+        segment_server = segment.server(host).start()
+    except Exception:
+        moesif_server.stop()
+        raise
+    return SyncSandbox(dataset, moesif, segment, moesif_server, segment_server)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m connector.sandbox.serve",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--companies", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-special", action="store_true",
+                        help="leave out the special (invalid / oversize) records")
+    parser.add_argument("--management-key", default=DEFAULT_MANAGEMENT_KEY)
+    parser.add_argument("--write-key", default=DEFAULT_WRITE_KEY)
+    parser.add_argument("--no-record", action="store_true",
+                        help="count Segment messages without keeping them (benchmarks)")
+    parser.add_argument("--host", default="127.0.0.1")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with start_sync_sandbox(args.users, args.companies, seed=args.seed,
+                            management_key=args.management_key, write_key=args.write_key,
+                            special_records=not args.no_special,
+                            record_messages=not args.no_record, host=args.host) as sandbox:
+        line = {"moesif_api_url": sandbox.moesif_url, "segment_host": sandbox.segment_url,
+                "pid": os.getpid()}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        # A timed wait keeps the main thread responsive to signals on every platform.
+        while not stop.wait(1.0):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,25 @@ def to_iso(value: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
+_COMMON = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]?)")
+
+
 def iso_utc(value: object) -> str:
+    """`to_iso(parse_timestamp(value))`, with a fast path for Moesif's UTC shapes.
+
+    The three shapes Moesif writes are all UTC, so they are rewritten by slicing (after
+    `fromisoformat` has validated the date and time) instead of a datetime round trip;
+    this runs for every timestamp of every record.
+    """
+    if isinstance(value, str):
+        match = _COMMON.fullmatch(value)
+        if match:
+            base, fraction = match.group(1), match.group(2) or ""
+            try:
+                datetime.fromisoformat(base)
+            except ValueError:
+                raise ValueError(f"not a timestamp: {value!r}") from None
+            return f"{base}.{(fraction + '000')[:3]}Z"
     return to_iso(parse_timestamp(value))
 
 

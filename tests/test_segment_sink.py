@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import SecretStr
 
 from connector.sandbox.segment_tracking import SegmentSandbox
-from connector.segment.sink import MAX_MESSAGE_BYTES, OutMessage, SegmentAuthError, SegmentSink, json_size
+from connector.segment.sink import (
+    MAX_MESSAGE_BYTES,
+    OutMessage,
+    SegmentAuthError,
+    SegmentSink,
+    json_size,
+)
 from tests.conftest import WRITE_KEY
 
 
@@ -25,7 +33,7 @@ def make_sink(url: str, key: str = WRITE_KEY, **kw) -> SegmentSink:
 
 def out(sink: SegmentSink, i: int, payload: str = "x") -> OutMessage:
     msg = sink.shape("identify", {"userId": f"u{i}", "traits": {"p": payload}}, None, f"m-{i}")
-    return OutMessage(msg, json_size(msg), ("users", f"u{i}"))
+    return OutMessage.of(msg, ("users", f"u{i}"))
 
 
 def test_delivers_in_batches_within_limits(segment):
@@ -49,12 +57,13 @@ def test_batches_respect_byte_budget(segment):
         assert sum(m.size + 2 for m in batch) + 200 <= 50_000
 
 
-def test_shape_refuses_oversize_like_the_library(segment):
+def test_size_is_measured_like_the_library(segment):
     _, url = segment
     sink = make_sink(url)
-    with pytest.raises(RuntimeError):
-        sink.shape("identify", {"userId": "u", "traits": {"n": "字" * 6000}}, None, "m")
-    assert json_size({"n": "字" * 6000}) > MAX_MESSAGE_BYTES
+    msg = sink.shape("identify", {"userId": "u", "traits": {"n": "字" * 6000}}, None, "m")
+    # 6,000 CJK characters are 18 KB of UTF-8 but 36 KB as the library counts them
+    assert len(json.dumps(msg, ensure_ascii=False).encode()) < MAX_MESSAGE_BYTES
+    assert OutMessage.of(msg, ("users", "u")).size == json_size(msg) > MAX_MESSAGE_BYTES
 
 
 def test_retries_5xx_and_429_then_succeeds(segment):
@@ -75,6 +84,16 @@ def test_persistent_failure_is_reported_not_lost(segment):
     assert {code for code, _ in result.failed.values()} == {"DELIVERY_FAILED"}
 
 
+def test_body_is_what_the_library_would_send(segment):
+    sandbox, url = segment
+    sink = make_sink(url)
+    sink.send([out(sink, 1, "naïve ☃")])
+    received = sandbox.messages[0]
+    assert received["traits"] == {"p": "naïve ☃"}
+    assert received["context"]["library"]["name"] == "analytics-python"
+    assert received["type"] == "identify" and received["messageId"] == "m-1"
+
+
 def test_wrong_write_key_is_an_auth_error_without_the_key(segment):
     _, url = segment
     wrong = "wrong-key-1234567890"
@@ -89,7 +108,7 @@ def test_a_400_isolates_the_bad_message(segment):
     sink = make_sink(url)
     good = [out(sink, i) for i in range(7)]
     bad_msg = dict(good[3].message, messageId="x" * 150)  # over Segment's 100-char limit
-    good[3] = OutMessage(bad_msg, json_size(bad_msg), ("users", "u3"))
+    good[3] = OutMessage.of(bad_msg, ("users", "u3"))
     result = sink.send(good)
     assert set(result.failed) == {"x" * 150}
     assert result.failed["x" * 150][0] == "REJECTED"

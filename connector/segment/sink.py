@@ -1,8 +1,10 @@
 """Deliver identify/group messages to Segment with every library trap closed.
 
 We let `segment.analytics.Client(send=False)` shape each message (it returns the finished
-message instead of queueing it) and post our own size-accounted batches with the
-library's `request.post`, retried by tenacity. Measured on this machine (README) this is
+message instead of queueing it) and post our own size-accounted batches, in the body
+and with the auth the library's `request.post` uses, retried by tenacity. Each message
+is encoded once, with the library's encoder settings: the bytes measured against the
+32 KB / 500 KB limits are the bytes sent. Measured on this machine (README) this is
 faster than the library's consumer thread, and it makes confirmation synchronous: a
 message is delivered when the `/v1/batch` request that carried it returned 2xx. There is
 no queue to overflow (trap 1), sizes are measured the way the library measures them
@@ -12,20 +14,23 @@ retries keep batch order (trap 4), and messages are plain JSON types (trap 6).
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 from pydantic import SecretStr
 from segment.analytics import Client
-from segment.analytics.request import APIError
-from segment.analytics.request import post as segment_post
+from segment.analytics.version import VERSION as LIBRARY_VERSION
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from connector import __version__
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +65,19 @@ class _Rejected(Exception):
 
 @dataclass(slots=True)
 class OutMessage:
-    """One shaped message plus what we need to account for it."""
+    """One shaped message, encoded once: the bytes measured are the bytes sent."""
 
     message: dict[str, Any]
-    size: int
+    encoded: bytes  # json.dumps(message), ensure_ascii: exactly what the library would send
     record_key: tuple[str, str]  # (entity, id) of the record it belongs to
+
+    @property
+    def size(self) -> int:
+        return len(self.encoded)
+
+    @classmethod
+    def of(cls, message: dict[str, Any], record_key: tuple[str, str]) -> OutMessage:
+        return cls(message, json.dumps(message).encode("ascii"), record_key)
 
 
 @dataclass
@@ -101,24 +114,38 @@ class SegmentSink:
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
+        self._session = requests.Session()
+        basic = base64.b64encode(f"{write_key.get_secret_value()}:".encode()).decode()
+        self._headers = {"Content-Type": "application/json",
+                         "User-Agent": f"moesif-segment-connector/{__version__} "
+                                       f"analytics-python/{LIBRARY_VERSION}",
+                         "Authorization": f"Basic {basic}"}
 
     # --- shaping ------------------------------------------------------------------------
     def shape(self, kind: str, body: dict[str, Any], timestamp: datetime | None,
               message_id: str) -> dict[str, Any]:
-        """The finished message as the library would send it (raises on > 32 KB)."""
+        """The finished message as the library would send it.
+
+        The library builds and validates the envelope (type, ids, timestamp, messageId,
+        context.library). Our traits and context are plain JSON values already (they come
+        from parsed JSON through the mapping's converters), so the library's recursive
+        `clean()` would be a costly no-op on them: they are attached after it ran.
+        """
         if kind == "identify":
             ok, msg = self._shaper.identify(
-                user_id=body.get("userId"), traits=body.get("traits") or {},
-                context=body.get("context") or {}, timestamp=timestamp, message_id=message_id)
+                user_id=body.get("userId"), timestamp=timestamp, message_id=message_id)
         elif kind == "group":
             ok, msg = self._shaper.group(
                 user_id=body.get("userId"), group_id=body.get("groupId"),
-                traits=body.get("traits") or {}, context=body.get("context") or {},
                 timestamp=timestamp, message_id=message_id)
         else:
             raise ValueError(f"unsupported message type {kind!r}")
         if not ok:  # never happens with send=False, but a False must never be ignored
             raise RuntimeError("the Segment library refused the message")
+        msg["traits"] = body.get("traits") or {}
+        context = body.get("context")
+        if context:
+            msg["context"] = {**context, "library": msg["context"]["library"]}
         return msg
 
     # --- sending --------------------------------------------------------------------------
@@ -147,7 +174,7 @@ class SegmentSink:
     def _send_isolating(self, batch: list[OutMessage], result: DeliveryResult) -> None:
         """Send a batch; on a 400, split it to isolate the message(s) Segment rejects."""
         try:
-            self._post_with_retries([o.message for o in batch], result)
+            self._post_with_retries([o.encoded for o in batch], result)
         except _Rejected as exc:
             if len(batch) == 1:
                 mid = batch[0].message["messageId"]
@@ -164,7 +191,7 @@ class SegmentSink:
         result.batches += 1
         result.delivered.update(o.message["messageId"] for o in batch)
 
-    def _post_with_retries(self, batch: list[dict[str, Any]], result: DeliveryResult) -> None:
+    def _post_with_retries(self, batch: list[bytes], result: DeliveryResult) -> None:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, _Retryable) and exc.retry_after is not None:
@@ -183,22 +210,32 @@ class SegmentSink:
                             before_sleep=before_sleep, reraise=True)
         retrying(self._post_once, batch)
 
-    def _post_once(self, batch: list[dict[str, Any]]) -> None:
+    def _post_once(self, batch: list[bytes]) -> None:
+        """POST one `/v1/batch` the way the library's `request.post` does (same body,
+        Basic auth, writeKey in the body), but from the already-encoded messages."""
+        sent_at = datetime.now(UTC).isoformat()
+        body = b"".join((b'{"batch": [', b", ".join(batch), b'], "sentAt": ',
+                         json.dumps(sent_at).encode(), b', "writeKey": ',
+                         json.dumps(self._write_key.get_secret_value()).encode(), b"}"))
+        headers = dict(self._headers)
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
         try:
-            segment_post(self._write_key.get_secret_value(), host=self.host, gzip=self.gzip,
-                         timeout=self.timeout, batch=batch)
-        except APIError as exc:
-            status = int(exc.status) if str(exc.status).isdigit() else 0
-            if status in (401, 403):
-                raise SegmentAuthError(
-                    f"Segment answered {status}: the write key was refused; "
-                    "check SEGMENT_WRITE_KEY") from None
-            if status in RETRY_STATUSES or status >= 500:
-                retry_after = _retry_after(exc.response)
-                raise _Retryable(f"Segment answered {status}", retry_after) from None
-            raise _Rejected(status, str(exc.message)[:300]) from None
+            res = self._session.post(f"{self.host}/v1/batch", data=body, headers=headers,
+                                     timeout=self.timeout)
         except requests.RequestException as exc:
             raise _Retryable(f"{type(exc).__name__} posting to Segment") from None
+        status = res.status_code
+        if 200 <= status < 300:
+            return
+        if status in (401, 403):
+            raise SegmentAuthError(
+                f"Segment answered {status}: the write key was refused; "
+                "check SEGMENT_WRITE_KEY")
+        if status in RETRY_STATUSES or status >= 500:
+            raise _Retryable(f"Segment answered {status}", _retry_after(res))
+        raise _Rejected(status, res.text[:300])
 
 
 def _retry_after(response: requests.Response | None) -> float | None:

@@ -8,6 +8,7 @@ ends as delivered, unchanged, invalid (with a reason code) or failed (retried ne
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import sqlite3
@@ -329,10 +330,11 @@ class SyncRun:
         counts = self.report.entities[entity]
         outcomes: dict[str, str] = {}
         candidates: list[Candidate] = []
+        cache: dict[Any, Any] = {}  # per page: each company is mapped once
         with Timer(self.report.phases, "map"):
             for doc in page.docs:
                 counts["fetched"] += 1
-                candidate = self._map_user(doc, page)
+                candidate = self._map_user(doc, page, cache)
                 if candidate is None:
                     counts["invalid"] += 1
                     continue
@@ -351,12 +353,14 @@ class SyncRun:
                     outcomes[c.id] = "unchanged"
                 else:
                     changed.append(c)
+        sendable: list[Candidate] = []
         with Timer(self.report.phases, "map"):
-            sendable = [c for c in changed if self._shape(c)]
-        for c in changed:
-            if c not in sendable:
-                counts["invalid"] += 1
-                outcomes[c.id] = "invalid"
+            for c in changed:
+                if self._shape(c):
+                    sendable.append(c)
+                else:
+                    counts["invalid"] += 1
+                    outcomes[c.id] = "invalid"
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
@@ -369,12 +373,13 @@ class SyncRun:
         self.user_outcomes.update(outcomes)
         return outcomes
 
-    def _map_user(self, doc: dict[str, Any], page: Joined) -> Candidate | None:
+    def _map_user(self, doc: dict[str, Any], page: Joined,
+                  cache: dict[Any, Any]) -> Candidate | None:
         company_id = str(doc["company_id"]) if doc.get("company_id") else None
         company = page.companies.get(company_id) if company_id else None
         user_id = doc.get("user_id")
         joins = {"@company": company, "@metrics": page.metrics.get(str(user_id))}
-        identify = self.mappings.apply("identify", doc, joins)
+        identify = self.mappings.apply("identify", doc, joins, cache=cache)
         record_id = str(user_id) if user_id not in (None, "") else None
         for code, detail in identify.issues:
             self.report.issue("users", record_id, code, detail)
@@ -384,19 +389,18 @@ class SyncRun:
             return None
         group = None
         if company is not None and self.settings.sync_send_group_calls:
-            group = self.mappings.apply("group", company, {})
-            if group.missing_required:
-                group = None
-            else:
-                group.message["userId"] = record_id
+            shared = cache.get(("group", company_id))
+            if shared is None:
+                shared = cache[("group", company_id)] = self.mappings.apply("group", company, {})
+                shared.message.pop("timestamp", None)  # the user's change time, for both
+            if not shared.missing_required:
+                group = Applied({**shared.message, "userId": record_id}, [], [], shared.fields)
         if company_id and company is None:
             self.report.issue("users", record_id, "COMPANY_NOT_FOUND",
                               f"company {company_id} is not in Moesif's companies search")
         timestamp = None
         if identify.message.get("timestamp"):
             timestamp = parse_timestamp(identify.message.pop("timestamp"))
-        if group is not None:
-            group.message.pop("timestamp", None)  # the user's change time, for both calls
         hashed = [_strip(identify.message, self.identify_volatile),
                   group.message if group else None, to_iso(timestamp) if timestamp else None]
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
@@ -425,16 +429,20 @@ class SyncRun:
     def _shape_one(self, kind: str, body: dict[str, Any], c: Candidate,
                    trimmable: list[tuple[str, tuple[str, ...]]], prefix: str) -> OutMessage | None:
         message_id = self._message_id(kind, c)
+        copied = False
         while True:
             try:
                 msg = self.sink.shape(kind, body, c.timestamp, message_id)
             except RuntimeError:  # the library's own 32 KB check
                 msg = None
             if msg is not None:
-                size = json_size(msg)
-                if size <= MAX_MESSAGE_BYTES:
-                    return OutMessage(msg, size, ("users", c.id))
-            # Too big: drop the largest free-form subtree still present, then retry.
+                out = OutMessage.of(msg, ("users", c.id))
+                if out.size <= MAX_MESSAGE_BYTES:
+                    return out
+            # Too big: drop the largest free-form subtree still present, then retry. Parts
+            # of the body may be shared with other users (a company), so trim a copy.
+            if not copied:
+                body, copied = copy.deepcopy(body), True
             present = [(json_size(v), target, path) for target, path in trimmable
                        if (v := _get_path(body, path)) is not None]
             if not present:
@@ -447,13 +455,10 @@ class SyncRun:
             c.trimmed.append(f"{prefix}.{target}")
 
     def _count_fields(self, c: Candidate) -> None:
-        trimmed = set(c.trimmed)
-        for applied in (c.identify, c.group):
-            if applied is None:
-                continue
-            for key, slot in applied.fields:
-                self.report.coverage.add(key, slot)
-        for key in trimmed:
+        self.report.coverage.add_all(c.identify.fields)
+        if c.group is not None:
+            self.report.coverage.add_all(c.group.fields)
+        for key in set(c.trimmed):
             self.report.coverage.add(key, 3)
 
     def _sample(self, sendable: list[Candidate]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -14,6 +15,7 @@ from connector.segment.sink import (
     SegmentAuthError,
     SegmentSink,
     json_size,
+    library_size_bound,
 )
 from tests.conftest import WRITE_KEY
 
@@ -54,7 +56,7 @@ def test_batches_respect_byte_budget(segment):
     batches = list(sink.batches(messages))
     assert len(batches) > 1
     for batch in batches:
-        assert sum(m.size + 2 for m in batch) + 200 <= 50_000
+        assert sum(m.size + 1 for m in batch) + 200 <= 50_000
 
 
 def test_size_is_measured_like_the_library(segment):
@@ -63,7 +65,17 @@ def test_size_is_measured_like_the_library(segment):
     msg = sink.shape("identify", {"userId": "u", "traits": {"n": "字" * 6000}}, None, "m")
     # 6,000 CJK characters are 18 KB of UTF-8 but 36 KB as the library counts them
     assert len(json.dumps(msg, ensure_ascii=False).encode()) < MAX_MESSAGE_BYTES
-    assert OutMessage.of(msg, ("users", "u")).size == json_size(msg) > MAX_MESSAGE_BYTES
+    out_msg = OutMessage.of(msg, ("users", "u"))
+    assert out_msg.library_size == json_size(msg) > MAX_MESSAGE_BYTES
+    assert out_msg.size < MAX_MESSAGE_BYTES  # the UTF-8 bytes alone would have passed
+
+
+@pytest.mark.parametrize("text", ["plain", "naïve café", "字" * 40, "🚀🦄 emoji", "a,b:c" * 9,
+                                  "del\x7fchar", "tab\tquote\"back\\slash"])
+def test_size_bound_never_undercounts(text):
+    msg = {"type": "identify", "traits": {"t": text, "n": [1, 2.5, None, True], "o": {"k": text}}}
+    bound = library_size_bound(orjson.dumps(msg))
+    assert json_size(msg) <= bound <= json_size(msg) * 2
 
 
 def test_retries_5xx_and_429_then_succeeds(segment):

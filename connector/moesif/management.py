@@ -139,6 +139,16 @@ class MoesifManagementClient:
         })
         self.requests_made = 0
         self.retries = 0
+        # One Retrying for the client's life (its per-call state is thread-local). A new
+        # one per call forms a reference cycle holding the response until the cyclic
+        # GC runs, which the sync job deliberately runs rarely.
+        self._retrying = Retrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=self.backoff,
+            stop=stop_after_attempt(max_retries + 1),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
 
     # --- low level -------------------------------------------------------------------
     def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
@@ -182,22 +192,15 @@ class MoesifManagementClient:
         except ValueError:
             raise MoesifRetryableError(f"Moesif sent invalid JSON on {path}", status) from None
 
-    def _with_retries(self, fn, *args: Any) -> Any:
-        def count_retry(state: RetryCallState) -> None:
-            self.retries += 1
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("Moesif request failed (%s); retry %d of %d", exc,
-                        state.attempt_number, self.max_retries)
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("Moesif request failed (%s); retry %d of %d", exc,
+                    state.attempt_number, self.max_retries)
 
-        retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
-            wait=self.backoff,
-            stop=stop_after_attempt(self.max_retries + 1),
-            before_sleep=count_retry,
-            reraise=True,
-        )
+    def _with_retries(self, fn: Any, *args: Any) -> Any:
         try:
-            return retrying(fn, *args)
+            return self._retrying(fn, *args)
         except MoesifRetryableError as exc:
             raise MoesifError(f"{exc} (gave up after {self.max_retries} retries)") from None
 

@@ -137,6 +137,11 @@ class SegmentSink:
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
+        # One Retrying for the sink's life (per-call state is thread-local): a new one per
+        # batch forms a reference cycle that keeps the batch alive until a GC pass.
+        self._retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+                                  wait=self._wait, stop=stop_after_attempt(max_retries + 1),
+                                  before_sleep=self._before_sleep, reraise=True)
         self._session = requests.Session()
         basic = base64.b64encode(f"{write_key.get_secret_value()}:".encode()).decode()
         self._headers = {"Content-Type": "application/json",
@@ -214,24 +219,23 @@ class SegmentSink:
         result.batches += 1
         result.delivered.update(o.message["messageId"] for o in batch)
 
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return exc.retry_after
+        exp = min(self.backoff_cap, self.backoff_base * 2 ** (state.attempt_number - 1))
+        return random.uniform(self.backoff_base / 2, max(self.backoff_base, exp))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("Segment batch failed (%s); retry %d of %d", exc, state.attempt_number,
+                    self.max_retries)
+
     def _post_with_retries(self, batch: list[bytes], result: DeliveryResult) -> None:
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _Retryable) and exc.retry_after is not None:
-                return exc.retry_after
-            exp = min(self.backoff_cap, self.backoff_base * 2 ** (state.attempt_number - 1))
-            return random.uniform(self.backoff_base / 2, max(self.backoff_base, exp))
-
-        def before_sleep(state: RetryCallState) -> None:
-            result.retries += 1
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("Segment batch of %d failed (%s); retry %d of %d", len(batch), exc,
-                        state.attempt_number, self.max_retries)
-
-        retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-                            wait=wait, stop=stop_after_attempt(self.max_retries + 1),
-                            before_sleep=before_sleep, reraise=True)
-        retrying(self._post_once, batch)
+        try:
+            self._retrying(self._post_once, batch)
+        finally:
+            result.retries += self._retrying.statistics.get("attempt_number", 1) - 1
 
     def _post_once(self, batch: list[bytes]) -> None:
         """POST one `/v1/batch` the way the library's `request.post` does (same body,

@@ -244,7 +244,7 @@ class MappingSet:
             sub: dict[str, Any] = {}
             self._apply_into(rule.submapping, raw, joins, key, out, sub, None)
             return sub
-        cache_key = (rule.submapping, key, id(raw))
+        cache_key = (rule.submapping, key, _identity(raw))
         hit = cache.get(cache_key)
         if hit is None:
             part = Applied({}, [], [], [])
@@ -316,6 +316,15 @@ class MappingSet:
                         for p in spec.get("join") or spec.get("seconds_between") or []:
                             paths.add(p)
         return paths
+
+
+def _identity(doc: dict[str, Any]) -> Any:
+    """A record's identity and version, or the object itself when it has none."""
+    rid = doc.get("company_id") or doc.get("user_id")
+    version = doc.get("modified_time")
+    if rid is not None and version is not None:
+        return (rid, version)
+    return id(doc)
 
 
 def _set_path(message: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

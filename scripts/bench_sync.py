@@ -79,7 +79,7 @@ def baseline_worker() -> None:
     client = Client(write_key=WRITE_KEY, host=host)
     body = {"size": 1000, "sort": [{"modified_time": {"order": "asc"}},
                                    {"user_id.raw": {"order": "asc"}}]}
-    sent = 0
+    sent = refused = 0
     while True:
         hits = session.post(f"{moesif}/v1/search/~/search/users", json=body).json()["hits"]["hits"]
         if not hits:
@@ -103,18 +103,20 @@ def baseline_worker() -> None:
             msg = mappings.apply("identify", doc, {"@company": company,
                                                    "@metrics": metrics.get(doc["user_id"])}).message
             ts = parse_timestamp(msg.pop("timestamp"))
-            client.identify(msg["userId"], msg.get("traits"), msg.get("context"), ts)
+            ok, _ = client.identify(msg["userId"], msg.get("traits"), msg.get("context"), ts)
             sent += 1
+            refused += not ok  # queue full: the library drops it (trap 1)
             if company:
                 g = mappings.apply("group", company, {}).message
                 g.pop("timestamp", None)
-                client.group(doc["user_id"], g["groupId"], g.get("traits"), timestamp=ts)
+                ok, _ = client.group(doc["user_id"], g["groupId"], g.get("traits"), timestamp=ts)
                 sent += 1
+                refused += not ok
         if len(hits) < 1000:
             break
         body["search_after"] = hits[-1]["sort"]
     client.flush()
-    print(json.dumps({"messages": sent}))
+    print(json.dumps({"messages": sent, "dropped_queue_full": refused}))
 
 
 def main() -> None:
@@ -138,6 +140,8 @@ def main() -> None:
         secs, rss, _ = timed_child(cli + ["sync", "--full", "--no-progress"], env)
         stats = segment_stats(urls)
         ours = args.users / secs
+        print(f"  connector delivered {stats.get('received_count', 0):,} messages "
+              f"({stats.get('unique_message_ids', stats.get('received_count', 0)):,} unique)")
         print(f"connector full sync : {secs:7.2f} s  {ours:9,.0f} users/s  "
               f"{stats.get('received_count', 0) / secs:9,.0f} messages/s  peak RSS {rss:6.1f} MB")
         reset_segment(urls)
@@ -150,10 +154,14 @@ def main() -> None:
             reset_segment(urls)
             secs3, rss3, out = timed_child([sys.executable, __file__, "--baseline-worker"], env)
             stats3 = segment_stats(urls)
+            worker = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
             base = args.users / secs3
             print(f"naive baseline      : {secs3:7.2f} s  {base:9,.0f} users/s  "
                   f"{stats3.get('received_count', 0) / secs3:9,.0f} messages/s  "
                   f"peak RSS {rss3:6.1f} MB")
+            print(f"  baseline delivered {stats3.get('received_count', 0):,} of "
+                  f"{worker.get('messages', 0):,} messages; the library dropped "
+                  f"{worker.get('dropped_queue_full', 0):,} on a full queue, silently")
             print(f"ratio connector / baseline: {ours / base:.2f}x")
     finally:
         sandbox.terminate()

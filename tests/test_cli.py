@@ -1,0 +1,79 @@
+"""The `moesif-segment` command as a user runs it (typer's runner, real sandboxes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from connector.cli import app
+from connector.sandbox.serve import start_sync_sandbox
+from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in, assert_no_keys_in_tree
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path):
+    with start_sync_sandbox(300, 20, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+        yield {
+            "MOESIF_API_URL": sb.moesif_url, "SEGMENT_HOST": sb.segment_url,
+            "MOESIF_MANAGEMENT_API_KEY": MANAGEMENT_KEY, "SEGMENT_WRITE_KEY": WRITE_KEY,
+            "CONNECTOR_HOME": str(tmp_path / "home"), "MOESIF_PAGE_SIZE": "100",
+        }
+
+
+def invoke(args, env):
+    result = runner.invoke(app, args, env=env)
+    assert_no_keys_in(result.output)
+    return result
+
+
+def test_sync_then_report_show_json(env, tmp_path):
+    result = invoke(["sync", "--no-progress"], env)
+    assert result.exit_code == 0, result.output
+    assert "users" in result.output and "delivered" in result.output
+    shown = invoke(["report", "show", "latest", "--format", "json"], env)
+    report = json.loads(shown.output)
+    assert report["mode"] == "incremental" and report["status"] == "success"
+    users = report["entities"]["users"]
+    assert users["fetched"] == users["changed"] + users["unchanged"] + users["invalid"]
+    listed = invoke(["report", "list"], env)
+    assert report["run_id"][:15] in listed.output
+    assert_no_keys_in_tree(tmp_path / "home")
+
+
+def test_dry_run_then_diff(env):
+    assert invoke(["sync", "--dry-run", "--no-progress"], env).exit_code == 0
+    assert invoke(["sync", "--no-progress"], env).exit_code == 0
+    runs = json.loads(invoke(["report", "show", "latest", "--format", "json"], env).output)
+    assert runs["mode"] == "incremental"
+    listed = invoke(["report", "list", "--limit", "5"], env).output
+    assert "dry-run" in listed
+
+
+def test_missing_key_is_exit_2_naming_the_setting(env):
+    env = dict(env, SEGMENT_WRITE_KEY="")
+    result = invoke(["sync", "--no-progress"], env)
+    assert result.exit_code == 2
+    assert "SEGMENT_WRITE_KEY" in result.output
+
+
+def test_schedule_once_runs_one_leased_sync(env):
+    result = invoke(["schedule", "--once", "--no-progress"], env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(invoke(["report", "show", "latest", "--format", "json"], env).output)
+    assert report["entities"]["users"]["delivered"] > 0
+
+
+def test_bad_schedule_setting_is_exit_2(env):
+    result = invoke(["schedule", "--once"], dict(env, SYNC_INTERVAL="every tuesday"))
+    assert result.exit_code == 2 and "SYNC_INTERVAL" in result.output
+
+
+def test_html_report_is_written(env, tmp_path):
+    invoke(["sync", "--no-progress"], env)
+    out = tmp_path / "r.html"
+    result = invoke(["report", "show", "latest", "--format", "html", "--output", str(out)], env)
+    assert result.exit_code == 0 and out.read_text().lstrip().lower().startswith("<!doctype html")

@@ -158,7 +158,7 @@ def _count_pct(count: int | float, pct: float | None) -> Text:
     return Text(f"{_fmt_num(count)} ({_fmt_pct(pct)})")
 
 
-def render_text(report: dict[str, Any], *, width: int = 100, color: bool = False) -> str:
+def render_text(report: dict[str, Any], *, width: int = 120, color: bool = False) -> str:
     """A terminal summary: counts, field coverage, issues, phases, throughput."""
     console = _console(width, color)
     _text_header(console, report)
@@ -215,7 +215,7 @@ def _text_fields(console: Console, report: dict[str, Any]) -> None:
         console.print(Text("Field coverage: no fields recorded"))
         return
     table = Table(title="Field coverage", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("field", overflow="fold")
+    table.add_column("field", no_wrap=True)  # a field path is read whole
     for key in FIELD_KEYS:
         table.add_column(key, justify="right")
     for row in rows:

@@ -1,0 +1,828 @@
+"""The forwarder: WSO2 analytics events in, durable spool, batches to Moesif's Collector.
+
+```
+ reader thread per source                      sender threads (2 batches in flight)
+ LogTailer / JSONL file / stdin                  claim the next batch (count, bytes, age)
+   -> parse workers (processes): parse,          -> encode_batch (stored bytes, joined)
+      validate, mask, map, orjson                -> CollectorClient.post_batch (gzip, retry)
+   -> Spool.append(events + offset), in order    -> ack on 201 | 400: split, dead-letter
+ HTTP ingest: validate+mask+map inline, Spool.append, then 202
+```
+
+- JSON decoding and mapping hold the GIL, so for file sources they run in parse worker
+  processes (spawned, one per core up to 4); chunk results are committed in read order,
+  one transaction per chunk (up to 1 MB of lines): events, the source offset they cover,
+  dead letters, counters. Sending overlaps reading (zlib, SQLite and sockets release the
+  GIL) and two batches are in flight so gzip overlaps Moesif's answer.
+- Encoded events are stored once and sent as stored (`encode_batch` joins them).
+- A 400 splits the batch in halves, recursively, until the refused event(s) are alone;
+  those go to the dead letters with Moesif's answer, the rest is delivered.
+- Back-pressure: while the spool holds `FORWARD_SPOOL_MAX_EVENTS`, readers stop reading
+  (they overshoot by at most the chunks already read) and HTTP ingest answers 503;
+  nothing is ever dropped. A full spool is sent at once, without waiting for batch age.
+- SIGTERM/SIGINT: stop reading, let the in-flight requests finish (a retry wait is cut
+  short), exit cleanly. Everything not confirmed stays in the spool for the next run;
+  SIGKILL loses nothing either (Moesif de-duplicates the resent batch by transaction id).
+- Standard input (`--from-jsonl -`) has no offsets; its EOF ends the run like `--once`.
+- WAL checkpoints run in a background thread on their own connection, so their copying
+  and fsyncs do not land on an HTTP request or a reader commit.
+
+Counters (lifetime totals in the state file; the run's own are printed at exit): read
+(lines or event maps taken), ignored (log lines that are not metrics), parsed, masked
+(validated, masked and mapped), spooled, delivered (201), retried (events in a batch
+whose send was repeated, once per repetition), dead_lettered.
+
+Exit codes of `run_forward`:
+  0  done: in `--once`, every valid event read is accepted by Moesif (malformed lines and
+     invalid events went to the dead letters; they are reported and counted, but do not
+     fail the run, since retrying cannot fix them); otherwise stopped by a signal;
+  1  `--once` could not finish: Moesif refused some events (400, dead-lettered), the run
+     was interrupted before the spool was empty, or an unexpected error;
+  2  configuration error (missing application id, unreadable file, bad mask value,
+     Moesif refusing the application id or the URL).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import SecretStr
+
+from connector.forward.errors import MalformedEvent
+from connector.forward.logline import parse_metrics_line
+from connector.forward.masking import MaskConfig, mask_event
+from connector.forward.sources import (
+    IngestApp,
+    IngestServer,
+    LineChunk,
+    LogTailer,
+    StdinLines,
+    jsonl_object,
+    parse_listen,
+)
+from connector.forward.spool import COUNTER_NAMES, DeadLetter, Spool
+from connector.moesif.collector import (
+    BatchRejected,
+    CollectorClient,
+    CollectorConfigError,
+    DeliveryInterrupted,
+    encode_batch,
+)
+from connector.redaction import install_secret_filter
+from connector.settings import ConfigError, Settings
+from connector.store import connect
+
+log = logging.getLogger(__name__)
+
+REJECTED_BY_COLLECTOR = "REJECTED_BY_COLLECTOR"
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = 0, 1, 2
+CHECKPOINT_SECONDS = 0.5
+_HEADER_FIELDS = ("requestHeaders", "responseHeaders")
+
+
+# --- configuration -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForwardConfig:
+    """What the forwarder needs, resolved from the environment and deployment.toml."""
+
+    application_id: SecretStr
+    collector_url: str
+    send_headers: bool
+    mask: MaskConfig
+    unknown_company_values: frozenset[str]
+    client_options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never show the id
+        return f"ForwardConfig(collector_url={self.collector_url!r}, application_id='**')"
+
+
+def resolve_config(settings: Settings, wso2_config_path: Path | None = None,
+                   client_options: dict[str, Any] | None = None) -> ForwardConfig:
+    """Environment over deployment.toml: MOESIF_APPLICATION_ID over `moesifKey`, and
+    MOESIF_COLLECTOR_URL (when set explicitly) over `moesif_base_url`."""
+    from connector.forward.wso2_config import Wso2AnalyticsConfig, load_wso2_config
+
+    try:
+        wso2 = (load_wso2_config(wso2_config_path) if wso2_config_path is not None
+                else Wso2AnalyticsConfig.default())
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--wso2-config: cannot read {wso2_config_path}: "
+                          f"{type(exc).__name__}") from None
+    app_id = settings.moesif_application_id
+    if app_id is None or not app_id.get_secret_value().strip():
+        app_id = wso2.moesif_key
+    if app_id is None or not app_id.get_secret_value().strip():
+        raise ConfigError("missing required setting MOESIF_APPLICATION_ID (or moesifKey "
+                          "under [apim.analytics.properties] in deployment.toml)")
+    # Settings has a default URL: only an explicitly set MOESIF_COLLECTOR_URL beats the file.
+    url = settings.moesif_collector_url
+    if "moesif_collector_url" not in settings.model_fields_set:
+        url = wso2.collector_base_url(settings.moesif_collector_url)
+    unknown = frozenset(v.strip() for v in settings.forward_company_unknown_values.split(",")
+                        if v.strip())
+    return ForwardConfig(SecretStr(app_id.get_secret_value().strip()), url,
+                         bool(wso2.send_headers), wso2.mask, unknown, dict(client_options or {}))
+
+
+# --- the encoder: raw event map -> (transaction_id, stored bytes) -------------------------
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What it takes to build an EventEncoder, in picklable form (no secret in it), so
+    parse workers in other processes can build their own."""
+
+    send_headers: bool
+    mask_rules: tuple[tuple[str, str], ...]
+    request_headers: tuple[str, ...]
+    response_headers: tuple[str, ...]
+    unknown_company_values: tuple[str, ...]
+
+    @classmethod
+    def of(cls, config: ForwardConfig) -> EncoderSpec:
+        mask = config.mask
+        return cls(config.send_headers, tuple((k, str(v)) for k, v in mask.rules.items()),
+                   tuple(mask.request_headers), tuple(mask.response_headers),
+                   tuple(sorted(config.unknown_company_values)))
+
+    def build(self) -> EventEncoder:
+        mask = MaskConfig(rules=dict(self.mask_rules), request_headers=list(self.request_headers),
+                          response_headers=list(self.response_headers))
+        return EventEncoder(self.send_headers, mask, self.unknown_company_values)
+
+
+class EventEncoder:
+    """Validate, mask and map one WSO2 event, then encode it once for the spool."""
+
+    def __init__(self, send_headers: bool, mask: MaskConfig,
+                 unknown_company_values: Iterable[str] = ("UNKNOWN",)) -> None:
+        from connector.forward.moesif_event import EventMapper
+
+        self.mask = mask
+        self.send_headers = send_headers
+        self.mapper = EventMapper(send_headers, mask, set(unknown_company_values))
+        self._scrub = _line_scrubber(mask, send_headers)
+
+    def __call__(self, raw: dict[str, Any], kind: str | None) -> tuple[str, bytes]:
+        event = self.mapper.process(raw, kind)
+        return event["transaction_id"], orjson.dumps(event)
+
+    def masked_raw(self, raw: dict[str, Any]) -> bytes:
+        """What a dead letter may keep of an event that parsed but is invalid: masked, and
+        without captured headers unless they may be sent."""
+        try:
+            masked = mask_event(raw, self.mask)
+            if not self.send_headers:
+                masked = _without_headers(masked)
+            return orjson.dumps(masked, option=orjson.OPT_NON_STR_KEYS)[:8192]
+        except Exception:  # masking must never turn a dead letter into a crash
+            return b'{"_note":"event could not be masked; content withheld"}'
+
+    def scrubbed_line(self, line: bytes) -> bytes:
+        """An unparsable line, best effort: values of masked fields and headers hidden."""
+        return self._scrub(line)
+
+
+def _without_headers(event: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in event.items() if k not in _HEADER_FIELDS}
+    props = out.get("properties")
+    if isinstance(props, dict) and any(k in props for k in _HEADER_FIELDS):
+        out["properties"] = {k: v for k, v in props.items() if k not in _HEADER_FIELDS}
+    return out
+
+
+def _line_scrubber(mask: MaskConfig, send_headers: bool) -> Callable[[bytes], bytes]:
+    """A regex pass over broken JSON: `"<masked field>": "value"` -> `"*****"`, and the
+    captured header objects (or their listed headers) hidden."""
+    names = [re.escape(n) for n in mask.rules]
+    names += [re.escape(h) for h in (*mask.request_headers, *mask.response_headers)]
+    patterns: list[tuple[re.Pattern[bytes], bytes]] = []
+    if names:
+        alternatives = "|".join(names).encode()
+        patterns.append((re.compile(rb'("(?:' + alternatives + rb')"\s*:\s*)"(?:[^"\\]|\\.)*"?',
+                                    re.IGNORECASE), rb'\1"*****"'))
+    if not send_headers:
+        patterns.append((re.compile(rb'("(?:requestHeaders|responseHeaders)"\s*:\s*)\{[^}]*\}?'),
+                         rb'\1"*****"'))
+
+    def scrub(line: bytes) -> bytes:
+        for pattern, replacement in patterns:
+            line = pattern.sub(replacement, line)
+        return line
+
+    return scrub
+
+
+# --- turning a chunk of lines into spool rows (in the reader thread or a worker) ----------
+@dataclass(slots=True)
+class ChunkResult:
+    events: list[tuple[str, bytes]]
+    dead_letters: list[DeadLetter]
+    counters: dict[str, int]
+
+
+def _parse_log_line(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    return parse_metrics_line(line.decode("utf-8", "replace"))
+
+
+def _parse_jsonl_line(line: bytes) -> tuple[None, dict[str, Any]] | None:
+    value = jsonl_object(line)
+    return None if value is None else (None, value)
+
+
+PARSERS: dict[str, Callable[[bytes], Any]] = {"log": _parse_log_line, "jsonl": _parse_jsonl_line}
+
+
+def process_lines(encoder: EventEncoder, fmt: str, source: str, lines: list[bytes],
+                  first_position: int, unit: str, inode: int | None) -> ChunkResult:
+    """Parse, validate, mask, map and encode each line; malformed ones become dead
+    letters with their position (byte offset or line number) and reason."""
+    parse = PARSERS[fmt]
+    events: list[tuple[str, bytes]] = []
+    dead: list[DeadLetter] = []
+    ignored = parsed_n = 0
+    position = first_position
+    step_bytes = unit == "byte"
+    for line in lines:
+        here = position
+        position += len(line) + 1 if step_bytes else 1
+        raw = None
+        try:
+            parsed = parse(line)
+            if parsed is None:
+                ignored += 1
+                continue
+            parsed_n += 1
+            kind, raw = parsed
+            events.append(encoder(raw, kind))
+        except MalformedEvent as exc:
+            where = f"{unit} {here}" + (f" (inode {inode})" if inode is not None else "")
+            kept = encoder.masked_raw(raw) if raw is not None else encoder.scrubbed_line(line)
+            dead.append(DeadLetter(source, where, exc.reason_code, exc.detail, kept))
+    counters = {"read": len(lines), "ignored": ignored, "parsed": parsed_n,
+                "masked": len(events)}
+    return ChunkResult(events, dead, counters)
+
+
+_worker_encoder: EventEncoder | None = None
+
+
+def _init_worker(spec: EncoderSpec) -> None:
+    global _worker_encoder
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_encoder = spec.build()
+    # A worker holds both ends of its task pipe, so it would never see EOF if the parent
+    # were SIGKILLed: watch the parent instead and leave with it.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+                         name="parent-watch").start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(0)
+
+
+def _work(fmt: str, source: str, lines: list[bytes], first_position: int, unit: str,
+          inode: int | None) -> ChunkResult:
+    assert _worker_encoder is not None
+    return process_lines(_worker_encoder, fmt, source, lines, first_position, unit, inode)
+
+
+def _warm_up() -> None:
+    """A no-op task: makes a worker start (imports, mapping file) before the first chunk."""
+
+
+def default_parse_workers() -> int:
+    """Parse workers for file sources: JSON decoding and mapping are CPU-bound and hold
+    the GIL, so on more than one core they run in other processes."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, 4)
+
+
+# --- the sender --------------------------------------------------------------------------
+class _Slot:
+    """One sending thread: its own Collector client and the batch it has in flight."""
+
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+
+class BatchSender:
+    """Threads that claim batches from the spool and post them to Moesif.
+
+    Batches are claimed in sequence order (each thread takes the next events after the
+    last claimed one), so several can be in flight at once: one thread gzips and posts
+    while another waits for Moesif's answer. A batch leaves the spool only on 201 (ack)
+    or, event by event, when Moesif refuses it (400: split in halves until the refused
+    events are alone, which go to the dead letters with Moesif's answer).
+    """
+
+    def __init__(self, spool: Spool, config: ForwardConfig, settings: Settings,
+                 stop_event: threading.Event, inputs_done: threading.Event,
+                 on_fatal: Callable[[BaseException], None], threads: int = 2) -> None:
+        self.spool = spool
+        self.config = config
+        self.batch_events = settings.forward_batch_events
+        self.batch_bytes = settings.forward_batch_bytes
+        self.batch_age = settings.forward_batch_age_seconds
+        self.stop_event = stop_event
+        self.inputs_done = inputs_done
+        self.on_fatal = on_fatal
+        self.rejected = 0               # events Moesif refused in this run
+        self._claim_lock = threading.Lock()
+        self._claimed_upto = 0          # highest sequence number handed to a thread
+        self._inflight_events = 0
+        self._inflight_bytes = 0
+        self._wake = threading.Condition()
+        self._generation = 0            # bumped by every wake(): no wake-up is lost
+        self._threads = [threading.Thread(target=self._loop, name=f"forward-sender-{i}",
+                                          daemon=True) for i in range(max(1, threads))]
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wake(self) -> None:
+        with self._wake:
+            self._generation += 1
+            self._wake.notify_all()
+
+    # -- one thread ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        slot = _Slot()
+        client = CollectorClient(self.config.collector_url, self.config.application_id,
+                                 on_retry=lambda attempt, reason: self._on_retry(slot),
+                                 **self.config.client_options)
+        try:
+            while (batch := self._claim()) is not None:
+                try:
+                    self._send_or_split(client, slot, batch)
+                finally:
+                    self._release(batch)
+        except DeliveryInterrupted:
+            log.info("stopped while Moesif was unreachable; the batch stays spooled")
+        except CollectorConfigError as exc:
+            log.error("%s", exc)
+            self.on_fatal(exc)
+        except Exception as exc:
+            log.exception("sending to Moesif failed")
+            self.on_fatal(exc)
+        finally:
+            client.close()
+
+    def _claim(self) -> list[tuple[int, str, bytes]] | None:
+        """The next due batch (by count, bytes, age, or because inputs are done), or None
+        when this thread should stop."""
+        while True:
+            with self._wake:
+                seen = self._generation
+            with self._claim_lock:
+                if self.stop_event.is_set():
+                    return None
+                available = self.spool.depth() - self._inflight_events
+                draining = self.inputs_done.is_set()
+                if available <= 0:
+                    if draining:
+                        return None
+                    wait = 1.0
+                else:
+                    wait = self._due_in(available, draining)
+                    if wait <= 0:
+                        batch = self.spool.peek_batch(self.batch_events, self.batch_bytes,
+                                                      after_seq=self._claimed_upto)
+                        if batch:
+                            self._claimed_upto = batch[-1][0]
+                            self._inflight_events += len(batch)
+                            self._inflight_bytes += sum(len(b) for _, _, b in batch)
+                            return batch
+                        wait = 0.05
+            with self._wake:
+                self._wake.wait_for(lambda seen=seen: self._generation != seen
+                                    or self.stop_event.is_set(), timeout=wait)
+
+    def _due_in(self, available: int, draining: bool) -> float:
+        unclaimed_bytes = self.spool.spooled_bytes() - self._inflight_bytes
+        if (draining or available >= self.batch_events or unclaimed_bytes >= self.batch_bytes
+                or self.spool.is_full()):  # full: readers wait for us, nothing more comes
+            return 0.0
+        oldest = self.spool.oldest_enqueued_at(after_seq=self._claimed_upto)
+        if oldest is None:
+            return 0.05
+        return oldest + self.batch_age - time.time()
+
+    def _release(self, batch: list[tuple[int, str, bytes]]) -> None:
+        with self._claim_lock:
+            self._inflight_events -= len(batch)
+            self._inflight_bytes -= sum(len(b) for _, _, b in batch)
+        self.wake()
+
+    def _send_or_split(self, client: CollectorClient, slot: _Slot,
+                       batch: list[tuple[int, str, bytes]]) -> None:
+        seqs = [seq for seq, _, _ in batch]
+        slot.seqs = seqs
+        try:
+            # Stored bytes are sent as they are: joined into an array, never re-encoded.
+            client.post_batch(encode_batch([body for _, _, body in batch]),
+                              stop_event=self.stop_event)
+        except BatchRejected as exc:
+            if len(batch) == 1:
+                detail = f"Moesif answered HTTP {exc.status}: {exc.body_text}"
+                self.spool.dead_letter(seqs, REJECTED_BY_COLLECTOR, detail)
+                self.rejected += 1
+                log.warning("Moesif refused event %s (HTTP %d); moved to the dead letters",
+                            batch[0][1], exc.status)
+                return
+            # Isolate the refused event(s): everything else still gets delivered.
+            middle = len(batch) // 2
+            self._send_or_split(client, slot, batch[:middle])
+            self._send_or_split(client, slot, batch[middle:])
+            return
+        finally:
+            slot.seqs = []
+        self.spool.ack(seqs)
+
+    def _on_retry(self, slot: _Slot) -> None:
+        self.spool.mark_attempt(slot.seqs)
+
+
+# --- the forwarder -----------------------------------------------------------------------
+class Forwarder:
+    """Readers, HTTP ingest and the sender around one spool. `run()` returns an exit code."""
+
+    def __init__(self, settings: Settings, config: ForwardConfig, *,
+                 from_log: Path | None = None, from_jsonl: str | None = None,
+                 listen: str | None = None, once: bool = False,
+                 stop_event: threading.Event | None = None,
+                 stdin: Any = None, parse_workers: int | None = None,
+                 senders: int = 2) -> None:
+        self.settings = settings
+        self.config = config
+        self.once = once
+        self.stop_event = stop_event or threading.Event()
+        self.conn = connect(settings.state_path)
+        self.spool = Spool(self.conn, settings.forward_spool_max_events)
+        self.encoder_spec = EncoderSpec.of(config)
+        self.encoder = self.encoder_spec.build()
+        # (source, format): "log" lines go through the metrics-line parser, "jsonl" lines
+        # are event maps.
+        self.sources: list[tuple[Any, str]] = []
+        if from_log is not None:
+            path = Path(from_log).absolute()
+            self.sources.append((LogTailer(path, f"log:{path}", self.spool), "log"))
+        if from_jsonl is not None:
+            if from_jsonl == "-":
+                self.sources.append((StdinLines(stdin), "jsonl"))
+            else:
+                path = Path(from_jsonl).absolute()
+                self.sources.append((LogTailer(path, f"jsonl:{path}", self.spool), "jsonl"))
+        workers = default_parse_workers() if parse_workers is None else parse_workers
+        self.parse_workers = workers if self.sources else 0
+        self._pool: ProcessPoolExecutor | None = None
+        self.ingest: IngestServer | None = None
+        if listen is not None:
+            token = settings.forward_ingest_token
+            assert token is not None  # checked by run_forward
+            host, port = parse_listen(listen)
+            app = IngestApp(self.spool, self.encoder, token, settings.forward_max_body_bytes,
+                            on_spooled=self._wake_sender)
+            try:
+                self.ingest = IngestServer(app, host, port)
+            except OSError as exc:
+                self.conn.close()
+                raise OSError(exc.errno, f"--listen {listen}: {exc.strerror}") from None
+        self._inputs_done = threading.Event()
+        self._fatal: BaseException | None = None
+        self.sender = BatchSender(self.spool, config, settings, self.stop_event,
+                                  self._inputs_done, self._fail, senders)
+        self._start_counters = self.spool.counters()
+        self._stopped = threading.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def run(self) -> int:
+        if self.parse_workers > 0:
+            # spawn, not fork: this process runs threads, and a forked child could inherit
+            # a lock some other thread held at that moment.
+            self._pool = ProcessPoolExecutor(self.parse_workers, get_context("spawn"),
+                                             initializer=_init_worker,
+                                             initargs=(self.encoder_spec,))
+            for _ in range(self.parse_workers):
+                self._pool.submit(_warm_up)
+        readers = [threading.Thread(target=self._read_source, args=(src, fmt),
+                                    name=f"forward-reader-{i}", daemon=True)
+                   for i, (src, fmt) in enumerate(self.sources)]
+        self._exclusive_checkpoints()
+        checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                        name="forward-checkpoint")
+        checkpointer.start()
+        if self.ingest is not None:
+            self.ingest.start()
+            host, port = self.ingest.address
+            log.info("HTTP ingest listening on http://%s:%d/v1/events", host, port)
+        for thread in readers:
+            thread.start()
+        watcher = threading.Thread(target=self._watch_readers, args=(readers,), daemon=True,
+                                   name="forward-inputs")
+        watcher.start()
+        self.sender.start()
+        try:
+            # Production wait loop: wake on the stop signal or when the senders are done.
+            while self.sender.is_alive() and not self.stop_event.wait(0.1):
+                pass
+        finally:
+            self._shutdown(readers)
+            self._stopped.set()
+            checkpointer.join(timeout=30)
+        return self._exit_code()
+
+    def _shutdown(self, readers: list[threading.Thread]) -> None:
+        self.stop_event.set()
+        if self.ingest is not None:
+            self.ingest.stop()
+        self._wake_sender()
+        for thread, (source, _) in zip(readers, self.sources, strict=True):
+            # A pipe that stays open blocks its reader in read(): do not wait for it.
+            thread.join(timeout=0.5 if isinstance(source, StdinLines) else 10)
+        self.sender.join(timeout=60)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _exclusive_checkpoints(self) -> None:
+        # WAL checkpoints copy pages to the database file and fsync twice: done inline
+        # they land on whichever commit crosses the threshold (a reader chunk, an ack, an
+        # HTTP request). A background thread with its own connection does them instead.
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.settings.state_path)
+        try:
+            while not self._stopped.wait(CHECKPOINT_SECONDS):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except Exception as exc:  # a failed checkpoint loses nothing; the WAL just grows
+            log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        for source, _ in self.sources:
+            source.close()
+        self.conn.close()
+
+    def _watch_readers(self, readers: list[threading.Thread]) -> None:
+        """Inputs are done when every reader finished and no HTTP listener runs."""
+        for thread in readers:
+            thread.join()
+        if self.ingest is None and not self.stop_event.is_set():
+            self._inputs_done.set()
+            self._wake_sender()
+
+    def _exit_code(self) -> int:
+        if isinstance(self._fatal, ConfigError | CollectorConfigError):
+            return EXIT_CONFIG
+        if self._fatal is not None:
+            return EXIT_INCOMPLETE
+        if not (self.once or self._inputs_done.is_set()):
+            return EXIT_OK  # follow mode, stopped by a signal
+        if self.sender.rejected or self.spool.depth() > 0:
+            return EXIT_INCOMPLETE
+        return EXIT_OK
+
+    def run_counters(self) -> dict[str, int]:
+        """Counters of this run (the spool keeps lifetime totals)."""
+        now = self.spool.counters()
+        return {name: now[name] - self._start_counters.get(name, 0) for name in COUNTER_NAMES}
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop_event.set()
+        self._wake_sender()
+
+    # -- reader side --------------------------------------------------------------------
+    def _read_source(self, source: Any, fmt: str) -> None:
+        try:
+            # A pipe blocks in read() while idle, so its read-ahead could not be flushed:
+            # standard input is parsed inline.
+            if self._pool is None or isinstance(source, StdinLines):
+                self._read_inline(source, fmt)
+            else:
+                self._read_pooled(source, fmt, self._pool)
+        except Exception as exc:
+            if not (self.stop_event.is_set() and isinstance(exc, BrokenProcessPool)):
+                log.error("reading %s failed: %s", getattr(source, "source", "?"), exc)
+                self._fail(exc)
+
+    def _can_read(self) -> bool:
+        return not self.spool.is_full()
+
+    def _read_inline(self, source: Any, fmt: str) -> None:
+        for chunk in source.chunks(self.stop_event, once=self.once, can_read=self._can_read):
+            result = process_lines(self.encoder, fmt, chunk.source, chunk.lines,
+                                   chunk.first_position, chunk.position_unit, _inode(chunk))
+            self._commit(chunk, result)
+
+    def _read_pooled(self, source: Any, fmt: str, pool: ProcessPoolExecutor) -> None:
+        """Chunks go to the workers in order and are committed in the same order, so each
+        offset is saved only after every line before it is in the spool."""
+        pending: deque[tuple[LineChunk, Future[ChunkResult]]] = deque()
+        limit = 2 * self.parse_workers + 1
+
+        def commit_ready(all_of_them: bool = False) -> None:
+            while pending and (all_of_them or len(pending) >= limit or pending[0][1].done()):
+                done, future = pending.popleft()
+                self._commit(done, future.result())
+
+        try:
+            # Idle (end of file for now, or spool full): commit what the workers hold, so a
+            # quiet log is not left waiting in read-ahead.
+            for chunk in source.chunks(self.stop_event, once=self.once,
+                                       can_read=self._can_read,
+                                       on_idle=lambda: commit_ready(True)):
+                future = pool.submit(_work, fmt, chunk.source, chunk.lines,
+                                     chunk.first_position, chunk.position_unit, _inode(chunk))
+                pending.append((chunk, future))
+                commit_ready()
+            commit_ready(True)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def _commit(self, chunk: LineChunk, result: ChunkResult) -> None:
+        # Events, the offset that covers them, dead letters and counters: one transaction.
+        self.spool.append(result.events, chunk.offset_update, result.dead_letters,
+                          result.counters)
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        self.sender.wake()
+
+
+def _inode(chunk: LineChunk) -> int | None:
+    return chunk.offset_update[1].inode if chunk.offset_update else None
+
+
+# --- entry points ------------------------------------------------------------------------
+def run_forward(settings: Settings, *, from_log: Path | None = None,
+                from_jsonl: str | None = None, listen: str | None = None,
+                wso2_config_path: Path | None = None, once: bool = False,
+                stop_event: threading.Event | None = None,
+                client_options: dict[str, Any] | None = None,
+                parse_workers: int | None = None, senders: int = 2, out: Any = None,
+                stdin: Any = None) -> int:
+    """Run the forwarder; returns the exit code (see the module doc). Prints the run's
+    counters at exit to `out` (stderr by default).
+
+    `client_options` go to CollectorClient (e.g. a faster backoff in tests);
+    `parse_workers` is the number of parse processes for file sources (None: one per core
+    up to 4 when there is more than one core; 0: parse in the reader thread); `senders`
+    the number of batches in flight to Moesif at once; `stdin` replaces standard input
+    for `from_jsonl="-"` (a binary stream).
+
+    Parse workers are started with multiprocessing's "spawn": a script calling this must
+    keep its top level under `if __name__ == "__main__":` (the CLI entry points do)."""
+    out = out if out is not None else sys.stderr
+    install_secret_filter(settings.secrets())
+    try:
+        config = _check_start(settings, from_log, from_jsonl, listen, wso2_config_path, once,
+                              client_options)
+    except ConfigError as exc:
+        print(f"forward: configuration error: {exc}", file=out)
+        return EXIT_CONFIG
+    stop_event = stop_event or threading.Event()
+    try:
+        forwarder = Forwarder(settings, config, from_log=from_log, from_jsonl=from_jsonl,
+                              listen=listen, once=once, stop_event=stop_event,
+                              parse_workers=parse_workers, senders=senders, stdin=stdin)
+    except OSError as exc:  # --listen address in use or not ours; state file unwritable
+        print(f"forward: configuration error: {exc.strerror or exc}", file=out)
+        return EXIT_CONFIG
+    restore = _install_signal_handlers(stop_event)
+    try:
+        code = forwarder.run()
+    finally:
+        restore()
+        counters = forwarder.run_counters()
+        backlog = forwarder.spool.depth()
+        forwarder.close()
+    _report(out, code, counters, backlog, forwarder._fatal)
+    return code
+
+
+def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | None,
+                 listen: str | None, wso2_config_path: Path | None, once: bool,
+                 client_options: dict[str, Any] | None) -> ForwardConfig:
+    if from_log is None and from_jsonl is None and listen is None:
+        raise ConfigError("nothing to forward: give --from-log, --from-jsonl or --listen")
+    if once and listen is not None:
+        raise ConfigError("--once cannot be combined with --listen (a listener has no end)")
+    if listen is not None:
+        settings.require("forward_ingest_token")
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    for flag, value in (("--from-log", from_log), ("--from-jsonl", from_jsonl)):
+        if value is None or str(value) == "-":
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{flag}: {path} is not a file")
+        if once and not path.exists():
+            raise ConfigError(f"{flag}: {path} does not exist")
+        if path.exists():
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                raise ConfigError(f"{flag}: cannot read {path} ({exc.strerror})") from None
+    return resolve_config(settings, wso2_config_path, client_options)
+
+
+def _install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
+    """SIGTERM/SIGINT set the stop event (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping (in-flight send finishes, the rest stays spooled)",
+                 signum)
+        stop_event.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _report(out: Any, code: int, counters: dict[str, int], backlog: int,
+            fatal: BaseException | None) -> None:
+    parts = " ".join(f"{name}={counters[name]}" for name in COUNTER_NAMES)
+    print(f"forward: {parts} backlog={backlog} exit={code}", file=out)
+    if fatal is not None:
+        print(f"forward: stopped by error: {fatal}", file=out)
+
+
+def forward_status(settings: Settings) -> dict[str, Any]:
+    """Backlog, delivered, dead letters by reason and per-source offsets of the state file."""
+    if not settings.state_path.exists():  # nothing forwarded yet: do not create the file
+        return {"backlog": 0, "backlog_bytes": 0, "oldest_age_seconds": None,
+                "spool_max_events": settings.forward_spool_max_events, "delivered": 0,
+                "dead_letters": {"total": 0, "by_reason": {}}, "sources": {},
+                "counters": dict.fromkeys(COUNTER_NAMES, 0), "state_file": None}
+    conn = connect(settings.state_path)
+    try:
+        status = Spool(conn, settings.forward_spool_max_events).status()
+    finally:
+        conn.close()
+    status["state_file"] = str(settings.state_path)
+    return status
+
+
+def dead_letter_summary(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest dead letters, without their raw content (for a terminal)."""
+    conn = connect(settings.state_path)
+    try:
+        letters = Spool(conn, settings.forward_spool_max_events).dead_letters(limit)
+    finally:
+        conn.close()
+    return [{k: v for k, v in d.items() if k != "raw"} for d in letters]
+
+
+__all__: Iterable[str] = (
+    "EXIT_CONFIG", "EXIT_INCOMPLETE", "EXIT_OK", "EventEncoder", "ForwardConfig", "Forwarder",
+    "dead_letter_summary", "forward_status", "resolve_config", "run_forward",
+)

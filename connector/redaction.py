@@ -40,22 +40,30 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.variants = secret_variants(secrets)
 
+    def _scrub(self, text: str) -> str:
+        for variant in self.variants:
+            text = text.replace(variant, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.variants:
             return True
         message = record.getMessage()
-        cleaned = message
-        for variant in self.variants:
-            cleaned = cleaned.replace(variant, REDACTED)
-        if cleaned != message or record.exc_info:
+        cleaned = self._scrub(message)
+        if cleaned != message:
             record.msg, record.args = cleaned, None
-            if record.exc_info:
-                import traceback
+        # Tracebacks are formatted here, once, so the text can be scrubbed; a traceback
+        # formatted by an earlier filter (exc_text) is scrubbed too, since every filter
+        # knows only its own secrets.
+        if record.exc_info:
+            import traceback
 
-                text = "".join(traceback.format_exception(*record.exc_info))
-                for variant in self.variants:
-                    text = text.replace(variant, REDACTED)
-                record.exc_text, record.exc_info = text, None
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info)
         return True
 
 

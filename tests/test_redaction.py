@@ -35,3 +35,23 @@ def test_last4_shows_only_the_tail():
     assert last4("abcdefghijkl") == "…ijkl"
     assert last4(None) == "(not set)"
     assert "abc" not in last4("abcdef")
+
+
+def test_traceback_is_scrubbed_by_a_later_filter_too():
+    """Two filters on one handler, each knowing a different key (forward + sync)."""
+    first, second = "first-secret-aaaaaaaa", "second-secret-bbbbbbbb"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SecretFilter([first]))
+    handler.addFilter(SecretFilter([second]))
+    logger = logging.getLogger("test.redaction.two")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError(f"{first} and {second}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert first not in out and second not in out and "*** and ***" in out

@@ -273,9 +273,36 @@ def forward_status_cmd(
         typer.echo(dumps(status).decode())
         return
     from rich.console import Console
-    from rich.pretty import Pretty
+    from rich.table import Table
 
-    Console().print(Pretty(status))
+    console = Console()
+    summary = Table(title="forward status", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    oldest = status.get("oldest_age_seconds")
+    summary.add_row("backlog (events in the spool)", f"{status.get('backlog', 0):,}")
+    summary.add_row("oldest unsent event", "-" if oldest is None else f"{oldest:.1f} s")
+    for name, value in (status.get("counters") or {}).items():
+        summary.add_row(name, f"{value:,}")
+    console.print(summary)
+    reasons = (status.get("dead_letters") or {}).get("by_reason") or {}
+    if reasons:
+        table = Table(title="dead letters by reason")
+        table.add_column("reason")
+        table.add_column("events", justify="right")
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, f"{count:,}")
+        console.print(table)
+    sources = status.get("sources") or {}
+    if sources:
+        table = Table(title="sources and their saved offsets")
+        table.add_column("source", overflow="fold")
+        table.add_column("offset", justify="right")
+        table.add_column("updated")
+        for key, info in sources.items():
+            table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
+        console.print(table)
+    console.print(f"state file: {status.get('state_file', '')}")
 
 
 def _add_report_app() -> None:

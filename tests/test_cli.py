@@ -77,3 +77,25 @@ def test_html_report_is_written(env, tmp_path):
     out = tmp_path / "r.html"
     result = invoke(["report", "show", "latest", "--format", "html", "--output", str(out)], env)
     assert result.exit_code == 0 and out.read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def test_forward_once_then_status(tmp_path):
+    from connector.sandbox.apim_log import LogGenerator
+    from connector.sandbox.moesif_collector import MoesifCollectorSandbox
+    from tests.conftest import APP_ID
+
+    log = tmp_path / "apim_metrics.log"
+    stats = LogGenerator(seed=3).write(log, 300)
+    collector = MoesifCollectorSandbox({APP_ID}, record_events=False)
+    with collector.server() as server:
+        env = {"MOESIF_APPLICATION_ID": APP_ID, "MOESIF_COLLECTOR_URL": server.url,
+               "CONNECTOR_HOME": str(tmp_path / "home")}
+        result = invoke(["forward", "--from-log", str(log), "--once"], env)
+        assert result.exit_code == 0, result.output
+        assert collector.unique_count == stats.events  # every valid event, once
+        status = json.loads(invoke(["forward", "status", "--json"], env).output)
+        assert status["backlog"] == 0
+        assert status["counters"]["delivered"] == collector.unique_count
+        table = invoke(["forward", "status"], env).output
+        assert "delivered" in table and "apim_metrics.log" in table
+    assert_no_keys_in_tree(tmp_path / "home")

@@ -244,12 +244,15 @@ class MappingSet:
             sub: dict[str, Any] = {}
             self._apply_into(rule.submapping, raw, joins, key, out, sub, None)
             return sub
-        cache_key = (rule.submapping, key, _identity(raw))
+        identity = _identity(raw)
+        cache_key = (rule.submapping, key, identity)
         hit = cache.get(cache_key)
         if hit is None:
             part = Applied({}, [], [], [])
             self._apply_into(rule.submapping, raw, joins, key, part, part.message, None)
-            hit = cache[cache_key] = (part.message, part.fields, raw)  # raw kept alive
+            # An id()-keyed entry keeps its object alive, so the id cannot be reused.
+            keep = raw if isinstance(identity, int) else None
+            hit = cache[cache_key] = (part.message, part.fields, keep)
             out.issues.extend(part.issues)
         out.fields.extend(hit[1])
         return hit[0]

@@ -242,10 +242,10 @@ class SyncRun:
         self.identify_trimmable = mappings.trimmable_paths("identify")
         self.group_trimmable = mappings.trimmable_paths("group")
         self.personal = mappings.personal_sources()
-        self.seen: dict[str, set[str]] = {e: set() for e in ENTITIES}
-        # Users already handled in this run (with their company as it is now): a changed
-        # company's members are not sent twice in one run.
-        self.user_outcomes: dict[str, str] = {}
+        # Users that failed or were invalid in this run (few, normally): a changed
+        # company's members are not re-sent or re-reported in the same run. Users that
+        # were delivered need no entry: their stored hash already says "unchanged".
+        self.settled: dict[str, str] = {}
         self.map_cache: dict[Any, Any] = {}
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-send")
         self._pending: tuple[Future[DeliveryResult], str, list[Candidate], str | None,
@@ -348,8 +348,8 @@ class SyncRun:
         counts = self.report.entities[entity]
         outcomes: dict[str, str] = {}
         candidates: list[Candidate] = []
-        cache = self.map_cache  # each company (id, version) is mapped once per run
-        if len(cache) > 200_000:
+        cache = self.map_cache  # each company (id, version) is mapped once (bounded)
+        if len(cache) > 20_000:
             cache.clear()
         with Timer(self.report.phases, "map"):
             for doc in page.docs:
@@ -357,6 +357,9 @@ class SyncRun:
                 candidate = self._map_user(doc, page, cache)
                 if candidate is None:
                     counts["invalid"] += 1
+                    key = doc.get("user_id") or doc.get("_id")
+                    if key:
+                        outcomes[str(key)] = self.settled[str(key)] = "invalid"
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
@@ -367,7 +370,6 @@ class SyncRun:
             counts["retried"] += len(retried)
             changed = []
             for c in candidates:
-                self.seen[entity].add(c.id)
                 if stored.get(c.id) == c.hash and c.id not in retried:
                     counts["unchanged"] += 1
                     outcomes[c.id] = "unchanged"
@@ -380,7 +382,7 @@ class SyncRun:
                     sendable.append(c)
                 else:
                     counts["invalid"] += 1
-                    outcomes[c.id] = "invalid"
+                    outcomes[c.id] = self.settled[c.id] = "invalid"
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
@@ -388,7 +390,6 @@ class SyncRun:
         if self.dry_run:
             for c in sendable:
                 outcomes[c.id] = "would-send"
-            self.user_outcomes.update(outcomes)
         else:
             self._deliver(entity, sendable, cursor, outcomes)
         return outcomes
@@ -554,7 +555,8 @@ class SyncRun:
             recorded = self.state.commit_page(PageCommit(
                 entity=entity, hashes=hashes, resolved=list(hashes), failures=failures,
                 cursor=cursor))
-        self.user_outcomes.update(outcomes)
+        for rid, _, _ in failures:
+            self.settled[rid] = "failed"
         counts["delivered"] += len(hashes)
         counts["failed"] += len(failures)
         for f in recorded:
@@ -597,7 +599,6 @@ class SyncRun:
             retried = self.state.failure_attempts(entity, ids)
             counts["retried"] += len(retried)
             for cid, doc, digest in mapped:
-                self.seen[entity].add(cid)
                 if stored.get(cid) == digest and cid not in retried:
                     counts["unchanged"] += 1
                 else:
@@ -617,14 +618,16 @@ class SyncRun:
         pages = self.moesif.fetch_by_ids("users", sorted(changed), field="company_id",
                                          page_size=self.settings.moesif_page_size)
         for page in pages:
-            fresh = [d for d in page.sources if str(d.get("user_id")) not in self.user_outcomes]
+            fresh = [d for d in page.sources
+                     if str(d.get("user_id") or d.get("_id")) not in self.settled]
+            outcomes: dict[str, str] = {}
             if fresh:
                 t0 = time.perf_counter()
                 joined = self._join(fresh, known=known)
                 self.report.phases["fetch"] += time.perf_counter() - t0
-                self.process_users(joined, cursor=None)
-            self.flush_pending()
-            outcomes = self.user_outcomes
+                outcomes = self.process_users(joined, cursor=None)
+            self.flush_pending()  # fills `outcomes` with what Segment confirmed
+            outcomes = {**self.settled, **outcomes}
             for doc in page.sources:
                 uid, cid = doc.get("user_id"), doc.get("company_id")
                 if uid and cid and str(cid) in by_company:
@@ -674,7 +677,8 @@ class SyncRun:
         """Records whose delivery failed before are retried whatever the cursor says."""
         if self.stop_event.is_set():
             return
-        pending = [f for f in self.state.pending_failures(entity) if f.id not in self.seen[entity]]
+        pending = self.state.pending_failures(
+            entity, failed_before=self.report.started.isoformat(timespec="microseconds"))
         if not pending:
             return
         attempts = {f.id: f.attempts for f in pending}

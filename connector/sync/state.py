@@ -84,10 +84,12 @@ class SyncState:
             found.update(rows)
         return found
 
-    def pending_failures(self, entity: str) -> list[Failure]:
+    def pending_failures(self, entity: str, failed_before: str) -> list[Failure]:
+        """Failures still to retry that were not already attempted since `failed_before`."""
         rows = self.conn.execute(
             "SELECT entity, id, attempts, last_code, last_detail, gave_up FROM failed_record "
-            "WHERE entity = ? AND gave_up = 0 ORDER BY id", (entity,))
+            "WHERE entity = ? AND gave_up = 0 AND last_failed_at < ? ORDER BY id",
+            (entity, failed_before))
         return [Failure(*row[:5], bool(row[5])) for row in rows]
 
     def failure_attempts(self, entity: str, ids: Iterable[str]) -> dict[str, int]:
@@ -106,7 +108,7 @@ class SyncState:
     # --- writes (only after confirmed delivery) ----------------------------------------
     def commit_page(self, page: PageCommit) -> list[Failure]:
         """Apply a page's outcome; return the failures, with GAVE_UP marked."""
-        now = utcnow().isoformat()
+        now = utcnow().isoformat(timespec="microseconds")
         recorded: list[Failure] = []
         with Transaction(self.conn) as conn:
             if page.hashes:

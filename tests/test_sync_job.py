@@ -105,9 +105,13 @@ def test_unchanged_rerun_sends_nothing_and_touched_user_is_resent(sandbox, setti
 def test_full_resends_everything_with_the_same_message_ids(sandbox, settings):
     run_sync(settings)
     first = {m["messageId"] for m in sandbox.segment.messages}
+    assert sandbox.segment.duplicates == 0  # one run sends each message once
     full = run_sync(settings, mode="full")
     assert full.report["mode"] == "full"
-    assert sandbox.segment.duplicates >= len(first)  # deduplicated downstream by messageId
+    # everything again, once, with the same ids: Segment drops the repeats
+    assert len(sandbox.segment.messages) == 2 * len(first)
+    assert sandbox.segment.duplicates == len(first)
+    assert {m["messageId"] for m in sandbox.segment.messages} == first
 
 
 def test_dry_run_sends_nothing_and_moves_nothing(sandbox, settings):

@@ -342,8 +342,13 @@ class SyncRun:
         return Joined(docs, companies, metrics, self._page_cursor(docs), total)
 
     # --- users ----------------------------------------------------------------------------
-    def process_users(self, page: Joined, cursor: str | None) -> dict[str, str]:
-        """Map, diff, send and commit one page of users; return id -> outcome."""
+    def process_users(self, page: Joined, cursor: str | None,
+                      trust_hashes: bool = False) -> dict[str, str]:
+        """Map, diff, send and commit one page of users; return id -> outcome.
+
+        `trust_hashes`: compare with stored hashes even in a full run (a changed company's
+        members: one stored with the same hash was sent earlier in this very run).
+        """
         entity = "users"
         counts = self.report.entities[entity]
         outcomes: dict[str, str] = {}
@@ -365,7 +370,8 @@ class SyncRun:
         self.progress("fetched", entity=entity, n=len(page.docs))
         with Timer(self.report.phases, "diff"):
             ids = [c.id for c in candidates]
-            stored = {} if self.full else self.state.hashes(entity, ids)
+            ignore_stored = self.full and not trust_hashes
+            stored = {} if ignore_stored else self.state.hashes(entity, ids)
             retried = self.state.failure_attempts(entity, ids)
             counts["retried"] += len(retried)
             changed = []
@@ -625,7 +631,7 @@ class SyncRun:
                 t0 = time.perf_counter()
                 joined = self._join(fresh, known=known)
                 self.report.phases["fetch"] += time.perf_counter() - t0
-                outcomes = self.process_users(joined, cursor=None)
+                outcomes = self.process_users(joined, cursor=None, trust_hashes=True)
             self.flush_pending()  # fills `outcomes` with what Segment confirmed
             outcomes = {**self.settled, **outcomes}
             for doc in page.sources:

@@ -73,7 +73,8 @@ def test_size_is_measured_like_the_library(segment):
 @pytest.mark.parametrize("text", ["plain", "naïve café", "字" * 40, "🚀🦄 emoji", "a,b:c" * 9,
                                   "del\x7fchar", "tab\tquote\"back\\slash"])
 def test_size_bound_never_undercounts(text):
-    msg = {"type": "identify", "traits": {"t": text, "n": [1, 2.5, None, True], "o": {"k": text}}}
+    msg = {"type": "identify", "traits": {"t": text, "n": [1, 2.5, None, True, 1e-7, 3e20],
+                                          "o": {"k": text}}}
     bound = library_size_bound(orjson.dumps(msg))
     assert json_size(msg) <= bound <= json_size(msg) * 2
 

@@ -185,22 +185,63 @@ def test_mapping_file_error_is_exit_2(settings, tmp_path):
     assert outcome.exit_code == 2 and "users.toml" in outcome.report["error"]
 
 
-def test_failed_deliveries_are_retried_next_run_then_given_up(sandbox, settings):
+def test_refused_records_are_retried_then_given_up(sandbox, settings):
     s = settings.model_copy(update={"segment_max_retries": 0, "sync_max_attempts": 2})
-    sandbox.segment.inject(500, count=10_000)
+    sandbox.segment.inject(400, count=100_000)  # Segment refuses every message
     first = run_sync(s)
     assert first.exit_code == 1 and first.report["status"] == "partial"
     failed = first.report["entities"]["users"]["failed"]
     assert failed > 0 and not sandbox.segment.messages
+    rejected = {i["id"] for i in first.report["issues"] if i["code"] == "REJECTED"}
+    assert len(rejected) == failed  # each refused user reported with the reason
     check_counts_add_up(first.report)
-    second = run_sync(s)  # still failing: attempts reach the limit
+    second = run_sync(s)  # still refused: attempts reach the limit
     assert second.report["entities"]["users"]["retried"] >= failed
     assert second.report["issue_counts"].get("GAVE_UP", 0) >= failed
     sandbox.segment.reset()
-    sandbox.segment.inject(500, count=0)
+    sandbox.segment.inject(400, count=0)
     third = run_sync(s)
     assert third.report["entities"]["users"]["retried"] == 0  # given up: not retried forever
     assert third.exit_code == 0
+
+
+def test_transient_failures_are_never_given_up(sandbox, settings):
+    """A Segment outage longer than SYNC_MAX_ATTEMPTS runs loses nothing."""
+    s = settings.model_copy(update={"segment_max_retries": 0, "sync_max_attempts": 2,
+                                    "moesif_lookback_seconds": 0})
+    sandbox.segment.inject(503, count=100_000)
+    oversize: set[str] = set()
+    for _ in range(3):
+        outcome = run_sync(s)
+        assert outcome.exit_code == 1
+        assert "GAVE_UP" not in outcome.report["issue_counts"]
+        oversize |= {i["id"] for i in outcome.report["issues"] if i["code"] == "OVERSIZE"}
+    sandbox.segment.reset()
+    sandbox.segment.inject(503, count=0)
+    healed = run_sync(s)
+    assert healed.exit_code == 0
+    assert oversize and identify_ids(sandbox) == valid_user_ids(sandbox) - oversize
+
+
+def test_wrong_api_base_is_a_configuration_error(sandbox, settings):
+    outcome = run_sync(settings.model_copy(update={"moesif_api_url": sandbox.moesif_url + "/api"}))
+    assert outcome.exit_code == 2 and "MOESIF_API_URL" in outcome.report["error"]
+
+
+def test_metrics_search_failure_does_not_fail_the_run(sandbox, settings):
+    sandbox.moesif.inject(400, count=1, path_contains="usermetrics")
+    outcome = run_sync(settings)
+    assert outcome.exit_code == 0
+    assert outcome.report["issue_counts"].get("METRICS_UNAVAILABLE") == 1
+    assert identify_ids(sandbox)
+
+
+def test_invalid_users_are_reported_once(sandbox, settings):
+    report = run_sync(settings).report
+    missing = [i for i in report["issues"] if i["code"] == "MISSING_ID"]
+    assert len(missing) == 2 and all(i["id"] for i in missing)
+    users = report["entities"]["users"]
+    assert users["fetched"] == USERS  # each user counted once, members included
 
 
 def test_failed_records_are_retried_whatever_the_cursor(sandbox, settings):

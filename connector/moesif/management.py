@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from connector import __version__, jsonutil
 from connector.timeutil import to_iso
@@ -32,6 +32,7 @@ SEARCH_PATHS = {
 }
 ID_FIELDS = {"users": "user_id", "companies": "company_id"}
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 300.0
 AUTH_STATUSES = frozenset({401, 402, 403})
 
 
@@ -58,12 +59,13 @@ class Page:
 
     @property
     def sources(self) -> list[dict[str, Any]]:
-        """The records; one without its own id keeps the search `_id` to be reported by."""
+        """The records, each keeping the search `_id` (a record without its own id is
+        reported by it)."""
         out = []
         for hit in self.hits:
             source = hit.get("_source") or {}
-            if not (source.get("user_id") or source.get("company_id")) and hit.get("_id"):
-                source = {**source, "_id": hit["_id"]}
+            if "_id" not in source and hit.get("_id"):
+                source["_id"] = hit["_id"]
             out.append(source)
         return out
 
@@ -107,9 +109,25 @@ class BackoffPolicy:
         jittered = random.uniform(self.base / 2, max(self.base, exp))
         if isinstance(exc, MoesifRetryableError) and exc.status == 429:
             if exc.retry_after is not None:
-                return exc.retry_after
+                return min(exc.retry_after, MAX_RETRY_AFTER)
             return min(jittered, seconds_to_next_minute())
         return jittered
+
+
+class StopPolicy:
+    """When to give up. 429s are Moesif's fixed per-minute window filling up: waiting
+    always helps, so they are retried for up to `rate_limit_budget` seconds whatever
+    the attempt count; other failures stop after `max_retries` retries."""
+
+    def __init__(self, max_retries: int, rate_limit_budget: float = 300.0) -> None:
+        self.max_retries = max_retries
+        self.rate_limit_budget = rate_limit_budget
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, MoesifRetryableError) and exc.status == 429:
+            return (state.seconds_since_start or 0.0) >= self.rate_limit_budget
+        return state.attempt_number >= self.max_retries + 1
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -145,7 +163,7 @@ class MoesifManagementClient:
         self._retrying = Retrying(
             retry=retry_if_exception(_is_retryable),
             wait=self.backoff,
-            stop=stop_after_attempt(max_retries + 1),
+            stop=StopPolicy(max_retries),
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -184,7 +202,10 @@ class MoesifManagementClient:
                 f"Moesif answered {status} on {path}", status,
                 parse_retry_after(resp.headers.get("Retry-After")))
         if status == 404:
-            return None
+            if path.startswith(("/v1/search/~/users/", "/v1/search/~/companies/")):
+                return None  # a single record that does not exist
+            raise MoesifAuthError(
+                f"Moesif answered 404 on {path}: the API base is wrong; check MOESIF_API_URL")
         if status >= 400:
             raise MoesifError(f"Moesif answered {status} on {path}: {resp.text[:300]}")
         try:
@@ -252,8 +273,8 @@ class MoesifManagementClient:
             if not page.hits:
                 return
             yield page
-            if len(page.hits) < page_size:
-                return
+            # A short page is not the end (Moesif documents no maximum size, so a server
+            # cap could shorten pages): only an empty page is.
             search_after = page.hits[-1].get("sort")
             if not search_after:
                 raise MoesifError("Moesif returned hits without sort values; cannot page")
@@ -278,10 +299,9 @@ class MoesifManagementClient:
         }
         while True:
             page = self.search(entity, body)
-            if page.hits:
-                yield page
-            if len(page.hits) < page_size:
+            if not page.hits:
                 return
+            yield page
             body["search_after"] = page.hits[-1].get("sort")
 
     def user_metrics(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:

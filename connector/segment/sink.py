@@ -77,8 +77,10 @@ def library_size_bound(encoded: bytes) -> int:
     counted in C, so only messages near the limit need the exact (slower) measure.
     """
     non_ascii = len(encoded.translate(None, _ASCII))  # bytes >= 0x80
+    # json.dumps writes exponents as `e-07`/`e+20` where orjson writes `e-7`/`e20`.
     return (len(encoded) + encoded.count(b",") + encoded.count(b":")
-            + 2 * non_ascii + 5 * encoded.count(b"\x7f"))
+            + 2 * non_ascii + 5 * encoded.count(b"\x7f")
+            + encoded.count(b"e") + encoded.count(b"E"))
 
 
 @dataclass(slots=True)

@@ -246,6 +246,10 @@ class SyncRun:
         # company's members are not re-sent or re-reported in the same run. Users that
         # were delivered need no entry: their stored hash already says "unchanged".
         self.settled: dict[str, str] = {}
+        self.all_users_pass = False
+        self.joined_companies: dict[str, Any] = {}  # id -> version, from an all-users pass
+        self.failed_companies: set[str] = set()  # companies with a member that failed
+        self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-send")
         self._pending: tuple[Future[DeliveryResult], str, list[Candidate], str | None,
@@ -289,9 +293,13 @@ class SyncRun:
         return parse_timestamp(cursor) - timedelta(seconds=self.settings.moesif_lookback_seconds)
 
     def sync_entity(self, entity: str, until: datetime) -> None:
-        pages = self.moesif.iter_modified(entity, since=self._since(entity), until=until,
+        since = self._since(entity)
+        pages = self.moesif.iter_modified(entity, since=since, until=until,
                                           page_size=self.settings.moesif_page_size)
         joined = self._joined(pages) if entity == "users" else self._plain(pages)
+        # A users pass over *every* user joins every user's current company: companies
+        # found then at the same version need no member re-send afterwards.
+        self.all_users_pass = entity == "users" and since is None
         prefetch = Prefetcher(joined, depth=2)
         try:
             waited = time.perf_counter()
@@ -333,21 +341,34 @@ class SyncRun:
         wanted = {str(d["company_id"]) for d in docs
                   if d.get("company_id") and str(d["company_id"]) not in companies}
         if wanted:
-            for page in self.moesif.fetch_by_ids("companies", sorted(wanted)):
+            for page in self.moesif.fetch_by_ids("companies", sorted(wanted),
+                                                 page_size=self.settings.moesif_page_size):
                 for doc in page.sources:
                     if doc.get("company_id"):
                         companies[str(doc["company_id"])] = doc
+                        if self.all_users_pass:
+                            self.joined_companies[str(doc["company_id"])] = \
+                                doc.get("modified_time")
         user_ids = [str(d["user_id"]) for d in docs if d.get("user_id")]
-        metrics = self.moesif.user_metrics(user_ids)
+        metrics: dict[str, dict[str, Any]] = {}
+        if not self.metrics_unavailable:
+            try:
+                metrics = self.moesif.user_metrics(user_ids)
+            except MoesifError as exc:  # optional enrichment: never the reason a run fails
+                self.metrics_unavailable = True
+                self.report.issue("users", None, "METRICS_UNAVAILABLE",
+                                  f"24-hour metrics search failed, sending without "
+                                  f"last24HourAggResults for the rest of the run: {exc}")
         return Joined(docs, companies, metrics, self._page_cursor(docs), total)
 
     # --- users ----------------------------------------------------------------------------
     def process_users(self, page: Joined, cursor: str | None,
-                      trust_hashes: bool = False) -> dict[str, str]:
+                      members: bool = False) -> dict[str, str]:
         """Map, diff, send and commit one page of users; return id -> outcome.
 
-        `trust_hashes`: compare with stored hashes even in a full run (a changed company's
-        members: one stored with the same hash was sent earlier in this very run).
+        `members`: a changed company's users. Stored hashes count even in a full run (one
+        stored with the same hash was sent earlier in this very run), and an unchanged
+        member is not counted again: it was counted when the users pass saw it.
         """
         entity = "users"
         counts = self.report.entities[entity]
@@ -370,15 +391,17 @@ class SyncRun:
         self.progress("fetched", entity=entity, n=len(page.docs))
         with Timer(self.report.phases, "diff"):
             ids = [c.id for c in candidates]
-            ignore_stored = self.full and not trust_hashes
-            stored = {} if ignore_stored else self.state.hashes(entity, ids)
+            stored = {} if self.full and not members else self.state.hashes(entity, ids)
             retried = self.state.failure_attempts(entity, ids)
             counts["retried"] += len(retried)
             changed = []
             for c in candidates:
                 if stored.get(c.id) == c.hash and c.id not in retried:
-                    counts["unchanged"] += 1
                     outcomes[c.id] = "unchanged"
+                    if members:
+                        counts["fetched"] -= 1
+                    else:
+                        counts["unchanged"] += 1
                 else:
                     changed.append(c)
         sendable: list[Candidate] = []
@@ -394,8 +417,8 @@ class SyncRun:
             self._count_fields(c)
         self._sample(sendable)
         if self.dry_run:
-            for c in sendable:
-                outcomes[c.id] = "would-send"
+            for c in sendable:  # a dry run stores no hashes: remember them instead
+                outcomes[c.id] = self.settled[c.id] = "would-send"
         else:
             self._deliver(entity, sendable, cursor, outcomes)
         return outcomes
@@ -554,6 +577,8 @@ class SyncRun:
             if problems:
                 failures.append((c.id, problems[0][0], problems[0][1]))
                 outcomes[c.id] = "failed"
+                if c.doc.get("company_id"):
+                    self.failed_companies.add(str(c.doc["company_id"]))
             else:
                 hashes[c.id] = c.hash
                 outcomes[c.id] = "delivered"
@@ -613,7 +638,14 @@ class SyncRun:
             if not self.dry_run and cursor:
                 self.state.commit_page(PageCommit(entity, {}, [], [], cursor=cursor))
             return
-        member_outcomes = self._sync_members(changed)
+        covered = {cid for cid, (doc, _) in changed.items()
+                   if cid in self.joined_companies
+                   and self.joined_companies[cid] == doc.get("modified_time")
+                   and not self.stop_event.is_set()}
+        member_outcomes = self._sync_members(
+            {cid: v for cid, v in changed.items() if cid not in covered})
+        for cid in covered:  # every member was handled by this run's all-users pass
+            member_outcomes[cid] = ["failed" if cid in self.failed_companies else "delivered"]
         self._resolve_companies(changed, member_outcomes, cursor)
 
     def _sync_members(self, changed: dict[str, tuple[dict[str, Any], str]]
@@ -631,7 +663,7 @@ class SyncRun:
                 t0 = time.perf_counter()
                 joined = self._join(fresh, known=known)
                 self.report.phases["fetch"] += time.perf_counter() - t0
-                outcomes = self.process_users(joined, cursor=None, trust_hashes=True)
+                outcomes = self.process_users(joined, cursor=None, members=True)
             self.flush_pending()  # fills `outcomes` with what Segment confirmed
             outcomes = {**self.settled, **outcomes}
             for doc in page.sources:
@@ -683,8 +715,9 @@ class SyncRun:
         """Records whose delivery failed before are retried whatever the cursor says."""
         if self.stop_event.is_set():
             return
-        pending = self.state.pending_failures(
+        pending = [f for f in self.state.pending_failures(
             entity, failed_before=self.report.started.isoformat(timespec="microseconds"))
+            if f.id not in self.settled]
         if not pending:
             return
         attempts = {f.id: f.attempts for f in pending}
@@ -697,6 +730,11 @@ class SyncRun:
                 self.process_users(self._join(page.sources), cursor=None)
             else:
                 self.process_companies(page.sources, cursor=None)
+        # A failed record that is now invalid (e.g. OVERSIZE) waits for a change in Moesif,
+        # reported; it no longer counts as pending.
+        invalid_now = [rid for rid in attempts if self.settled.get(rid) == "invalid"]
+        if invalid_now and not self.dry_run:
+            self.state.commit_page(PageCommit(entity, {}, invalid_now, []))
         gone = [rid for rid in attempts if rid not in found]
         if gone and not self.dry_run:
             self.state.commit_page(PageCommit(entity, {}, gone, []))

@@ -38,6 +38,9 @@ SCHEMA = (
 )
 
 
+TRANSIENT_CODES = frozenset({"DELIVERY_FAILED"})
+
+
 @dataclass(slots=True)
 class Failure:
     entity: str
@@ -123,7 +126,9 @@ class SyncState:
                 row = conn.execute("SELECT attempts FROM failed_record WHERE entity = ? "
                                    "AND id = ?", (page.entity, rid)).fetchone()
                 attempts = (row[0] if row else 0) + 1
-                gave_up = attempts >= self.max_attempts
+                # Only a refusal gives up: a record that failed because Segment was
+                # unreachable or erroring is retried at every run until delivered.
+                gave_up = attempts >= self.max_attempts and code not in TRANSIENT_CODES
                 conn.execute(
                     "INSERT INTO failed_record (entity, id, attempts, last_code, last_detail, "
                     "first_failed_at, last_failed_at, gave_up) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "

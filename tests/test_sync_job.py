@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.sandbox.dataset import HUGE_NAME_INDEX
 from connector.sandbox.serve import start_sync_sandbox
 from connector.store import connect
 from connector.sync.job import run_sync
@@ -306,3 +307,33 @@ def test_no_key_in_reports_or_state(sandbox, settings):
     outcome = run_sync(settings)
     assert_no_keys_in(json.dumps(outcome.report))
     assert_no_keys_in_tree(Path(settings.connector_home))
+
+
+def test_sigterm_mid_run_finishes_the_page_and_exits_0(sandbox, settings):
+    sandbox.segment.inject_delay(0.3, count=3)
+    env = dict(os.environ, MOESIF_API_URL=sandbox.moesif_url, SEGMENT_HOST=sandbox.segment_url,
+               MOESIF_MANAGEMENT_API_KEY=MANAGEMENT_KEY, SEGMENT_WRITE_KEY=WRITE_KEY,
+               CONNECTOR_HOME=str(settings.connector_home), MOESIF_PAGE_SIZE="50",
+               MAPPINGS_DIR=str(settings.mappings_dir))
+    cmd = [sys.executable, "-m", "connector", "sync", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 30
+    while sandbox.segment.batches < 1 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "PARTIAL" in out  # the report says it stopped early
+    stopped_at = len(sandbox.segment.messages)
+    assert 0 < stopped_at < len(valid_user_ids(sandbox))
+    conn = connect(settings.state_path)
+    cursor = SyncState(conn).cursor("users")
+    assert cursor is not None  # the confirmed pages were saved
+    # the next run continues without re-sending what the stopped run confirmed
+    again = run_sync(settings)
+    assert again.exit_code == 0
+    assert sandbox.segment.duplicates <= 50 * 2  # at most the page in flight, twice
+    oversize = {sandbox.dataset.user_id(HUGE_NAME_INDEX)}  # cannot fit 32 KB: never sent
+    assert identify_ids(sandbox) == valid_user_ids(sandbox) - oversize

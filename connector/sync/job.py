@@ -108,9 +108,6 @@ class Report:
             "max_attempts": settings.sync_max_attempts,
         }
 
-    def count(self, entity: str, key: str, n: int = 1) -> None:
-        self.entities[entity][key] += n
-
     def issue(self, entity: str, record_id: str | None, code: str, detail: str,
               attempts: int | None = None) -> None:
         self.issue_counts[code] = self.issue_counts.get(code, 0) + 1
@@ -175,13 +172,11 @@ def _strip(message: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, A
     out = dict(message)
     for path in paths:
         node: Any = out
-        parents = []
         for part in path[:-1]:
-            if not isinstance(node, dict) or part not in node:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
                 node = None
                 break
-            parents.append((node, part))
-            node[part] = dict(node[part])
+            node[part] = dict(node[part])  # copy each level before changing it
             node = node[part]
         if isinstance(node, dict):
             node.pop(path[-1], None)

@@ -1,0 +1,18 @@
+"""The newcomer's first command, in-process: no keys, only the local sandbox."""
+
+from connector.demo import DEMO_APP_ID, DEMO_MANAGEMENT_KEY, DEMO_WRITE_KEY, run_demo
+from connector.store import connect
+
+
+def test_demo_syncs_forwards_and_leaves_an_html_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONNECTOR_HOME", str(tmp_path / "home"))
+    assert run_demo(users=150, companies=15, log_lines=200) == 0
+    out = capsys.readouterr().out
+    html = next((tmp_path / "home" / "demo" / "reports").glob("*.html"))
+    assert str(html) in out and "<svg" in html.read_text()
+    assert "unique events" in out
+    conn = connect(tmp_path / "home" / "demo" / "state.sqlite3")
+    assert conn.execute("SELECT COUNT(*) FROM record_hash").fetchone()[0] > 0
+    for key in (DEMO_MANAGEMENT_KEY, DEMO_WRITE_KEY, DEMO_APP_ID):
+        assert key not in out

@@ -193,12 +193,16 @@ def test_refused_records_are_retried_then_given_up(sandbox, settings):
     assert first.exit_code == 1 and first.report["status"] == "partial"
     failed = first.report["entities"]["users"]["failed"]
     assert failed > 0 and not sandbox.segment.messages
-    rejected = {i["id"] for i in first.report["issues"] if i["code"] == "REJECTED"}
+    rejected = {i["id"] for i in first.report["issues"]
+                if i["code"] == "REJECTED" and i["entity"] == "users"}
     assert len(rejected) == failed  # each refused user reported with the reason
+    companies = first.report["entities"]["companies"]
+    assert companies["failed"] > 0  # their members were refused: they give up with them
     check_counts_add_up(first.report)
     second = run_sync(s)  # still refused: attempts reach the limit
     assert second.report["entities"]["users"]["retried"] >= failed
     assert second.report["issue_counts"].get("GAVE_UP", 0) >= failed
+    assert second.report["entities"]["companies"]["gave_up"] == companies["failed"]
     sandbox.segment.reset()
     sandbox.segment.inject(400, count=0)
     third = run_sync(s)

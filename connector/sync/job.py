@@ -243,7 +243,8 @@ class SyncRun:
         self.settled: dict[str, str] = {}
         self.all_users_pass = False
         self.joined_companies: dict[str, Any] = {}  # id -> version, from an all-users pass
-        self.failed_companies: set[str] = set()  # companies with a member that failed
+        # company -> failure code of its members this run (DELIVERY_FAILED wins)
+        self.failed_companies: dict[str, str] = {}
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-send")
@@ -573,7 +574,10 @@ class SyncRun:
                 failures.append((c.id, problems[0][0], problems[0][1]))
                 outcomes[c.id] = "failed"
                 if c.doc.get("company_id"):
-                    self.failed_companies.add(str(c.doc["company_id"]))
+                    cid = str(c.doc["company_id"])
+                    # a transient failure anywhere keeps the company retrying
+                    if self.failed_companies.get(cid) != "DELIVERY_FAILED":
+                        self.failed_companies[cid] = problems[0][0]
             else:
                 hashes[c.id] = c.hash
                 outcomes[c.id] = "delivered"
@@ -687,7 +691,10 @@ class SyncRun:
                 continue
             counts["sent"] += 1
             if "failed" in outcomes:
-                failures.append((cid, "DELIVERY_FAILED",
+                # A company whose members Segment refused gives up with them; one whose
+                # members could not be delivered is retried until they are.
+                code = self.failed_companies.get(cid, "DELIVERY_FAILED")
+                failures.append((cid, code,
                                  f"{outcomes.count('failed')} member user(s) not delivered"))
             else:
                 hashes[cid] = digest

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from connector import __version__, jsonutil
-from connector.timeutil import to_iso
+from connector.timeutil import parse_timestamp, to_iso
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,17 @@ class StopPolicy:
         if isinstance(exc, MoesifRetryableError) and exc.status == 429:
             return (state.seconds_since_start or 0.0) >= self.rate_limit_budget
         return state.attempt_number >= self.max_retries + 1
+
+
+def _derived_sort(hit: dict[str, Any], id_field: str) -> list[Any] | None:
+    """The sort values of a hit whose server left `sort` out: [epoch ms, id]."""
+    source = hit.get("_source") or {}
+    record_id = source.get(id_field) or hit.get("_id")
+    try:
+        millis = int(parse_timestamp(source.get("modified_time")).timestamp() * 1000)
+    except ValueError:
+        return None
+    return [millis, record_id] if record_id else None
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -275,7 +286,7 @@ class MoesifManagementClient:
             yield page
             # A short page is not the end (Moesif documents no maximum size, so a server
             # cap could shorten pages): only an empty page is.
-            search_after = page.hits[-1].get("sort")
+            search_after = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
             if not search_after:
                 raise MoesifError("Moesif returned hits without sort values; cannot page")
 
@@ -302,7 +313,10 @@ class MoesifManagementClient:
             if not page.hits:
                 return
             yield page
-            body["search_after"] = page.hits[-1].get("sort")
+            sort = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
+            if not sort:
+                raise MoesifError("Moesif returned hits without sort values; cannot page")
+            body["search_after"] = sort
 
     def user_metrics(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Last-24-hour activity rollups for a page of users, in one query."""

@@ -28,7 +28,7 @@ import hashlib
 import tomllib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,32 +171,34 @@ class FieldRule:
     required: bool = False
     default: Any = MISSING
     submapping: str | None = None
+    # per coverage prefix: (coverage key, event ids for present, missing, converted)
+    events: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
 
 
 class Coverage:
     """Per target field: present / missing / converted / trimmed counts.
 
-    Counted as (field, slot) pairs in a Counter: `update()` with a record's whole list of
-    events runs in C, which matters at thousands of records per second.
+    Counted as small integer event ids (one per field and slot, see
+    `MappingSet.event_id`) in a Counter: `update()` with a record's whole list runs in C
+    and hashes ints, which matters at thousands of records per second.
     """
 
     SLOTS = ("present", "missing", "converted", "trimmed")
 
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, int]] = Counter()
+    def __init__(self, event_names: list[tuple[str, int]] | None = None) -> None:
+        self.event_names = event_names if event_names is not None else []
+        self.counts: Counter[int] = Counter()
 
-    def add(self, key: str, slot: int) -> None:
-        self.counts[(key, slot)] += 1
+    def add(self, event: int) -> None:
+        self.counts[event] += 1
 
-    def add_all(self, events: list[tuple[str, int]]) -> None:
+    def add_all(self, events: list[int]) -> None:
         self.counts.update(events)
-
-    def merge(self, other: Coverage) -> None:
-        self.counts.update(other.counts)
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}
-        for (key, slot), n in self.counts.items():
+        for event, n in self.counts.items():
+            key, slot = self.event_names[event]
             row = table.setdefault(key, dict.fromkeys(self.SLOTS, 0))
             row[self.SLOTS[slot]] += n
         return dict(sorted(table.items()))
@@ -210,7 +212,7 @@ class Applied:
     message: dict[str, Any]
     issues: list[tuple[str, str]]
     missing_required: list[str]
-    fields: list[tuple[str, int]]  # (coverage key, slot) events, added to Coverage on accept
+    fields: list[int]  # coverage event ids (MappingSet.event_id), counted on accept
 
 
 class MappingSet:
@@ -221,6 +223,29 @@ class MappingSet:
         self.sections = sections
         self.version = version
         self.files = files
+        self.event_names: list[tuple[str, int]] = []
+        self._event_ids: dict[tuple[str, int], int] = {}
+
+    def event_id(self, key: str, slot: int) -> int:
+        """A small int for (coverage key, slot), assigned on first use."""
+        found = self._event_ids.get((key, slot))
+        if found is None:
+            found = self._event_ids[(key, slot)] = len(self.event_names)
+            self.event_names.append((key, slot))
+        return found
+
+    def field_events(self, applied: Applied) -> list[tuple[str, int]]:
+        """An Applied's coverage events as (key, slot) pairs, for people and tests."""
+        return [self.event_names[e] for e in applied.fields]
+
+    def _rule_events(self, rule: FieldRule, prefix: str) -> tuple[str, int, int, int]:
+        events = rule.events.get(prefix)
+        if events is None:
+            key = f"{prefix}.{rule.target}"
+            events = rule.events[prefix] = (key, self.event_id(key, PRESENT),
+                                            self.event_id(key, MISSING_SLOT),
+                                            self.event_id(key, CONVERTED))
+        return events
 
     def rules(self, section: str) -> list[FieldRule]:
         return self.sections.get(section, [])
@@ -261,7 +286,7 @@ class MappingSet:
                     prefix: str, out: Applied, message: dict[str, Any],
                     cache: dict[Any, Any] | None = None) -> None:
         for rule in self.sections[section]:
-            key = f"{prefix}.{rule.target}"
+            key, present_id, missing_id, converted_id = self._rule_events(rule, prefix)
             value, converted = MISSING, False
             for getter in rule.sources:
                 raw = getter(record, joins)
@@ -282,14 +307,14 @@ class MappingSet:
             if value is MISSING and rule.default is not MISSING:
                 value, converted = rule.default, True
             if value is MISSING:
-                out.fields.append((key, MISSING_SLOT))
+                out.fields.append(missing_id)
                 if rule.required:
                     out.missing_required.append(rule.target)
                 continue
             _set_path(message, rule.path, value)
-            out.fields.append((key, PRESENT))
+            out.fields.append(present_id)
             if converted:
-                out.fields.append((key, CONVERTED))
+                out.fields.append(converted_id)
 
     def trimmable_paths(self, section: str) -> list[tuple[str, tuple[str, ...]]]:
         """(coverage key suffix, message path) of every field that may be dropped to fit."""

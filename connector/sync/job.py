@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector import jsonutil
-from connector.mapping import Applied, Coverage, MappingSet, load_mappings
+from connector.mapping import TRIMMED, Applied, Coverage, MappingSet, load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
 from connector.segment.sink import (
     MAX_MESSAGE_BYTES,
@@ -225,6 +225,7 @@ class SyncRun:
         self.mappings = mappings
         self.state = SyncState(conn, max_attempts=settings.sync_max_attempts)
         self.report = Report(new_run_id(), mode, f"{mappings.version}", settings)
+        self.report.coverage = Coverage(mappings.event_names)
         self.moesif = MoesifManagementClient(
             settings.moesif_api_url, settings.moesif_management_api_key,  # type: ignore[arg-type]
             timeout=settings.moesif_timeout_seconds, max_retries=settings.moesif_max_retries)
@@ -506,7 +507,7 @@ class SyncRun:
         if c.group is not None:
             self.report.coverage.add_all(c.group.fields)
         for key in set(c.trimmed):
-            self.report.coverage.add(key, 3)
+            self.report.coverage.add(self.mappings.event_id(key, TRIMMED))
 
     def _sample(self, sendable: list[Candidate]) -> None:
         for c in sendable:

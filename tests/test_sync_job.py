@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -286,10 +285,7 @@ def test_sigkill_mid_run_then_rerun_delivers_everyone(sandbox, settings, tmp_pat
                MAPPINGS_DIR=str(settings.mappings_dir))
     cmd = [sys.executable, "-m", "connector", "sync", "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while sandbox.segment.batches < 1 and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.01)
+    assert sandbox.segment.wait_for(1, timeout=30), "the first batch never arrived"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = identify_ids(sandbox)
@@ -322,10 +318,7 @@ def test_sigterm_mid_run_finishes_the_page_and_exits_0(sandbox, settings):
     cmd = [sys.executable, "-m", "connector", "sync", "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 30
-    while sandbox.segment.batches < 1 and time.monotonic() < deadline:
-        assert proc.poll() is None
-        time.sleep(0.01)
+    assert sandbox.segment.wait_for(1, timeout=30), "the first batch never arrived"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -18,7 +18,9 @@ from typing import Any
 
 import typer
 
+from connector.progress import SyncProgress
 from connector.settings import ConfigError, Settings, load_settings
+from connector.sync.job import SyncOutcome
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Sync Moesif users/companies into Segment; forward WSO2 APIM "
@@ -66,10 +68,9 @@ def _signals_set(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _progress_callback(enabled: bool):  # noqa: ANN202 - returns (callback, context manager)
-    """A rich progress bar on a terminal, plain log lines otherwise."""
-    from connector.progress import SyncProgress
-
+def _progress_callback(enabled: bool) -> SyncProgress:
+    """A rich progress bar on a terminal, plain log lines otherwise (a context manager
+    that is also the run's progress callback)."""
     return SyncProgress(enabled=enabled and sys.stderr.isatty())
 
 
@@ -101,18 +102,16 @@ def sync(
 
 
 def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
-                    progress: Any = None) -> Any:
+                    progress: Any = None) -> SyncOutcome:
     """A sync run under the state store's lease, so it never overlaps a scheduled one."""
     from connector.lease import Lease, default_holder_id
     from connector.store import connect
-    from connector.sync.job import run_sync
+    from connector.sync.job import failed_outcome, run_sync
 
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
     except ConfigError as exc:
-        from connector.sync.job import Report, new_run_id
-
-        return _Outcome(2, Report(new_run_id(), mode, "-", settings).finish("failed", str(exc)))
+        return failed_outcome(settings, mode, str(exc), exit_code=2)
     conn = connect(settings.state_path)
     # The lease renews from its own thread: give it its own connection, so a renewal
     # never lands inside (or is rolled back with) the job's transaction.
@@ -120,21 +119,14 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     lease = Lease(lease_conn, "sync", default_holder_id(), settings.lease_seconds)
     try:
         if not lease.wait_acquire(stop, poll=1.0):
-            from connector.sync.job import Report, new_run_id
-
-            return _Outcome(1, Report(new_run_id(), mode, "-", settings).finish(
-                "failed", "stopped while waiting for another sync to release the lease"))
+            return failed_outcome(settings, mode, "stopped while waiting for another sync "
+                                  "to release the lease", exit_code=1)
         with lease.keep_alive():
             return run_sync(settings, mode, stop, progress, conn=conn)
     finally:
         lease.release()
         lease_conn.close()
         conn.close()
-
-
-class _Outcome:
-    def __init__(self, exit_code: int, report: dict[str, Any]) -> None:
-        self.exit_code, self.report = exit_code, report
 
 
 # --- schedule ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_sync_then_report_show_json(env, tmp_path):
     assert_no_keys_in_tree(tmp_path / "home")
 
 
-def test_dry_run_then_diff(env):
+def test_dry_run_and_real_run_are_both_listed(env):
     assert invoke(["sync", "--dry-run", "--no-progress"], env).exit_code == 0
     assert invoke(["sync", "--no-progress"], env).exit_code == 0
     runs = json.loads(invoke(["report", "show", "latest", "--format", "json"], env).output)

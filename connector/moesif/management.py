@@ -252,17 +252,9 @@ class MoesifManagementClient:
             total = total.get("value", 0)
         return Page(hits=list(hits.get("hits") or []), total=int(total or 0))
 
-    def iter_modified(
-        self,
-        entity: str,
-        *,
-        since: datetime | None,
-        until: datetime | None,
-        page_size: int,
-        search_after: list[Any] | None = None,
-    ) -> Iterator[Page]:
+    def iter_modified(self, entity: str, *, since: datetime | None, until: datetime | None,
+                      page_size: int) -> Iterator[Page]:
         """Keyset pages of `entity` ordered by (modified_time, id), within [since, until)."""
-        id_field = ID_FIELDS[entity]
         range_clause: dict[str, str] = {}
         if since is not None:
             range_clause["gte"] = to_iso(since)
@@ -271,24 +263,7 @@ class MoesifManagementClient:
         query: dict[str, Any] = {"match_all": {}}
         if range_clause:
             query = {"bool": {"filter": [{"range": {"modified_time": range_clause}}]}}
-        body: dict[str, Any] = {
-            "size": page_size,
-            "sort": [{"modified_time": {"order": "asc"}},
-                     {f"{id_field}.raw": {"order": "asc"}}],
-            "query": query,
-        }
-        while True:
-            if search_after is not None:
-                body["search_after"] = search_after
-            page = self.search(entity, body)
-            if not page.hits:
-                return
-            yield page
-            # A short page is not the end (Moesif documents no maximum size, so a server
-            # cap could shorten pages): only an empty page is.
-            search_after = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
-            if not search_after:
-                raise MoesifError("Moesif returned hits without sort values; cannot page")
+        yield from self._iter_query(entity, query, page_size)
 
     def fetch_by_ids(self, entity: str, ids: list[str], *, field: str | None = None,
                      page_size: int = 1000) -> Iterator[Page]:
@@ -301,6 +276,7 @@ class MoesifManagementClient:
             yield from self._iter_query(entity, query, page_size)
 
     def _iter_query(self, entity: str, query: dict[str, Any], page_size: int) -> Iterator[Page]:
+        """Keyset paging: sort on (modified_time, id), `search_after` the last hit's sort."""
         id_field = ID_FIELDS[entity]
         body: dict[str, Any] = {
             "size": page_size,
@@ -310,6 +286,8 @@ class MoesifManagementClient:
         }
         while True:
             page = self.search(entity, body)
+            # A short page is not the end (Moesif documents no maximum size, so a server
+            # cap could shorten pages): only an empty page is.
             if not page.hits:
                 return
             yield page

@@ -16,7 +16,6 @@ import logging
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from connector import jsonutil
 from connector.mapping import TRIMMED, Applied, Coverage, MappingSet, load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
+from connector.report_store import new_run_id
 from connector.segment.sink import (
     MAX_MESSAGE_BYTES,
     DeliveryResult,
@@ -159,10 +159,6 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.phases[self.name] += time.perf_counter() - self.t0
-
-
-def new_run_id() -> str:
-    return f"{utcnow():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
 def _strip(message: dict[str, Any], paths: list[tuple[str, ...]]) -> dict[str, Any]:
@@ -746,6 +742,11 @@ class SyncRun:
                                   "failed earlier and no longer exists in Moesif; dropped")
 
 
+def failed_outcome(settings: Settings, mode: str, error: str, exit_code: int) -> SyncOutcome:
+    """The outcome of a run that could not start: a report that says why."""
+    return SyncOutcome(exit_code, Report(new_run_id(), mode, "-", settings).finish("failed", error))
+
+
 def run_sync(settings: Settings, mode: str = "incremental",
              stop_event: threading.Event | None = None, progress: Progress | None = None,
              conn: sqlite3.Connection | None = None) -> SyncOutcome:
@@ -761,8 +762,7 @@ def run_sync(settings: Settings, mode: str = "incremental",
         mappings = load_mappings(settings.mappings_dir)
         conn = conn or connect(settings.state_path)
     except ConfigError as exc:
-        report = Report(new_run_id(), mode, "-", settings).finish("failed", str(exc))
-        return SyncOutcome(2, report)
+        return failed_outcome(settings, mode, str(exc), exit_code=2)
     # Records are acyclic JSON trees freed by reference counting; the cyclic collector's
     # frequent passes over millions of young objects cost a third of the mapping time.
     gc_threshold = gc.get_threshold()

@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.errors import ConfigError
 
-class ConfigError(Exception):
-    """A setting is missing or wrong. The message names the setting, never its value."""
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 class Settings(BaseSettings):

@@ -7,24 +7,17 @@ not been masked, so echoing its content could leak personal data into the dead l
 
 from __future__ import annotations
 
-BAD_JSON = "BAD_JSON"
-NOT_AN_OBJECT = "NOT_AN_OBJECT"
-MISSING_FIELD = "MISSING_FIELD"
-BAD_TYPE = "BAD_TYPE"
-BAD_LINE = "BAD_LINE"
-UNKNOWN_KIND = "UNKNOWN_KIND"
+from connector.errors import DeadLetterCode, MalformedInput
 
-REASON_CODES = frozenset({BAD_JSON, NOT_AN_OBJECT, MISSING_FIELD, BAD_TYPE, BAD_LINE, UNKNOWN_KIND})
+BAD_JSON = DeadLetterCode.BAD_JSON.value
+NOT_AN_OBJECT = DeadLetterCode.NOT_AN_OBJECT.value
+MISSING_FIELD = DeadLetterCode.MISSING_FIELD.value
+BAD_TYPE = DeadLetterCode.BAD_TYPE.value
+BAD_LINE = DeadLetterCode.BAD_LINE.value
+UNKNOWN_KIND = DeadLetterCode.UNKNOWN_KIND.value
+
+REASON_CODES = frozenset(c.value for c in DeadLetterCode)
 
 
-class MalformedEvent(Exception):
+class MalformedEvent(MalformedInput):
     """An input that cannot become a Moesif event; it belongs in the dead letters."""
-
-    def __init__(self, reason_code: str, detail: str) -> None:
-        super().__init__(f"{reason_code}: {detail}")
-        self.reason_code = reason_code
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[type[MalformedEvent], tuple[str, str]]:
-        # Picklable with both attributes (events may be parsed in a worker process).
-        return (type(self), (self.reason_code, self.detail))

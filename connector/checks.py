@@ -15,10 +15,12 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
+from connector.errors import ExitCode
 from connector.mapping import load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
 from connector.redaction import last4
 from connector.settings import ConfigError, Settings
+from connector.store import check_home, connect, state_error
 
 
 @dataclass
@@ -83,15 +85,25 @@ def check_segment(settings: Settings) -> CheckResult:
 
 
 def check_state_dir(settings: Settings) -> CheckResult:
+    """CONNECTOR_HOME writable and its state file (if any) a sound SQLite file; a damaged
+    one is only read, never changed."""
     home = settings.connector_home
     name = f"state directory {home}"
     try:
+        check_home(home)
         home.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=home, prefix=".write-test-"):
             pass
+        if settings.state_path.exists():
+            connect(settings.state_path).close()
+    except ConfigError as exc:
+        return CheckResult(name, False, str(exc))
     except OSError as exc:
-        return CheckResult(name, False, f"not writable: {exc.strerror}; set CONNECTOR_HOME")
-    return CheckResult(name, True, "writable")
+        mapped = state_error(exc, settings.state_path)
+        return CheckResult(name, False, str(mapped) if mapped else
+                           f"not writable: {exc.strerror}; set CONNECTOR_HOME")
+    return CheckResult(name, True, "writable" + (", state file readable"
+                                                 if settings.state_path.exists() else ""))
 
 
 def check_mappings(settings: Settings) -> CheckResult:
@@ -107,7 +119,7 @@ CHECKS: list[Callable[[Settings], CheckResult | list[CheckResult]]] = [
     check_required, check_moesif, check_segment, check_state_dir, check_mappings]
 
 
-def run_checks(settings: Settings, console: Console | None = None) -> int:
+def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:
     console = console or Console()
     table = Table(title="moesif-segment check")
     table.add_column("check")
@@ -121,4 +133,4 @@ def run_checks(settings: Settings, console: Console | None = None) -> int:
             mark = "[green]PASS[/green]" if result.ok else "[red]FAIL[/red]"
             table.add_row(result.name, mark, result.detail)
     console.print(table)
-    return 0 if all_ok else 2
+    return ExitCode.OK if all_ok else ExitCode.CONFIGURATION

@@ -1,25 +1,28 @@
 """The `moesif-segment` command: sync, schedule, report, check, forward, demo, sandbox.
 
-Exit codes: 0 all good; 1 some deliveries failed (retried by the next run); 2 a
-configuration or authentication problem, with a message naming the setting (never a key).
+Exit codes (`connector.errors.ExitCode`, decided by `exit_code_for`): 0 all good; 1 some
+deliveries failed, the run was interrupted or failed unexpectedly (the next run retries);
+2 a configuration, usage or authentication problem, with one line naming the setting or
+option (never a key). Every command prints failures as one `error: ...` line on stderr.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
+from connector.cli_errors import command_boundary, fail
+from connector.errors import ExitCode
 from connector.progress import SyncProgress
+from connector.report_model import RunReport, Status
 from connector.settings import ConfigError, Settings, load_settings
+from connector.signals import stop_on_signals
 from connector.sync.job import SyncOutcome
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -38,34 +41,19 @@ def _settings() -> Settings:
         return load_settings()
     except ConfigError as exc:
         _fail(str(exc))
-        raise  # unreachable
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
+    fail(message, code)
 
 
 def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
     from connector.logsetup import setup_logging
 
-    setup_logging(level, fmt.value, settings.secrets())
-
-
-@contextmanager
-def _signals_set(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the work to stop at a safe point instead of killing it."""
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("received %s: finishing the page in hand, then exiting",
-                 signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        setup_logging(level, fmt.value, settings.secrets())
+    except ValueError:
+        _fail(f"--log-level: unknown level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
 
 
 def _progress_callback(enabled: bool) -> SyncProgress:
@@ -76,6 +64,7 @@ def _progress_callback(enabled: bool) -> SyncProgress:
 
 # --- sync ----------------------------------------------------------------------------------
 @app.command()
+@command_boundary
 def sync(
     full: bool = typer.Option(False, "--full", help="Ignore cursors and hashes; resend all."),
     dry_run: bool = typer.Option(False, "--dry-run",
@@ -93,25 +82,27 @@ def sync(
         _fail("--full and --dry-run cannot be combined")
     mode = "dry-run" if dry_run else "full" if full else "incremental"
     stop = threading.Event()
-    with _signals_set(stop), _progress_callback(progress) as bar:
+    with stop_on_signals(stop, "finishing the page in hand"), \
+            _progress_callback(progress) as bar:
         outcome = run_sync_locked(settings, mode, stop, bar)
-    typer.echo(render_text(outcome.report))
-    if outcome.exit_code == 2 and outcome.report.get("error"):
-        typer.echo(f"error: {outcome.report['error']}", err=True)
-    raise typer.Exit(outcome.exit_code)
+    report = outcome.report
+    if outcome.exit_code == ExitCode.CONFIGURATION and report.error:
+        _fail(report.error)  # a person must act: one line, not a report of zeros
+    typer.echo(render_text(report))
+    if report.error and report.status == Status.FAILED:
+        typer.echo(f"error: {report.error}", err=True)
+    raise typer.Exit(int(outcome.exit_code))
 
 
 def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
                     progress: Any = None) -> SyncOutcome:
-    """A sync run under the state store's lease, so it never overlaps a scheduled one."""
+    """A sync run under the state store's lease, so it never overlaps a scheduled one.
+    A missing key or an unusable state home raises ConfigError before anything runs."""
     from connector.lease import Lease, default_holder_id
     from connector.store import connect
     from connector.sync.job import failed_outcome, run_sync
 
-    try:
-        settings.require("moesif_management_api_key", "segment_write_key")
-    except ConfigError as exc:
-        return failed_outcome(settings, mode, str(exc), exit_code=2)
+    settings.require("moesif_management_api_key", "segment_write_key")
     conn = connect(settings.state_path)
     # The lease renews from its own thread: give it its own connection, so a renewal
     # never lands inside (or is rolled back with) the job's transaction.
@@ -119,8 +110,10 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     lease = Lease(lease_conn, "sync", default_holder_id(), settings.lease_seconds)
     try:
         if not lease.wait_acquire(stop, poll=1.0):
-            return failed_outcome(settings, mode, "stopped while waiting for another sync "
-                                  "to release the lease", exit_code=1)
+            outcome = failed_outcome(settings, mode, "stopped while waiting for another "
+                                     "sync to release the lease", exit_code=ExitCode.FAILED)
+            outcome.report.status = Status.INTERRUPTED
+            return outcome
         with lease.keep_alive():
             return run_sync(settings, mode, stop, progress, conn=conn)
     finally:
@@ -131,6 +124,7 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
 
 # --- schedule ------------------------------------------------------------------------------
 @app.command()
+@command_boundary
 def schedule(
     once: bool = typer.Option(False, "--once", help="One scheduled-style run, then exit."),
     no_initial_run: bool = typer.Option(False, "--no-initial-run",
@@ -160,11 +154,13 @@ def schedule(
         with _progress_callback(progress) as bar:
             outcome = run_sync(settings, "incremental", stop, bar)
         r = outcome.report
-        log.info("run %s %s: users %s; companies %s", r["run_id"], r["status"],
+        log.info("run %s %s: users %s; companies %s", r.run_id, r.status,
                  _brief(r, "users"), _brief(r, "companies"))
-        if r.get("error"):
-            log.error("run %s: %s", r["run_id"], r["error"])
-        return outcome.exit_code
+        if r.error:
+            # A stop asked for is routine; anything else is worth an operator's look.
+            level = logging.INFO if r.status == Status.INTERRUPTED else logging.ERROR
+            log.log(level, "run %s: %s", r.run_id, r.error)
+        return int(outcome.exit_code)
 
     try:
         code = run_schedule(settings, one_run, once=once, first_run_now=not no_initial_run,
@@ -174,25 +170,28 @@ def schedule(
     raise typer.Exit(code)
 
 
-def _brief(report: dict[str, Any], entity: str) -> str:
-    e = report.get("entities", {}).get(entity, {})
-    return (f"{e.get('fetched', 0)} fetched, {e.get('delivered', 0)} delivered, "
-            f"{e.get('unchanged', 0)} unchanged, {e.get('invalid', 0)} invalid, "
-            f"{e.get('failed', 0)} failed")
+def _brief(report: RunReport, entity: str) -> str:
+    from connector.report_model import EntityCounts
+
+    e = report.entities.get(entity) or EntityCounts()
+    return (f"{e.fetched} fetched, {e.delivered} delivered, {e.unchanged} unchanged, "
+            f"{e.invalid} invalid, {e.failed} failed")
 
 
 # --- check ---------------------------------------------------------------------------------
 @app.command()
+@command_boundary
 def check() -> None:
     """Check settings and connectivity before the first run; exit 0 only if all pass."""
     from connector.checks import run_checks
 
     settings = _settings()
-    raise typer.Exit(run_checks(settings))
+    raise typer.Exit(int(run_checks(settings)))
 
 
 # --- demo / sandbox ------------------------------------------------------------------------
 @app.command()
+@command_boundary
 def demo(
     users: int = typer.Option(2000, help="Users in the sandbox."),
     companies: int = typer.Option(200, help="Companies in the sandbox."),
@@ -222,6 +221,7 @@ app.add_typer(forward_app, name="forward")
 
 
 @forward_app.callback()
+@command_boundary
 def forward(
     ctx: typer.Context,
     from_log: Path | None = typer.Option(None, "--from-log",
@@ -245,13 +245,14 @@ def forward(
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
     stop = threading.Event()
-    with _signals_set(stop):
+    with stop_on_signals(stop, "committing what was read"):
         code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
                            wso2_config_path=wso2_config, once=once, stop_event=stop)
     raise typer.Exit(code)
 
 
 @forward_app.command("status")
+@command_boundary
 def forward_status_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:

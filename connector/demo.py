@@ -59,7 +59,7 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
         typer.echo(f"Syncing Moesif ({sandbox.moesif_url}) -> Segment ({sandbox.segment_url})")
         outcome = run_sync(settings, "incremental")
         typer.echo(render_text(outcome.report))
-        html_path = home / "reports" / f"{outcome.report['run_id']}.html"
+        html_path = home / "reports" / f"{outcome.report.run_id}.html"
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(outcome.report), encoding="utf-8")
 
@@ -75,4 +75,4 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                    f"(forward exit code {forward_code}).")
     typer.echo(f"\nHTML report: {html_path.resolve()}")
     typer.echo(f"Inspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
-    return max(outcome.exit_code, forward_code)
+    return int(max(outcome.exit_code, forward_code))

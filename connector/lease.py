@@ -34,12 +34,17 @@ _DDL = (
 )
 
 
+def process_holder_id() -> str:
+    """`hostname:pid`: this process, as the prefix of its lease holder ids."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def default_holder_id() -> str:
     """`hostname:pid:short-uuid`: says who holds the lease when another one waits."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{process_holder_id()}:{uuid.uuid4().hex[:8]}"
 
 
-def _holder_is_dead(holder: str) -> bool:
+def holder_is_dead(holder: str) -> bool:
     """True when the holder ran on this host and its process is gone (crash, SIGKILL).
 
     A holder on another host (shared volume) is only freed by expiry.
@@ -57,7 +62,16 @@ def _holder_is_dead(holder: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child its parent has not reaped yet still answers kill(0): it is dead."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _iso(epoch: float) -> str:
@@ -85,7 +99,7 @@ class Lease:
                 "SELECT holder, expires_at FROM leases WHERE name = ?", (self.name,)
             ).fetchone()
             if row is not None and row[0] != self.holder and row[1] > now:
-                if not _holder_is_dead(row[0]):
+                if not holder_is_dead(row[0]):
                     return False
                 log.warning("lease %r: holder %s is no longer running on this host; "
                             "taking the lease over", self.name, row[0])

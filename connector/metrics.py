@@ -14,12 +14,12 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from connector.report_model import ENTITIES, FINISHED, Outcome, RunReport, Status
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
 from connector.timeutil import parse_timestamp
 
-RUN_STATUSES = ("success", "partial", "failed")
-RECORD_OUTCOMES = ("delivered", "unchanged", "invalid", "failed", "gave_up")
-ENTITIES = ("users", "companies")
+RUN_STATUSES = tuple(s.value for s in Status if s in FINISHED)
+RECORD_OUTCOMES = tuple(o.value for o in Outcome)
 # Runs last from seconds (nothing changed) to hours (a first full sync of millions).
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
@@ -59,22 +59,21 @@ class Metrics:
         self.last_run_at: float | None = None
         self.last_success_at: float | None = None
 
-    def observe_report(self, report: dict[str, Any]) -> None:
-        """Count one finished run from its report (tolerates missing parts)."""
-        status = str(report.get("status") or "failed")
-        finished = _epoch(report.get("finished_at")) or self.clock()
+    def observe_report(self, report: RunReport | dict[str, Any]) -> None:
+        """Count one finished run from its report (a part it lacks counts as nothing)."""
+        if not isinstance(report, RunReport):
+            report = RunReport.from_dict(report)
+        status = str(report.status) if report.status in FINISHED else Status.FAILED.value
+        finished = _epoch(report.finished_at) or self.clock()
         self.runs.labels(status=status).inc()
-        for entity, counts in (report.get("entities") or {}).items():
-            if not isinstance(counts, dict):
-                continue
-            for outcome in RECORD_OUTCOMES:
-                value = counts.get(outcome)
-                if isinstance(value, int | float) and value > 0:
-                    self.records.labels(entity=str(entity), outcome=outcome).inc(value)
-        duration = report.get("duration_s")
-        if isinstance(duration, int | float) and duration >= 0:
-            self.duration.observe(duration)
-        self._record_end(status, finished, report.get("run_id"), report.get("error"))
+        for entity, counts in report.entities.items():
+            for outcome in Outcome:
+                value = counts.outcome(outcome)
+                if value > 0:
+                    self.records.labels(entity=entity, outcome=outcome.value).inc(value)
+        if report.duration_s is not None and report.duration_s >= 0:
+            self.duration.observe(report.duration_s)
+        self._record_end(status, finished, report.run_id, report.error)
 
     def observe_crash(self, reason: str, duration_s: float | None = None) -> None:
         """A run that ended without a report (an exception escaped it)."""
@@ -90,7 +89,7 @@ class Metrics:
             self.last_error = str(error) if error else None
             self.last_run_at = finished
             self.last_run.set(finished)
-            if status == "success":
+            if status == Status.SUCCESS:
                 self.last_success_at = finished
                 self.last_success.set(finished)
 
@@ -115,7 +114,7 @@ class Metrics:
                 body["last_error"] = self.last_error
         # With no success yet, the clock starts when the process did.
         since_success = now - (success_at if success_at is not None else self.started_at)
-        if status == "failed":
+        if status == Status.FAILED:
             healthy, reason = False, "the last run failed"
         elif since_success > self.stale_after_seconds:
             healthy, reason = False, "no successful run for longer than stale_after_s"

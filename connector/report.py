@@ -1,10 +1,10 @@
 """The mapping report of a run, rendered for people: text (rich), JSON, HTML, and diffs.
 
-A report is the plain dict the sync job produces (see docs). Every renderer tolerates a
-report with parts missing or of unexpected shape: a report is read when something looks
-off, which is exactly when it may be incomplete. Everything taken from a report is
-escaped (rich markup and HTML), and values under key-like names are masked in the HTML,
-although the job already keeps keys out of reports.
+A report is a `RunReport` (connector.report_model); the renderers read its attributes.
+They also take the stored JSON form (a dict, of any report version), which is loaded
+into the model first; a part missing from a report is simply empty. Everything taken
+from a report is escaped (rich markup and HTML), and values under key-like names are
+masked in the HTML, although the job already keeps keys out of reports.
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-ENTITY_KEYS = ("fetched", "changed", "unchanged", "invalid", "sent", "delivered", "failed",
-               "retried", "gave_up")
-MESSAGE_KEYS = ("sent", "delivered", "failed")
-FIELD_KEYS = ("present", "missing", "converted", "trimmed")
-PHASES = ("fetch", "map", "diff", "send", "store")
+from connector.report_model import (
+    COUNT_KEYS,
+    PHASE_NAMES,
+    FieldCoverage,
+    MessageCounts,
+    RunReport,
+    Status,
+)
+
+ENTITY_KEYS = COUNT_KEYS
+MESSAGE_KEYS = tuple(MessageCounts.model_fields)
+FIELD_KEYS = tuple(FieldCoverage.model_fields)
+PHASES = PHASE_NAMES
 MAX_ISSUE_ROWS = 200
 EXAMPLES_PER_CODE = 3
 _SECRET_NAME = re.compile(r"(api[_-]?key|write[_-]?key|secret|password|passwd|token|"
@@ -34,6 +42,19 @@ MASK = "***"
 
 
 # --------------------------------------------------------------------------- helpers
+
+ReportLike = RunReport | dict[str, Any]
+
+
+def as_report(report: ReportLike) -> RunReport:
+    """The model, whether given the model or its stored JSON form."""
+    return report if isinstance(report, RunReport) else RunReport.from_dict(report)
+
+
+def _counts(part: Any) -> dict[str, int | float]:
+    """A counts model (with any extra counts it carries) as name -> number."""
+    return {k: _num(v) for k, v in part.model_dump().items()}
+
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
@@ -77,41 +98,36 @@ def _keys_in_order(known: tuple[str, ...], *dicts: dict[str, Any]) -> list[str]:
     return seen
 
 
-def entity_counts(report: dict[str, Any]) -> dict[str, dict[str, int | float]]:
-    return {str(name): {k: _num(v) for k, v in _dict(counts).items()}
-            for name, counts in _dict(report.get("entities")).items()}
+def entity_counts(report: ReportLike) -> dict[str, dict[str, int | float]]:
+    return {name: _counts(counts) for name, counts in as_report(report).entities.items()}
 
 
-def field_coverage(report: dict[str, Any]) -> list[dict[str, Any]]:
+def field_coverage(report: ReportLike) -> list[dict[str, Any]]:
     """One row per target field; percentages are of the records that field was mapped for."""
     rows = []
-    for name, counts in _dict(report.get("fields")).items():
-        counts = _dict(counts)
-        present, missing = _num(counts.get("present")), _num(counts.get("missing"))
-        total = present + missing
-        row: dict[str, Any] = {"field": str(name), "total": total}
+    for name, counts in as_report(report).fields.items():
+        total = counts.total
+        row: dict[str, Any] = {"field": name, "total": total}
         for key in FIELD_KEYS:
-            row[key] = _num(counts.get(key))
+            row[key] = getattr(counts, key)
             row[f"{key}_pct"] = _pct(row[key], total)
         rows.append(row)
     return rows
 
 
-def issue_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
+def issue_summary(report: ReportLike) -> list[dict[str, Any]]:
     """Issue codes with their counts (most frequent first) and a few example ids."""
-    counts: dict[str, int] = {}
-    for code, n in _dict(report.get("issue_counts")).items():
-        counts[str(code)] = int(_num(n))
+    report = as_report(report)
+    counts: dict[str, int] = {str(code): n for code, n in report.issue_counts.items()}
     examples: dict[str, list[str]] = {}
     listed: dict[str, int] = {}
-    for issue in _list(report.get("issues")):
-        issue = _dict(issue)
-        code = str(issue.get("code") or "UNKNOWN")
+    for issue in report.issues:
+        code = str(issue.code)
         listed[code] = listed.get(code, 0) + 1
         ids = examples.setdefault(code, [])
-        ident = issue.get("id")
-        if ident not in (None, "") and len(ids) < EXAMPLES_PER_CODE and str(ident) not in ids:
-            ids.append(str(ident))
+        ident = issue.id
+        if ident not in (None, "") and len(ids) < EXAMPLES_PER_CODE and ident not in ids:
+            ids.append(ident)
     # A code only present in the list (issue_counts missing or partial) still counts.
     for code, n in listed.items():
         counts[code] = max(counts.get(code, 0), n)
@@ -119,9 +135,9 @@ def issue_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
             for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def phase_rows(report: dict[str, Any]) -> list[tuple[str, float]]:
-    phases = _dict(report.get("phases"))
-    return [(name, float(_num(phases[name]))) for name in _keys_in_order(PHASES, phases)]
+def phase_rows(report: ReportLike) -> list[tuple[str, float]]:
+    phases = as_report(report).phases
+    return [(name, float(phases[name])) for name in _keys_in_order(PHASES, phases)]
 
 
 def scrub(value: Any) -> Any:
@@ -136,9 +152,10 @@ def scrub(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- JSON
 
-def render_json(report: dict[str, Any]) -> str:
+def render_json(report: ReportLike) -> str:
     """The report exactly as stored, pretty-printed."""
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+    return orjson.dumps(as_report(report).to_dict(),
+                        option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                         default=str).decode()
 
 
@@ -158,8 +175,9 @@ def _count_pct(count: int | float, pct: float | None) -> Text:
     return Text(f"{_fmt_num(count)} ({_fmt_pct(pct)})")
 
 
-def render_text(report: dict[str, Any], *, width: int = 120, color: bool = False) -> str:
+def render_text(report: ReportLike, *, width: int = 120, color: bool = False) -> str:
     """A terminal summary: counts, field coverage, issues, phases, throughput."""
+    report = as_report(report)
     console = _console(width, color)
     _text_header(console, report)
     _text_entities(console, report)
@@ -169,23 +187,27 @@ def render_text(report: dict[str, Any], *, width: int = 120, color: bool = False
     return _output(console)
 
 
-def _text_header(console: Console, report: dict[str, Any]) -> None:
-    status = str(report.get("status") or "unknown")
-    style = {"success": "bold green", "partial": "bold yellow"}.get(status, "bold red")
+_STATUS_STYLES = {Status.SUCCESS: "bold green", Status.PARTIAL: "bold yellow",
+                  Status.INTERRUPTED: "bold yellow", Status.RUNNING: "bold cyan"}
+
+
+def _text_header(console: Console, report: RunReport) -> None:
+    status = str(report.status or "unknown")
+    style = _STATUS_STYLES.get(report.status, "bold red")  # type: ignore[call-overload]
     title = Text("Run ", style="bold")
-    title.append(str(report.get("run_id") or "?"), style="bold")
+    title.append(report.run_id or "?", style="bold")
     title.append("  ")
     title.append(status.upper(), style=style)
-    title.append(f"  mode {report.get('mode') or '?'}")
+    title.append(f"  mode {report.mode or '?'}")
     console.print(title)
     console.print(Text(
-        f"{report.get('started_at') or '?'} → {report.get('finished_at') or '?'}"
-        f" ({_fmt_seconds(report.get('duration_s'))})"))
-    console.print(Text(f"mapping {report.get('mapping_version') or '?'}"))
-    if report.get("error"):
-        console.print(Text(f"error: {report['error']}", style="red"))
-    if report.get("dry_run_note"):
-        console.print(Text(str(report["dry_run_note"]), style="bold yellow"))
+        f"{report.started_at or '?'} → {report.finished_at or '?'}"
+        f" ({_fmt_seconds(report.duration_s)})"))
+    console.print(Text(f"mapping {report.mapping_version or '?'}"))
+    if report.error:
+        console.print(Text(f"error: {report.error}", style="red"))
+    if report.dry_run_note:
+        console.print(Text(report.dry_run_note, style="bold yellow"))
 
 
 def _counts_table(title: str, groups: dict[str, dict[str, Any]],
@@ -200,16 +222,16 @@ def _counts_table(title: str, groups: dict[str, dict[str, Any]],
     return table
 
 
-def _text_entities(console: Console, report: dict[str, Any]) -> None:
+def _text_entities(console: Console, report: RunReport) -> None:
     entities = entity_counts(report)
     if entities:
         console.print(_counts_table("Records", entities, ENTITY_KEYS))
-    messages = {str(k): _dict(v) for k, v in _dict(report.get("messages")).items()}
+    messages = {k: _counts(v) for k, v in report.messages.items()}
     if messages:
         console.print(_counts_table("Messages", messages, MESSAGE_KEYS))
 
 
-def _text_fields(console: Console, report: dict[str, Any]) -> None:
+def _text_fields(console: Console, report: RunReport) -> None:
     rows = field_coverage(report)
     if not rows:
         console.print(Text("Field coverage: no fields recorded"))
@@ -224,7 +246,7 @@ def _text_fields(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _text_issues(console: Console, report: dict[str, Any]) -> None:
+def _text_issues(console: Console, report: RunReport) -> None:
     summary = issue_summary(report)
     if not summary:
         console.print(Text("Issues: none"))
@@ -238,7 +260,7 @@ def _text_issues(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _text_phases(console: Console, report: dict[str, Any]) -> None:
+def _text_phases(console: Console, report: RunReport) -> None:
     phases = phase_rows(report)
     if phases:
         total = sum(seconds for _, seconds in phases)
@@ -249,10 +271,9 @@ def _text_phases(console: Console, report: dict[str, Any]) -> None:
         for name, seconds in phases:
             table.add_row(Text(name), f"{seconds:.2f}", _fmt_pct(_pct(seconds, total)))
         console.print(table)
-    throughput = _dict(report.get("throughput"))
-    if throughput:
+    if report.throughput is not None:
         parts = [f"{k.replace('_per_s', '')}/s {_fmt_num(float(_num(v)))}"
-                 for k, v in throughput.items()]
+                 for k, v in report.throughput.model_dump().items()]
         console.print(Text("Throughput: " + "  ".join(parts)))
 
 
@@ -355,9 +376,10 @@ def _table(headers: list[tuple[str, bool]], rows: list[str], cls: str = "") -> s
     return f'{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: ReportLike) -> str:
     """One self-contained page: inline CSS and SVG, no scripts, no external fetches."""
-    run_id = _e(report.get("run_id") or "?")
+    report = as_report(report)
+    run_id = _e(report.run_id or "?")
     sections = [
         _html_header(report),
         _html_outcomes(report),
@@ -380,25 +402,32 @@ def render_html(report: dict[str, Any]) -> str:
     )
 
 
-def _html_header(report: dict[str, Any]) -> str:
-    status = str(report.get("status") or "unknown")
-    status_cls = status if status in ("success", "partial", "failed") else "unknown"
-    meta = [("started", report.get("started_at")), ("finished", report.get("finished_at")),
-            ("duration", _fmt_seconds(report.get("duration_s"))),
-            ("mapping", report.get("mapping_version"))]
-    for key, value in _dict(report.get("throughput")).items():
-        meta.append((key.replace("_per_s", "/s").replace("_", " "), _fmt_num(float(_num(value)))))
+_STATUS_CLASSES = {Status.SUCCESS: "success", Status.PARTIAL: "partial",
+                   Status.INTERRUPTED: "partial", Status.RUNNING: "mode",
+                   Status.FAILED: "failed"}
+
+
+def _html_header(report: RunReport) -> str:
+    status = str(report.status or "unknown")
+    status_cls = _STATUS_CLASSES.get(report.status, "unknown")  # type: ignore[call-overload]
+    meta: list[tuple[str, Any]] = [
+        ("started", report.started_at), ("finished", report.finished_at),
+        ("duration", _fmt_seconds(report.duration_s)), ("mapping", report.mapping_version)]
+    if report.throughput is not None:
+        for key, value in report.throughput.model_dump().items():
+            meta.append((key.replace("_per_s", "/s").replace("_", " "),
+                         _fmt_num(float(_num(value)))))
     parts = [
-        f'<header><h1>{_e(report.get("run_id") or "?")}</h1>'
+        f'<header><h1>{_e(report.run_id or "?")}</h1>'
         f'<span class="badge {status_cls}">{_e(status)}</span>'
-        f'<span class="badge mode">{_e(report.get("mode") or "?")}</span></header>',
+        f'<span class="badge mode">{_e(report.mode or "?")}</span></header>',
         '<div class="meta">' + "".join(f"<span>{_e(k)} <b>{_e(v if v is not None else '–')}"
                                        f"</b></span>" for k, v in meta) + "</div>",
     ]
-    if report.get("error"):
-        parts.append(f'<div class="note error"><b>error:</b> {_e(report["error"])}</div>')
-    if report.get("dry_run_note"):
-        parts.append(f'<div class="note">{_e(report["dry_run_note"])}</div>')
+    if report.error:
+        parts.append(f'<div class="note error"><b>error:</b> {_e(report.error)}</div>')
+    if report.dry_run_note:
+        parts.append(f'<div class="note">{_e(report.dry_run_note)}</div>')
     parts.append('<nav><a href="#outcomes">outcomes</a><a href="#coverage">field coverage</a>'
                  '<a href="#issues">issues</a><a href="#phases">phases</a>'
                  '<a href="#samples">samples</a><a href="#settings">settings</a></nav>')
@@ -413,9 +442,9 @@ def _outcome_parts(counts: dict[str, int | float], dry_run: bool) -> list[tuple[
     return [(label, counts.get(key, 0), _OUTCOME_COLORS[key]) for key, label in names]
 
 
-def _html_outcomes(report: dict[str, Any]) -> str:
+def _html_outcomes(report: RunReport) -> str:
     entities = entity_counts(report)
-    dry_run = report.get("mode") == "dry-run"
+    dry_run = report.dry_run
     cards = []
     for name, counts in entities.items():
         parts = _outcome_parts(counts, dry_run)
@@ -427,7 +456,7 @@ def _html_outcomes(report: dict[str, Any]) -> str:
             f'<div class="big">{_e(_fmt_num(counts.get("fetched", 0)))} <small>fetched</small>'
             f"</div>{_stacked_bar(parts, 18)}{_legend(parts)}"
             f'<table class="counts"><tbody>{rows}</tbody></table></div>')
-    messages = {str(k): _dict(v) for k, v in _dict(report.get("messages")).items()}
+    messages = {k: _counts(v) for k, v in report.messages.items()}
     msg_html = ""
     if messages:
         keys = _keys_in_order(MESSAGE_KEYS, *messages.values())
@@ -447,7 +476,7 @@ def _coverage_color(pct: float | None) -> str:
     return "var(--ok)" if pct >= 90 else "var(--info)" if pct >= 50 else "var(--warn)"
 
 
-def _html_coverage(report: dict[str, Any]) -> str:
+def _html_coverage(report: RunReport) -> str:
     rows = []
     for row in field_coverage(report):
         kind, _, path = row["field"].partition(".")
@@ -466,19 +495,19 @@ def _html_coverage(report: dict[str, Any]) -> str:
             "(present + missing)</p>" + _table(headers, rows, "coverage") + "</section>")
 
 
-def _html_issues(report: dict[str, Any]) -> str:
+def _html_issues(report: RunReport) -> str:
     summary = issue_summary(report)
     code_rows = [f'<tr><td><code>{_e(s["code"])}</code></td>'
                  f'<td class="n">{_e(_fmt_num(s["count"]))}</td>'
                  f'<td>{_e(", ".join(s["examples"]))}</td></tr>' for s in summary]
-    issues = _list(report.get("issues"))
+    issues = report.issues
     detail_rows = []
     for issue in issues[:MAX_ISSUE_ROWS]:
-        issue = _dict(issue)
+        attempts = "" if issue.attempts is None else issue.attempts
         detail_rows.append(
-            f'<tr><td>{_e(issue.get("entity"))}</td><td><code>{_e(issue.get("id"))}</code></td>'
-            f'<td><code>{_e(issue.get("code"))}</code></td><td>{_e(issue.get("detail"))}</td>'
-            f'<td class="n">{_e(issue.get("attempts", ""))}</td></tr>')
+            f'<tr><td>{_e(issue.entity)}</td><td><code>{_e(issue.id)}</code></td>'
+            f'<td><code>{_e(issue.code)}</code></td><td>{_e(issue.detail)}</td>'
+            f'<td class="n">{_e(attempts)}</td></tr>')
     shown = (f'<p class="muted">showing the first {MAX_ISSUE_ROWS} of {len(issues):,} issues'
              " (the JSON report has them all)</p>" if len(issues) > MAX_ISSUE_ROWS else "")
     return ('<section id="issues"><h2>Issues</h2>'
@@ -490,7 +519,7 @@ def _html_issues(report: dict[str, Any]) -> str:
             + "</section>")
 
 
-def _html_phases(report: dict[str, Any]) -> str:
+def _html_phases(report: RunReport) -> str:
     phases = phase_rows(report)
     if not phases:
         return '<section id="phases"><h2>Phases</h2><p class="muted">not recorded</p></section>'
@@ -509,22 +538,21 @@ def _pretty(value: Any) -> str:
     return _e(json.dumps(scrub(value), indent=2, ensure_ascii=False, default=str))
 
 
-def _html_samples(report: dict[str, Any]) -> str:
+def _html_samples(report: RunReport) -> str:
     blocks = []
-    for sample in _list(report.get("samples")):
-        sample = _dict(sample)
+    for sample in report.samples:
         blocks.append(
-            f'<div class="sample"><h3>{_e(sample.get("entity"))} '
-            f'<code>{_e(sample.get("id"))}</code></h3><div class="pair">'
-            f'<div><h4>Moesif source record</h4><pre>{_pretty(sample.get("source"))}</pre></div>'
-            f'<div><h4>Segment messages</h4><pre>{_pretty(sample.get("messages"))}</pre></div>'
+            f'<div class="sample"><h3>{_e(sample.entity)} '
+            f'<code>{_e(sample.id)}</code></h3><div class="pair">'
+            f'<div><h4>Moesif source record</h4><pre>{_pretty(sample.source)}</pre></div>'
+            f'<div><h4>Segment messages</h4><pre>{_pretty(sample.messages)}</pre></div>'
             "</div></div>")
     body = "".join(blocks) or '<p class="muted">no samples in this report</p>'
     return f'<section id="samples"><h2>Sample mappings</h2>{body}</section>'
 
 
-def _html_settings(report: dict[str, Any]) -> str:
-    settings = scrub(_dict(report.get("settings")))
+def _html_settings(report: RunReport) -> str:
+    settings = scrub(report.settings.model_dump(exclude_none=True))
     rows = [f"<tr><td><code>{_e(k)}</code></td><td>{_e(v)}</td></tr>"
             for k, v in settings.items()]
     return ('<section id="settings"><h2>Settings</h2>'
@@ -542,23 +570,26 @@ def _delta(a: Any, b: Any) -> dict[str, Any]:
     return {"a": a_num, "b": b_num, "delta": delta}
 
 
-def _ident(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: report.get(k) for k in ("run_id", "started_at", "mode", "status",
-                                       "mapping_version")}
+def _ident(report: RunReport) -> dict[str, Any]:
+    return {"run_id": report.run_id, "started_at": report.started_at,
+            "mode": None if report.mode is None else str(report.mode),
+            "status": str(report.status), "mapping_version": report.mapping_version}
 
 
-def _count_deltas(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]],
+def _count_deltas(a: dict[str, Any], b: dict[str, Any],
                   known: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name in _keys_in_order((), a, b):
-        ca, cb = _dict(a.get(name)), _dict(b.get(name))
+        ca = _counts(a[name]) if name in a else {}
+        cb = _counts(b[name]) if name in b else {}
         out[name] = {k: _delta(_num(ca.get(k)), _num(cb.get(k)))
                      for k in _keys_in_order(known, ca, cb)}
     return out
 
 
-def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
     """What moved from run `a` to run `b`: counts, coverage, issue codes, status."""
+    a, b = as_report(a), as_report(b)
     fields_a = {r["field"]: r for r in field_coverage(a)}
     fields_b = {r["field"]: r for r in field_coverage(b)}
     fields = {}
@@ -573,12 +604,9 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {
         "a": _ident(a),
         "b": _ident(b),
-        "status": {"a": a.get("status"), "b": b.get("status"),
-                   "changed": a.get("status") != b.get("status")},
-        "entities": _count_deltas(_dict(a.get("entities")), _dict(b.get("entities")),
-                                  ENTITY_KEYS),
-        "messages": _count_deltas(_dict(a.get("messages")), _dict(b.get("messages")),
-                                  MESSAGE_KEYS),
+        "status": {"a": str(a.status), "b": str(b.status), "changed": a.status != b.status},
+        "entities": _count_deltas(a.entities, b.entities, ENTITY_KEYS),
+        "messages": _count_deltas(a.messages, b.messages, MESSAGE_KEYS),
         "fields": fields,
         "fields_added": [f for f in fields_b if f not in fields_a],
         "fields_removed": [f for f in fields_a if f not in fields_b],
@@ -588,7 +616,7 @@ def diff_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "changed": {c: _delta(codes_a[c], codes_b[c]) for c in codes_b
                         if c in codes_a and codes_a[c] != codes_b[c]},
         },
-        "duration_s": _delta(a.get("duration_s"), b.get("duration_s")),
+        "duration_s": _delta(a.duration_s, b.duration_s),
     }
 
 

@@ -1,7 +1,8 @@
 """`moesif-segment report list | show | diff`: read the runs kept in the state file.
 
 Mounted by the main CLI with `app.add_typer(report_app, name="report")`.
-Exit status: 0 on success, 1 for an unknown or ambiguous run id, 2 for a settings error.
+Exit status: 0 on success; 2 for a usage or settings mistake (an unknown or ambiguous run
+id, no runs yet, an unusable state home); 1 when the run asked for is still running.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from connector.cli_errors import command_boundary, fail
+from connector.errors import ExitCode
 from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
-from connector.report_store import RUNNING, AmbiguousRunId, ReportStore
+from connector.report_model import EntityCounts, RunReport, Status
+from connector.report_store import AmbiguousRunId, ReportStore
 from connector.settings import ConfigError, Settings, load_settings
-from connector.store import connect
+from connector.store import check_home, connect
 
 report_app = typer.Typer(help="Inspect the mapping reports of past runs.",
                          no_args_is_help=True, add_completion=False)
@@ -49,8 +53,8 @@ def _open_store() -> Iterator[tuple[Settings, ReportStore | None]]:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
+    check_home(settings.connector_home)
     if not settings.state_path.exists():
         yield settings, None
         return
@@ -61,8 +65,8 @@ def _open_store() -> Iterator[tuple[Settings, ReportStore | None]]:
         conn.close()
 
 
-def _load(store: ReportStore | None, settings: Settings, run_id: str) -> dict[str, Any]:
-    """A finished run's report, or a message on stderr and exit 1."""
+def _load(store: ReportStore | None, settings: Settings, run_id: str) -> RunReport:
+    """A finished (or interrupted) run's report, or one line on stderr and its exit code."""
     if store is None:
         _fail(f"no runs recorded yet (no state file at {settings.state_path})")
     try:
@@ -72,14 +76,14 @@ def _load(store: ReportStore | None, settings: Settings, run_id: str) -> dict[st
     if report is None:
         what = "no finished run yet" if run_id == "latest" else f"no run with id {run_id!r}"
         _fail(f"{what} in {settings.connector_home} (see `moesif-segment report list`)")
-    if report.get("status") == RUNNING:
-        _fail(f"run {report.get('run_id')} is still running; its report is saved when it ends")
+    if report.status == Status.RUNNING:
+        _fail(f"run {report.run_id} is still running; its report is saved when it ends",
+              ExitCode.FAILED)
     return report
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(message, err=True)
-    raise typer.Exit(1)
+def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
+    fail(message, code)
 
 
 def _stdout_console() -> Console:
@@ -99,13 +103,14 @@ def _duration(value: Any) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
-def _triple(counts: dict[str, Any]) -> str:
-    if not counts:
+def _triple(counts: EntityCounts | None) -> str:
+    if counts is None:
         return "–"
-    return "/".join(f"{counts.get(k, 0):,}" for k in ("fetched", "delivered", "failed"))
+    return f"{counts.fetched:,}/{counts.delivered:,}/{counts.failed:,}"
 
 
 @report_app.command("list")
+@command_boundary
 def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
                                         help="How many runs to show, newest first.")) -> None:
     """A table of recent runs, newest first."""
@@ -114,7 +119,7 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
     if not runs:
         typer.echo(f"no runs recorded yet in {settings.connector_home}")
         return
-    extra = sorted({e for run in runs for e in run["entities"]} - set(MAIN_ENTITIES))
+    extra = sorted({e for run in runs for e in run.entities} - set(MAIN_ENTITIES))
     table = Table(box=box.SIMPLE_HEAD, caption="counts: fetched/delivered/failed")
     table.add_column("run id", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
@@ -123,13 +128,14 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
     table.add_column("status")
     for entity in (*MAIN_ENTITIES, *extra):
         table.add_column(f"{entity} f/d/fail", justify="right", no_wrap=True)
-    styles = {"success": "green", "partial": "yellow", "failed": "red", RUNNING: "cyan"}
+    styles = {Status.SUCCESS: "green", Status.PARTIAL: "yellow", Status.FAILED: "red",
+              Status.INTERRUPTED: "magenta", Status.RUNNING: "cyan"}
     for run in runs:
-        status = str(run["status"])
-        table.add_row(Text(run["run_id"]), _short_time(run["started_at"]),
-                      _duration(run["duration_s"]), Text(str(run["mode"] or "–")),
-                      Text(status, style=styles.get(status, "")),
-                      *(_triple(run["entities"].get(e, {})) for e in (*MAIN_ENTITIES, *extra)))
+        status = str(run.status)
+        table.add_row(Text(run.run_id), _short_time(run.started_at),
+                      _duration(run.duration_s), Text(str(run.mode or "–")),
+                      Text(status, style=styles.get(run.status, "")),  # type: ignore[call-overload]
+                      *(_triple(run.entities.get(e)) for e in (*MAIN_ENTITIES, *extra)))
     _stdout_console().print(table)
 
 
@@ -138,6 +144,7 @@ def _safe_name(run_id: str) -> str:
 
 
 @report_app.command("show")
+@command_boundary
 def show(
     run_id: str = typer.Argument("latest", help="A run id, a unique prefix of one, or latest."),
     fmt: ShowFormat = typer.Option(ShowFormat.text, "--format", "-f", help="text, json or html."),
@@ -151,7 +158,7 @@ def show(
     elif fmt is ShowFormat.html:
         content = render_html(report)
         if output is None:
-            name = _safe_name(str(report.get("run_id") or run_id))
+            name = _safe_name(report.run_id or run_id)
             output = settings.connector_home / "reports" / f"{name}.html"
     else:
         color = output is None and sys.stdout.isatty()
@@ -165,6 +172,7 @@ def show(
 
 
 @report_app.command("diff")
+@command_boundary
 def diff(
     run_a: str = typer.Argument(..., help="The earlier run (id, prefix, or latest)."),
     run_b: str = typer.Argument(..., help="The later run (id, prefix, or latest)."),

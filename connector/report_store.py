@@ -3,7 +3,12 @@
 One row per run: a few columns for `report list` (so listing never decompresses a report)
 and the whole report as one zlib-compressed JSON blob, because a report can carry tens of
 thousands of issues and is only ever read whole. A run gets a `running` row when it starts
-(`start`), replaced by the full report when it ends (`save`); `prune` keeps the last N.
+(`start`, with the process that runs it), replaced by the full report when it ends
+(`save`); `prune` keeps the last N.
+
+A `running` row whose process is gone (SIGKILL, a crash, a power cut) is read as
+`interrupted`: its process ran on this host and is dead, or it ran elsewhere and holds no
+live `sync` lease any more. The next run's `start` stores it as interrupted for good.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from datetime import datetime
 from typing import Any
 
 from connector.jsonutil import dumps, loads
-from connector.store import Transaction, ensure_schema
+from connector.lease import holder_is_dead, process_holder_id
+from connector.report_model import RunReport, RunSummary, Status
+from connector.store import Transaction, ensure_schema, state_errors
 from connector.timeutil import utcnow
 
-RUNNING = "running"
+RUNNING = Status.RUNNING.value
+INTERRUPTED_ERROR = ("its process ({holder}) ended before the run did (killed or crashed); "
+                     "nothing unconfirmed was saved, the next run continues from the state")
 ENTITY_COLUMNS = ("fetched", "changed", "unchanged", "invalid", "delivered", "failed", "gave_up")
 
 _DDL = (
@@ -55,33 +64,70 @@ def new_run_id(now: datetime | None = None) -> str:
 class ReportStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        ensure_schema(conn, _DDL)
+        with state_errors(None):
+            ensure_schema(conn, _DDL)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(report_runs)")}
+            if "holder" not in columns:  # state files written before runs had holders
+                conn.execute("ALTER TABLE report_runs ADD COLUMN holder TEXT")
 
     def _write(self) -> contextlib.AbstractContextManager:
         """Its own transaction, or the caller's when the job saves inside one of its own."""
         return contextlib.nullcontext() if self.conn.in_transaction else Transaction(self.conn)
 
-    def start(self, run_id: str, started_at: str, mode: str) -> None:
-        """Record a run in progress, so `report list` shows it before it ends."""
+    def start(self, run_id: str, started_at: str, mode: str,
+              holder: str | None = None) -> None:
+        """Record a run in progress, so `report list` shows it before it ends; runs left
+        `running` by a process that is gone are stored as interrupted first."""
+        self.close_abandoned()
         self.conn.execute(
-            "INSERT INTO report_runs (run_id, started_at, mode, status) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(run_id) DO NOTHING",
-            (run_id, started_at, mode, RUNNING),
+            "INSERT INTO report_runs (run_id, started_at, mode, status, holder) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING",
+            (run_id, started_at, str(mode), RUNNING, holder or process_holder_id()),
         )
 
-    def save(self, report: dict[str, Any], *, keep: int | None = None) -> None:
+    def close_abandoned(self) -> int:
+        """Store every abandoned `running` row as an interrupted report; how many."""
+        rows = self.conn.execute(
+            "SELECT run_id, started_at, mode, holder FROM report_runs WHERE status = ?",
+            (RUNNING,)).fetchall()
+        closed = 0
+        for run_id, started_at, mode, holder in rows:
+            if self._abandoned(holder):
+                self.save(_interrupted(run_id, started_at, mode, holder))
+                closed += 1
+        return closed
+
+    def _abandoned(self, holder: str | None) -> bool:
+        """Is the process that started a `running` row gone?"""
+        if holder and holder_is_dead(holder):
+            return True
+        if holder and holder.partition(":")[0] == process_holder_id().partition(":")[0]:
+            return False  # on this host and alive
+        # Elsewhere (or unknown): alive as long as it holds a live lease.
+        try:
+            row = self.conn.execute(
+                "SELECT holder FROM leases WHERE name = 'sync' AND expires_at > ?",
+                (utcnow().timestamp(),)).fetchone()
+        except sqlite3.OperationalError:  # no lease table: nobody ever held one
+            return True
+        if row is None:
+            return True
+        return bool(holder) and not str(row[0]).startswith(f"{holder}:")
+
+    def save(self, report: RunReport | dict[str, Any], *, keep: int | None = None) -> None:
         """Store (or replace) a finished run's report; prune to `keep` runs when given."""
-        run_id = report.get("run_id")
-        if not run_id:
+        if not isinstance(report, RunReport):
+            report = RunReport.from_dict(report)
+        if not report.run_id:
             raise ValueError("report has no run_id")
-        blob = zlib.compress(dumps(report), 6)
+        blob = zlib.compress(dumps(report.to_dict()), 6)
         row = (
-            run_id,
-            report.get("started_at") or "",
-            report.get("finished_at"),
-            report.get("mode"),
-            report.get("status") or "unknown",
-            report.get("duration_s"),
+            report.run_id,
+            report.started_at or "",
+            report.finished_at,
+            None if report.mode is None else str(report.mode),
+            str(report.status or "unknown"),
+            report.duration_s,
             dumps(summarize_entities(report)),
             blob,
         )
@@ -98,15 +144,16 @@ class ReportStore:
         if keep is not None:
             self.prune(keep)
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str) -> RunReport | None:
         """A run's report by id, unique id prefix, or `latest` (newest finished run).
 
-        A run still in progress has no report yet: its summary row is returned instead.
+        A run still in progress has no report yet: a report with its id, start, mode and
+        status `running` is returned instead (or `interrupted`, its process being gone).
         Raises AmbiguousRunId when a prefix matches several runs.
         """
         if run_id == "latest":
             row = self.conn.execute(
-                "SELECT run_id, started_at, mode, status, report FROM report_runs "
+                f"SELECT {_COLS} FROM report_runs "
                 "WHERE status != ? ORDER BY started_at DESC, run_id DESC LIMIT 1",
                 (RUNNING,),
             ).fetchone()
@@ -114,10 +161,13 @@ class ReportStore:
             row = self._by_id_or_prefix(run_id)
         if row is None:
             return None
-        rid, started_at, mode, status, blob = row
+        rid, started_at, mode, status, blob, holder = row
         if blob is None:
-            return {"run_id": rid, "started_at": started_at, "mode": mode, "status": status}
-        return loads(zlib.decompress(blob))
+            if status == RUNNING and self._abandoned(holder):
+                return _interrupted(rid, started_at, mode, holder)
+            return RunReport.from_dict({"run_id": rid, "started_at": started_at,
+                                        "mode": mode, "status": status})
+        return RunReport.from_dict(loads(zlib.decompress(blob)))
 
     def latest_run_id(self) -> str | None:
         """The newest finished run's id, without reading its report."""
@@ -128,7 +178,7 @@ class ReportStore:
         return row[0] if row else None
 
     def _by_id_or_prefix(self, run_id: str) -> tuple | None:
-        cols = "run_id, started_at, mode, status, report"
+        cols = _COLS
         row = self.conn.execute(
             f"SELECT {cols} FROM report_runs WHERE run_id = ?", (run_id,)
         ).fetchone()
@@ -147,25 +197,26 @@ class ReportStore:
             f"SELECT {cols} FROM report_runs WHERE run_id = ?", (ids[0],)
         ).fetchone()
 
-    def list(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Newest first: run id, start, end, duration, mode, status, per-entity counts."""
+    def list(self, limit: int = 20) -> list[RunSummary]:
+        """Newest first: run id, start, end, duration, mode, status, per-entity counts.
+
+        A `running` row whose process is gone is listed as `interrupted`.
+        """
         rows = self.conn.execute(
-            "SELECT run_id, started_at, finished_at, duration_s, mode, status, summary "
+            "SELECT run_id, started_at, finished_at, duration_s, mode, status, summary, holder "
             "FROM report_runs ORDER BY started_at DESC, run_id DESC LIMIT ?",
             (max(0, int(limit)),),
         ).fetchall()
-        return [
-            {
-                "run_id": run_id,
-                "started_at": started_at,
-                "finished_at": finished_at,
-                "duration_s": duration_s,
-                "mode": mode,
-                "status": status,
+        runs = []
+        for run_id, started_at, finished_at, duration_s, mode, status, summary, holder in rows:
+            if status == RUNNING and self._abandoned(holder):
+                status = Status.INTERRUPTED.value
+            runs.append(RunSummary.from_dict({
+                "run_id": run_id, "started_at": started_at, "finished_at": finished_at,
+                "duration_s": duration_s, "mode": mode, "status": status,
                 "entities": loads(summary) if summary else {},
-            }
-            for run_id, started_at, finished_at, duration_s, mode, status, summary in rows
-        ]
+            }))
+        return runs
 
     def prune(self, keep: int) -> int:
         """Keep the newest `keep` runs (full reports and issue lists); delete older ones.
@@ -185,15 +236,18 @@ class ReportStore:
         return self.conn.execute("SELECT COUNT(*) FROM report_runs").fetchone()[0]
 
 
-def summarize_entities(report: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """The per-entity counts `report list` shows, tolerant of missing parts."""
-    entities = report.get("entities") or {}
-    summary: dict[str, dict[str, int]] = {}
-    if not isinstance(entities, dict):
-        return summary
-    for name, counts in entities.items():
-        if isinstance(counts, dict):
-            summary[str(name)] = {
-                key: counts[key] for key in ENTITY_COLUMNS if isinstance(counts.get(key), int)
-            }
-    return summary
+_COLS = "run_id, started_at, mode, status, report, holder"
+
+
+def _interrupted(run_id: str, started_at: str | None, mode: str | None,
+                 holder: str | None) -> RunReport:
+    return RunReport.from_dict({
+        "run_id": run_id, "started_at": started_at, "mode": mode,
+        "status": Status.INTERRUPTED.value,
+        "error": INTERRUPTED_ERROR.format(holder=holder or "unknown")})
+
+
+def summarize_entities(report: RunReport) -> dict[str, dict[str, int]]:
+    """The per-entity counts `report list` shows."""
+    return {name: counts.model_dump(include=set(ENTITY_COLUMNS))
+            for name, counts in report.entities.items()}

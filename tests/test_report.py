@@ -128,7 +128,10 @@ def test_text_shows_dry_run_note_and_error():
 
 def test_json_is_the_report_itself():
     report = make_report()
-    assert json.loads(render_json(report)) == report
+    shown = json.loads(render_json(report))
+    # Every key of the stored report, unchanged; the model adds its version (1: no field).
+    assert {k: shown[k] for k in report} == report
+    assert shown["report_version"] == 1
 
 
 def test_html_is_self_contained_and_has_every_field_row():
@@ -166,13 +169,16 @@ def test_html_masks_key_like_values():
 
 
 def test_html_survives_missing_and_odd_parts():
-    odd = {"run_id": "r1", "status": "weird", "fields": {"identify.x": "oops"},
+    odd = {"run_id": "r1", "status": "weird", "fields": {"identify.x": "oops",
+                                                         "identify.y": {"present": "x",
+                                                                        "missing": 2}},
            "entities": {"users": None}, "issues": ["not a dict"], "samples": [None],
            "phases": {"fetch": "slow"}}
     for report in ({}, odd):
         parsed = parse(render_html(report))
         assert "main" in parsed.tags
-    assert parse(render_html(odd)).field_rows == ["identify.x"]
+    # A part of the wrong shape is left out; the rest of its entry still renders.
+    assert parse(render_html(odd)).field_rows == ["identify.y"]
 
 
 def test_coverage_and_issue_summary_helpers():

@@ -143,14 +143,18 @@ def test_show_latest_text(reports):
 def test_show_by_prefix_json_is_exactly_the_stored_report(reports):
     result = invoke("show", RUN_2[:20], "--format", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == reports[1]
+    shown = json.loads(result.stdout)
+    assert {k: shown[k] for k in reports[1]} == reports[1]  # every stored key, unchanged
+    assert shown["report_version"] == 1
 
 
-def test_show_unknown_ambiguous_and_running_runs_exit_1(reports):
+def test_show_unknown_or_ambiguous_exits_2_and_running_exits_1(reports):
     unknown = invoke("show", "nope")
-    assert unknown.exit_code == 1 and "no run with id 'nope'" in unknown.stderr
+    assert unknown.exit_code == 2
+    assert unknown.stderr.startswith("error: no run with id 'nope'")
+    assert len(unknown.stderr.strip().splitlines()) == 1
     ambiguous = invoke("show", "20261122T05")
-    assert ambiguous.exit_code == 1 and "matches" in ambiguous.stderr
+    assert ambiguous.exit_code == 2 and "matches" in ambiguous.stderr
     running = invoke("show", "20261122T054500Z")
     assert running.exit_code == 1 and "still running" in running.stderr
 
@@ -205,9 +209,9 @@ def test_diff_text_and_json(reports):
     assert data["status"]["changed"] is True
 
 
-def test_diff_with_unknown_run_exits_1(reports):
+def test_diff_with_unknown_run_exits_2(reports):
     result = invoke("diff", RUN_1, "missing")
-    assert result.exit_code == 1 and "missing" in result.stderr
+    assert result.exit_code == 2 and "missing" in result.stderr
 
 
 def test_bad_settings_exit_2(reports, monkeypatch):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from connector.report_model import EntityCounts, RunReport
 from connector.report_store import AmbiguousRunId, ReportStore, new_run_id
 from connector.store import connect
 
@@ -44,7 +45,9 @@ def test_save_and_get_round_trip_exactly(store):
     saved = report("20261122T053000Z-aaaaaa", "2026-11-22T05:30:00.000Z", issues=3)
     saved["unknown_extra"] = {"nested": ["kept", 1, None]}
     store.save(saved)
-    assert store.get("20261122T053000Z-aaaaaa") == saved
+    loaded = store.get("20261122T053000Z-aaaaaa")
+    assert loaded == RunReport.from_dict(saved)
+    assert loaded.to_dict()["unknown_extra"] == {"nested": ["kept", 1, None]}
     assert store.get("nope") is None
 
 
@@ -67,8 +70,8 @@ def test_list_is_newest_first_with_entity_counts(store):
     store.save(report("20261122T060000Z-000002", "2026-11-22T06:00:00.000Z"))
     runs = store.list()
     assert [r["run_id"][-1] for r in runs] == ["3", "2", "1"]
-    assert runs[0]["entities"]["users"] == {"fetched": 100, "changed": 10, "unchanged": 90,
-                                            "invalid": 0, "delivered": 9, "failed": 1}
+    assert runs[0].entities["users"] == EntityCounts(fetched=100, changed=10, unchanged=90,
+                                                     invalid=0, delivered=9, failed=1)
     assert runs[0]["duration_s"] == 9.0 and runs[0]["status"] == "failed"
     assert len(store.list(limit=2)) == 2
     assert store.get("latest")["run_id"] == "20261122T070000Z-000003"
@@ -123,7 +126,7 @@ def test_save_requires_a_run_id(store):
 
 def test_summary_tolerates_odd_reports(store):
     store.save({"run_id": "odd", "entities": {"users": "n/a", "companies": {"fetched": "x"}}})
-    assert store.list()[0]["entities"] == {"companies": {}}
+    assert store.list()[0].entities == {"companies": EntityCounts()}
 
 
 def test_new_run_id_is_sortable_and_unique():

@@ -23,8 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector import jsonutil
+from connector.errors import ConnectorError, ExitCode, exit_code_for
 from connector.mapping import TRIMMED, Applied, Coverage, MappingSet, load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
+from connector.redaction import redact
+from connector.report_model import ENTITIES, Mode, RunReport, Status
+from connector.report_model import ReportBuilder as Report  # the builder SyncRun fills in
 from connector.report_store import new_run_id
 from connector.segment.sink import (
     MAX_MESSAGE_BYTES,
@@ -38,14 +42,10 @@ from connector.settings import ConfigError, Settings
 from connector.store import connect
 from connector.sync.prefetch import Prefetcher
 from connector.sync.state import PageCommit, SyncState
-from connector.timeutil import parse_timestamp, to_iso, utcnow
+from connector.timeutil import parse_timestamp, to_iso
 
 log = logging.getLogger(__name__)
 
-ENTITIES = ("users", "companies")
-COUNT_KEYS = ("fetched", "changed", "unchanged", "invalid", "sent", "delivered", "failed",
-              "retried", "gave_up")
-MAX_STORED_ISSUES = 10_000
 SAMPLE_COUNT = 3
 MASK = "*****"
 
@@ -54,8 +54,8 @@ Progress = Callable[..., None]
 
 @dataclass
 class SyncOutcome:
-    exit_code: int
-    report: dict[str, Any]
+    exit_code: int  # an ExitCode
+    report: RunReport
 
 
 @dataclass
@@ -81,73 +81,6 @@ class Joined:
     metrics: dict[str, dict[str, Any]]
     cursor: str | None
     total: int
-
-
-class Report:
-    """Accumulates a run's counts, coverage, issues and timings."""
-
-    def __init__(self, run_id: str, mode: str, mapping_version: str, settings: Settings) -> None:
-        self.run_id = run_id
-        self.mode = mode
-        self.started = utcnow()
-        self.mapping_version = mapping_version
-        self.entities = {e: dict.fromkeys(COUNT_KEYS, 0) for e in ENTITIES}
-        self.messages = {k: {"sent": 0, "delivered": 0, "failed": 0}
-                         for k in ("identify", "group")}
-        self.coverage = Coverage()
-        self.issues: list[dict[str, Any]] = []
-        self.issue_counts: dict[str, int] = {}
-        self.phases = dict.fromkeys(("fetch", "map", "diff", "send", "store"), 0.0)
-        self.samples: list[dict[str, Any]] = []
-        self.settings = {
-            "moesif_api_url": settings.moesif_api_url,
-            "segment_host": settings.segment_host,
-            "page_size": settings.moesif_page_size,
-            "lookback_seconds": settings.moesif_lookback_seconds,
-            "group_calls": settings.sync_send_group_calls,
-            "max_attempts": settings.sync_max_attempts,
-        }
-
-    def issue(self, entity: str, record_id: str | None, code: str, detail: str,
-              attempts: int | None = None) -> None:
-        self.issue_counts[code] = self.issue_counts.get(code, 0) + 1
-        if len(self.issues) < MAX_STORED_ISSUES:
-            item: dict[str, Any] = {"entity": entity, "id": record_id, "code": code,
-                                    "detail": detail}
-            if attempts is not None:
-                item["attempts"] = attempts
-            self.issues.append(item)
-
-    def finish(self, status: str, error: str | None) -> dict[str, Any]:
-        finished = utcnow()
-        duration = max((finished - self.started).total_seconds(), 1e-9)
-        records = sum(e["fetched"] for e in self.entities.values())
-        messages = sum(m["delivered"] for m in self.messages.values())
-        report: dict[str, Any] = {
-            "run_id": self.run_id,
-            "started_at": to_iso(self.started),
-            "finished_at": to_iso(finished),
-            "mode": self.mode,
-            "status": status,
-            "error": error,
-            "mapping_version": self.mapping_version,
-            "settings": self.settings,
-            "entities": self.entities,
-            "messages": self.messages,
-            "fields": self.coverage.as_dict(),
-            "issues": self.issues,
-            "issue_counts": dict(sorted(self.issue_counts.items())),
-            "issues_truncated": sum(self.issue_counts.values()) > len(self.issues),
-            "phases": {k: round(v, 4) for k, v in self.phases.items()},
-            "duration_s": round(duration, 4),
-            "throughput": {"records_per_s": round(records / duration, 1),
-                           "messages_per_s": round(messages / duration, 1)},
-            "samples": self.samples,
-        }
-        if self.mode == "dry-run":
-            report["dry_run_note"] = ("dry run: nothing was sent and no state moved; "
-                                      "'changed' counts what would have been sent")
-        return report
 
 
 class Timer:
@@ -744,37 +677,64 @@ class SyncRun:
 
 def failed_outcome(settings: Settings, mode: str, error: str, exit_code: int) -> SyncOutcome:
     """The outcome of a run that could not start: a report that says why."""
-    return SyncOutcome(exit_code, Report(new_run_id(), mode, "-", settings).finish("failed", error))
+    report = Report(new_run_id(), mode, "-", settings).finish(Status.FAILED, error)
+    return SyncOutcome(exit_code, report)
+
+
+def _run_to_the_end(run: SyncRun, stop_event: threading.Event,
+                    settings: Settings) -> SyncOutcome:
+    """`run.run()`, but whatever happens it ends with a report: an exception escaping the
+    run (a bug, a failure nobody classified) becomes a `failed` report and its exit code,
+    and a run a signal stopped is `interrupted` (exit 1), since it did not finish."""
+    try:
+        outcome = run.run()
+    except Exception as exc:
+        text = str(exc) if isinstance(exc, ConnectorError) else f"{type(exc).__name__}: {exc}"
+        error = redact(text, settings.secrets())
+        log.error("sync run %s failed: %s", run.report.run_id, error)
+        log.debug("where the run failed", exc_info=True)
+        return SyncOutcome(exit_code_for(exc), run.report.finish(Status.FAILED, error))
+    report = outcome.report
+    if report.error:
+        report.error = redact(report.error, settings.secrets())
+    if stop_event.is_set() and report.status in (Status.SUCCESS, Status.PARTIAL):
+        report.status = Status.INTERRUPTED
+        return SyncOutcome(ExitCode.FAILED, report)
+    return outcome
 
 
 def run_sync(settings: Settings, mode: str = "incremental",
              stop_event: threading.Event | None = None, progress: Progress | None = None,
              conn: sqlite3.Connection | None = None) -> SyncOutcome:
-    """One run, with its report stored. Configuration problems come back as exit code 2."""
+    """One run, with its report stored, whatever ends it. Configuration problems come
+    back as exit code 2, with a report that says why (not stored: the run never began)."""
     from connector.logsetup import run_context
     from connector.report_store import ReportStore
 
-    if mode not in ("incremental", "full", "dry-run"):
+    if mode not in tuple(Mode):
         raise ValueError(f"unknown mode {mode!r}")
+    stop_event = stop_event or threading.Event()
     own_conn = conn is None
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
         mappings = load_mappings(settings.mappings_dir)
         conn = conn or connect(settings.state_path)
-    except ConfigError as exc:
-        return failed_outcome(settings, mode, str(exc), exit_code=2)
+        store = ReportStore(conn)
+        run = SyncRun(settings, mode, conn, mappings, stop_event, progress)
+    except ConnectorError as exc:
+        if own_conn and conn is not None:
+            conn.close()
+        return failed_outcome(settings, mode, str(exc), exit_code=exit_code_for(exc))
     # Records are acyclic JSON trees freed by reference counting; the cyclic collector's
     # frequent passes over millions of young objects cost a third of the mapping time.
     gc_threshold = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:
-        store = ReportStore(conn)
-        run = SyncRun(settings, mode, conn, mappings, stop_event, progress)
         store.start(run.report.run_id, to_iso(run.report.started), mode)
         with run_context(run.report.run_id):
             log.info("sync run %s started (%s)", run.report.run_id, mode)
-            outcome = run.run()
-            log.info("sync run %s finished: %s", run.report.run_id, outcome.report["status"])
+            outcome = _run_to_the_end(run, stop_event, settings)
+            log.info("sync run %s finished: %s", run.report.run_id, outcome.report.status)
         store.save(outcome.report)
         store.prune(settings.report_keep_runs)
         return outcome

@@ -7,18 +7,17 @@
 - One run at a time across processes sharing CONNECTOR_HOME: every run takes the `sync`
   lease in the state file first (waiting while another scheduler holds it) and renews it
   while it works.
-- SIGTERM/SIGINT set the stop event: the run in hand finishes its page, flushes and saves
-  its state; then the scheduler shuts down and we return 0. A second signal exits at once
-  (state is crash-safe by design, so that loses no record).
+- SIGTERM/SIGINT set the stop event (`connector.signals`): the run in hand finishes its
+  page, flushes and saves its state (its report says `interrupted`); then the scheduler
+  shuts down and we return 0, also with `--once`: a stop asked for is not a failure. A
+  second signal exits at once (state is crash-safe by design, so that loses no record).
 - An exception escaping one run is logged with its reason; the schedule goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -37,17 +36,18 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from connector.errors import ConnectorError, ExitCode, exit_code_for
 from connector.lease import Lease
 from connector.metrics import Metrics, serve_metrics
 from connector.report_store import ReportStore
 from connector.settings import ConfigError, Settings
+from connector.signals import stop_on_signals
 from connector.store import connect
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = timedelta(minutes=15)
 JOB_ID = "sync"
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _INTERVAL = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
@@ -153,15 +153,16 @@ class _Runner:
         try:
             with self.lease.keep_alive():
                 code = int(self.run_once_fn(self.stop_event))
-        except ConfigError as exc:
-            log.error("sync run stopped by a configuration error: %s", exc)
+        except ConnectorError as exc:
+            log.error("sync run stopped: %s", exc)
             self._observe(before, crash=str(exc), duration=time.monotonic() - started)
-            return EXIT_CONFIG
+            return int(exit_code_for(exc))
         except Exception as exc:
-            log.error("sync run crashed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            log.error("sync run crashed: %s: %s", type(exc).__name__, exc)
+            log.debug("where the run crashed", exc_info=True)
             self._observe(before, crash=f"{type(exc).__name__}: {exc}",
                           duration=time.monotonic() - started)
-            return EXIT_FAILED
+            return int(exit_code_for(exc))
         finally:
             self.in_run.clear()
         log.info("sync run finished with exit code %d in %.1f s", code,
@@ -197,29 +198,6 @@ class _Runner:
             log.info("starting the run that was due while the last one was still going")
 
 
-def _install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
-    """SIGTERM/SIGINT set the stop event (main thread only); returns the restorer."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if stop_event.is_set():
-            log.warning("second %s: exiting now; the next run resumes from saved state", name)
-            os._exit(128 + signum)
-        log.info("%s received: finishing the page in hand, then stopping "
-                 "(send it again to exit at once)", name)
-        stop_event.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
-
-
 def run_schedule(settings: Settings, run_once_fn: RunOnce, *, once: bool = False,
                  first_run_now: bool = True, stop_event: threading.Event | None = None,
                  metrics: Metrics | None = None, metrics_port: int | None = None,
@@ -239,18 +217,23 @@ def run_schedule(settings: Settings, run_once_fn: RunOnce, *, once: bool = False
     if server is not None:
         log.info("serving /healthz and /metrics on %s", server.url)
     runner = _Runner(settings, run_once_fn, stop_event, metrics, lease_poll)
-    restore_signals = _install_signal_handlers(stop_event)
     try:
-        if once:
-            code = runner.run_guarded()
-            return EXIT_OK if code is None else code
-        _run_scheduler(runner, trigger, period, first_run_now)
-        return EXIT_OK
+        with stop_on_signals(stop_event, "finishing the page in hand"):
+            if once:
+                return _once_exit_code(runner.run_guarded(), stop_event)
+            _run_scheduler(runner, trigger, period, first_run_now)
+            return int(ExitCode.OK)
     finally:
-        restore_signals()
         runner.close()
         if server is not None:
             server.stop()
+
+
+def _once_exit_code(code: int | None, stop_event: threading.Event) -> int:
+    """A stopped `--once` run exits 0 like a stopped scheduler, unless a person must act."""
+    if code is None or (stop_event.is_set() and code != ExitCode.CONFIGURATION):
+        return int(ExitCode.OK)
+    return code
 
 
 def _run_scheduler(runner: _Runner, trigger: BaseTrigger, period: timedelta,

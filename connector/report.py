@@ -154,9 +154,12 @@ def scrub(value: Any) -> Any:
 
 def render_json(report: ReportLike) -> str:
     """The report exactly as stored, pretty-printed."""
-    return orjson.dumps(as_report(report).to_dict(),
-                        option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                        default=str).decode()
+    data = as_report(report).to_dict()
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+                            default=str).decode()
+    except TypeError:  # a value orjson cannot write (an integer wider than 64 bits)
+        return json.dumps(data, indent=2, ensure_ascii=False, default=str)
 
 
 # --------------------------------------------------------------------------- text

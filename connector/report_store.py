@@ -14,6 +14,7 @@ live `sync` lease any more. The next run's `start` stores it as interrupted for 
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import sqlite3
 import zlib
@@ -120,7 +121,7 @@ class ReportStore:
             report = RunReport.from_dict(report)
         if not report.run_id:
             raise ValueError("report has no run_id")
-        blob = zlib.compress(dumps(report.to_dict()), 6)
+        blob = zlib.compress(_dumps(report.to_dict()), 6)
         row = (
             report.run_id,
             report.started_at or "",
@@ -237,6 +238,15 @@ class ReportStore:
 
 
 _COLS = "run_id, started_at, mode, status, report, holder"
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON bytes; a value orjson cannot write (an integer wider than 64 bits, e.g. in a
+    sample's source record) must not cost the run its report."""
+    try:
+        return dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, default=str).encode()
 
 
 def _interrupted(run_id: str, started_at: str | None, mode: str | None,

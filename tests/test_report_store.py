@@ -156,3 +156,49 @@ def test_save_inside_the_callers_transaction_commits_with_it(store, conn):
     with Transaction(conn):
         store.save(report("committed", "2026-11-22T05:00:00.000Z"), keep=5)
     assert store.get("committed")["run_id"] == "committed"
+
+
+def _dead_holder() -> str:
+    import socket
+    import subprocess
+    import sys
+
+    # The pid of a process that ran here and is gone (reaped).
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}"
+
+
+def test_a_run_whose_process_died_is_interrupted_not_running_forever(store):
+    store.start("20261122T060000Z-dead01", "2026-11-22T06:00:00.000Z", "incremental",
+                holder=_dead_holder())
+    assert store.list()[0].status == "interrupted"
+    shown = store.get("20261122T060000Z-dead01")
+    assert shown.status == "interrupted" and "ended before the run did" in shown.error
+    # The next run's start stores the verdict for good.
+    store.start("20261122T061500Z-live01", "2026-11-22T06:15:00.000Z", "incremental")
+    statuses = {r.run_id: r.status for r in store.list()}
+    assert statuses == {"20261122T061500Z-live01": "running",
+                        "20261122T060000Z-dead01": "interrupted"}
+    row = store.conn.execute("SELECT status FROM report_runs WHERE run_id = ?",
+                             ("20261122T060000Z-dead01",)).fetchone()
+    assert row == ("interrupted",)
+
+
+def test_a_run_on_another_host_is_running_while_its_lease_lives(store, conn):
+    import time
+
+    from connector.lease import Lease
+
+    store.start("20261122T060000Z-other1", "2026-11-22T06:00:00.000Z", "full",
+                holder="elsewhere:4242")
+    assert store.list()[0].status == "interrupted"  # no lease at all
+    now = [time.time()]
+    lease = Lease(conn, "sync", holder="elsewhere:4242:abcd1234", ttl_seconds=60,
+                  clock=lambda: now[0])
+    assert lease.acquire()
+    assert store.list()[0].status == "running"
+    assert store.get("20261122T060000Z-other1").status == "running"
+    now[0] -= 120  # the same lease, taken two minutes ago: expired
+    assert lease.acquire()
+    assert store.list()[0].status == "interrupted"

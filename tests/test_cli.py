@@ -99,3 +99,39 @@ def test_forward_once_then_status(tmp_path):
         table = invoke(["forward", "status"], env).output
         assert "delivered" in table and "apim_metrics.log" in table
     assert_no_keys_in_tree(tmp_path / "home")
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(env, monkeypatch):
+    import connector.cli as cli
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(cli, "run_sync_locked", broken)
+    result = invoke(["sync", "--no-progress"], env)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: unexpected RuntimeError: something nobody expected (run with --log-level "
+        "DEBUG for the traceback)"]
+    assert "Traceback" not in result.output
+
+
+def test_a_connector_error_is_one_line_with_its_exit_code(env, monkeypatch):
+    import connector.cli as cli
+    from connector.errors import EndpointError
+
+    def wrong_host(*_args, **_kwargs):
+        raise EndpointError("SEGMENT_HOST answered 404: check the URL", status=404)
+
+    monkeypatch.setattr(cli, "run_sync_locked", wrong_host)
+    result = invoke(["sync", "--no-progress"], env)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: SEGMENT_HOST answered 404: check the URL"]
+
+
+def test_an_unknown_log_level_is_exit_2_naming_the_option(env):
+    result = invoke(["sync", "--log-level", "VERBOSE"], env)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --log-level: unknown level 'VERBOSE' (use DEBUG, INFO, WARNING or ERROR)"]

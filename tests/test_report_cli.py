@@ -127,6 +127,15 @@ def test_list_without_any_state(home):
     assert not (home / "state.sqlite3").exists()  # reading never creates state
 
 
+def test_show_with_no_runs_is_a_usage_mistake(home):
+    for args in (("show",), ("show", "latest", "--format", "json"), ("diff", "a", "b")):
+        result = invoke(*args)
+        assert result.exit_code == 2, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no runs recorded yet")
+    assert not (home / "state.sqlite3").exists()
+
+
 def test_show_latest_text(reports):
     result = invoke("show")
     assert result.exit_code == 0, result.output

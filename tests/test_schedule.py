@@ -263,6 +263,19 @@ def test_once_stopped_before_running_does_not_run(tmp_path):
     assert calls == []
 
 
+def test_once_stopped_mid_run_exits_0_unless_a_person_must_act(tmp_path):
+    settings = settings_for(tmp_path)
+
+    def interrupted(code: int):
+        def run(stop: threading.Event) -> int:
+            stop.set()  # what SIGTERM does mid-run; the run reports `interrupted`, exit 1
+            return code
+        return run
+
+    assert run_schedule(settings, interrupted(1), once=True) == 0
+    assert run_schedule(settings, interrupted(2), once=True) == 2
+
+
 def test_first_run_can_wait_for_the_trigger(tmp_path):
     settings = settings_for(tmp_path, sync_interval="1h")
     stop, calls = threading.Event(), []

@@ -39,7 +39,7 @@ from connector.segment.sink import (
     json_size,
 )
 from connector.settings import ConfigError, Settings
-from connector.store import connect
+from connector.store import connect, state_error, state_errors
 from connector.sync.prefetch import Prefetcher
 from connector.sync.state import PageCommit, SyncState
 from connector.timeutil import parse_timestamp, to_iso
@@ -689,6 +689,8 @@ def _run_to_the_end(run: SyncRun, stop_event: threading.Event,
     try:
         outcome = run.run()
     except Exception as exc:
+        # A full disk or a damaged state file mid-run is the state home's problem (exit 2).
+        exc = state_error(exc, settings.state_path) or exc
         text = str(exc) if isinstance(exc, ConnectorError) else f"{type(exc).__name__}: {exc}"
         error = redact(text, settings.secrets())
         log.error("sync run %s failed: %s", run.report.run_id, error)
@@ -735,8 +737,9 @@ def run_sync(settings: Settings, mode: str = "incremental",
             log.info("sync run %s started (%s)", run.report.run_id, mode)
             outcome = _run_to_the_end(run, stop_event, settings)
             log.info("sync run %s finished: %s", run.report.run_id, outcome.report.status)
-        store.save(outcome.report)
-        store.prune(settings.report_keep_runs)
+        with state_errors(settings.state_path):
+            store.save(outcome.report)
+            store.prune(settings.report_keep_runs)
         return outcome
     finally:
         gc.set_threshold(*gc_threshold)

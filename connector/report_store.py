@@ -78,22 +78,26 @@ class ReportStore:
     def start(self, run_id: str, started_at: str, mode: str,
               holder: str | None = None) -> None:
         """Record a run in progress, so `report list` shows it before it ends; runs left
-        `running` by a process that is gone are stored as interrupted first."""
-        self.close_abandoned()
+        `running` by a process that is gone are stored as interrupted first, and so are
+        this process's own (it runs one sync at a time: an older row of its own is one
+        whose end was never saved)."""
+        self.close_abandoned(own=True)
         self.conn.execute(
             "INSERT INTO report_runs (run_id, started_at, mode, status, holder) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING",
             (run_id, started_at, str(mode), RUNNING, holder or process_holder_id()),
         )
 
-    def close_abandoned(self) -> int:
-        """Store every abandoned `running` row as an interrupted report; how many."""
+    def close_abandoned(self, own: bool = False) -> int:
+        """Store every abandoned `running` row as an interrupted report; how many.
+        `own`: this process's running rows count as abandoned too."""
         rows = self.conn.execute(
             "SELECT run_id, started_at, mode, holder FROM report_runs WHERE status = ?",
             (RUNNING,)).fetchall()
+        me = process_holder_id()
         closed = 0
         for run_id, started_at, mode, holder in rows:
-            if self._abandoned(holder):
+            if (own and holder == me) or self._abandoned(holder):
                 self.save(_interrupted(run_id, started_at, mode, holder))
                 closed += 1
         return closed

@@ -202,3 +202,12 @@ def test_a_run_on_another_host_is_running_while_its_lease_lives(store, conn):
     now[0] -= 120  # the same lease, taken two minutes ago: expired
     assert lease.acquire()
     assert store.list()[0].status == "interrupted"
+
+
+def test_a_new_run_closes_the_unsaved_runs_of_its_own_process(store):
+    store.start("20261122T060000Z-mine01", "2026-11-22T06:00:00.000Z", "incremental")
+    assert store.list()[0].status == "running"  # this process is alive
+    store.start("20261122T061500Z-mine02", "2026-11-22T06:15:00.000Z", "incremental")
+    statuses = {r.run_id: r.status for r in store.list()}
+    assert statuses == {"20261122T061500Z-mine02": "running",
+                        "20261122T060000Z-mine01": "interrupted"}

@@ -3,6 +3,7 @@ and a damaged state file is never written to, overwritten or deleted."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -95,6 +96,28 @@ def test_a_full_disk_is_a_config_error_naming_connector_home(tmp_path):
     message = str(caught.value)
     assert "full" in message and "CONNECTOR_HOME" in message and str(path.parent) in message
     conn.close()
+
+
+def test_a_read_only_state_is_a_config_error_naming_connector_home(tmp_path):
+    path = tmp_path / "home" / "state.sqlite3"
+    connect(path).close()
+    # A real SQLite refusal to write (what a read-only mount or file gives).
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(ConfigError) as caught, state_errors(path):
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    assert "CONNECTOR_HOME" in str(caught.value) and "writable" in str(caught.value)
+    denied = state_error(PermissionError(errno.EACCES, "Permission denied"), path)
+    assert denied is not None and "not writable" in str(denied)
+    full = state_error(OSError(errno.ENOSPC, "No space left on device"), path)
+    assert full is not None and "full" in str(full)
+
+
+def test_connector_home_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="CONNECTOR_HOME"):
+        connect(blocker / "home" / "state.sqlite3")
 
 
 def test_errors_that_are_not_state_home_problems_are_left_alone():

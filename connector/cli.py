@@ -104,9 +104,13 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
 
     settings.require("moesif_management_api_key", "segment_write_key")
     conn = connect(settings.state_path)
-    # The lease renews from its own thread: give it its own connection, so a renewal
-    # never lands inside (or is rolled back with) the job's transaction.
-    lease_conn = connect(settings.state_path)
+    try:
+        # The lease renews from its own thread: give it its own connection, so a renewal
+        # never lands inside (or is rolled back with) the job's transaction.
+        lease_conn = connect(settings.state_path)
+    except BaseException:
+        conn.close()
+        raise
     lease = Lease(lease_conn, "sync", default_holder_id(), settings.lease_seconds)
     try:
         if not lease.wait_acquire(stop, poll=1.0):

@@ -29,7 +29,7 @@ from connector.timeutil import utcnow
 
 RUNNING = Status.RUNNING.value
 INTERRUPTED_ERROR = ("its process ({holder}) ended before the run did (killed or crashed); "
-                     "nothing unconfirmed was saved, the next run continues from the state")
+                     "what was confirmed before is kept, the next run continues from there")
 ENTITY_COLUMNS = ("fetched", "changed", "unchanged", "invalid", "delivered", "failed", "gave_up")
 
 _DDL = (

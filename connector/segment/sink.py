@@ -162,6 +162,7 @@ class SegmentSink:
         gzip: bool = False,
         max_failed_batches: int = DEFAULT_MAX_FAILED_BATCHES,
         backoff: Backoff | None = None,
+        refused_before: Callable[[tuple[str, str]], bool] | None = None,
     ) -> None:
         self._write_key = write_key
         self.host = host.rstrip("/")
@@ -173,6 +174,9 @@ class SegmentSink:
         self.gzip = gzip
         self.max_failed_batches = max(1, max_failed_batches)
         self._failed_streak = 0  # batches in a row whose retries all failed
+        # Records that failed in an earlier run: a batch of only those being refused alike
+        # is their own refusal again, not evidence against the mapping.
+        self.refused_before = refused_before or (lambda _key: False)
         self.url = f"{self.host}{BATCH_PATH}"
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
@@ -288,7 +292,8 @@ class SegmentSink:
                result: DeliveryResult) -> list[OutMessage]:
         """Send a few single messages spread over a refused batch; return the rest.
 
-        If every probe is refused alike, the refusal is the mapping's, not a record's:
+        If every probe is refused alike (and none of them is a record that failed in an
+        earlier run, e.g. in a retry pass), the refusal is the mapping's, not a record's:
         splitting on would cost ~2 requests per message and mark every record REJECTED
         (and in time GAVE_UP), so the send stops with an EndpointError naming the mapping.
         """
@@ -307,7 +312,8 @@ class SegmentSink:
                 continue
             result.batches += 1
             result.delivered.add(batch[i].message["messageId"])
-        if len(statuses) == len(picks) and set(statuses) == {first.status}:
+        fresh = not any(self.refused_before(batch[i].record_key) for i in picks)
+        if fresh and len(statuses) == len(picks) and set(statuses) == {first.status}:
             raise EndpointError(
                 f"Segment refused every message of a batch of {n} alike ({first.status}: "
                 f"{first.detail}): the mapping produces messages Segment refuses; check the "

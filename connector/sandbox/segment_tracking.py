@@ -55,6 +55,9 @@ class Rejected(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+_PASS = 0  # a "fault" that lets requests through: how `inject(..., after=n)` waits
+
+
 @dataclass
 class _Fault:
     status: int
@@ -182,13 +185,15 @@ class SegmentSandbox:
 
     # fault injection
     def inject(self, status: int, count: int = 1, retry_after: str | None = None,
-               html: bool = False) -> None:
+               html: bool = False, after: int = 0) -> None:
         """The next `count` requests get `status` (with Retry-After and X-RateLimit-Reset
-        when `retry_after` is given; as a proxy's HTML page when `html`). A faulted batch
-        is not recorded."""
+        when `retry_after` is given; as a proxy's HTML page when `html`), once `after`
+        requests went through normally. A faulted batch is not recorded."""
         if count <= 0:
             return  # nothing to inject (a count of 0 must not fault one request)
         with self._lock:
+            if after > 0:
+                self._faults.append(_Fault(_PASS, after, None))
             self._faults.append(_Fault(status, count, retry_after, html))
 
     def refuse_users(self, user_ids: set[str] | frozenset[str]) -> None:
@@ -319,6 +324,8 @@ class SegmentSandbox:
             fault.remaining -= 1
             if fault.remaining <= 0:
                 self._faults.pop(0)
+            if fault.status == _PASS:
+                return None
             self.faults_served += 1
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
@@ -387,7 +394,8 @@ class SegmentSandbox:
                     retry_after = body.get("retry_after")
                     self.inject(int(body["status"]), int(body.get("count", 1)),
                                 None if retry_after is None else str(retry_after),
-                                html=bool(body.get("html", False)))
+                                html=bool(body.get("html", False)),
+                                after=int(body.get("after", 0)))
                 if body.get("refuse_users") is not None:
                     self.refuse_users({str(u) for u in body["refuse_users"]})
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:

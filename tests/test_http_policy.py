@@ -363,6 +363,16 @@ def test_collector_rows(collector, status, error, exit_code):
     assert APP_ID not in str(err.value)
 
 
+@pytest.mark.parametrize("status", [200, 201, 400, 404])
+def test_collector_html_page_is_an_endpoint_error(collector, status):
+    sandbox, url = collector
+    sandbox.inject(status, count=1, html=True)
+    with collector_for(url) as client, pytest.raises(CollectorEndpointError) as err:
+        client.post_batch(EVENT)
+    assert "MOESIF_COLLECTOR_URL" in str(err.value) and "Proxy error page" in str(err.value)
+    assert exit_code_for(err.value) == ExitCode.CONFIGURATION
+
+
 def test_collector_unusable_url_is_never_retried():
     with collector_for("api.moesif.net") as client, pytest.raises(CollectorConfigError) as err:
         client.post_batch(EVENT)

@@ -133,8 +133,10 @@ _KEY = Rule(Action.AUTH, "")
 
 # The Collector's table. 400 and other 4xx are refusals of the batch (the forwarder
 # splits it and dead-letters the events at fault); 3xx/404/405 are a wrong
-# MOESIF_COLLECTOR_URL. The Collector answers JSON or nothing, but an HTML 400 page is
-# still left to the forwarder's splitting (its owner decides), hence html_is_config off.
+# MOESIF_COLLECTOR_URL, and so is an HTML page with a 2xx or 4xx status: the Collector
+# answers JSON or nothing, so such a page comes from a proxy or a web server at the wrong
+# address (dead-lettering every event as refused, or taking a portal's 200 for a
+# delivery, would lose them).
 COLLECTOR_POLICY = HttpPolicy(
     api="Moesif Collector", url_setting="MOESIF_COLLECTOR_URL",
     key_setting="MOESIF_APPLICATION_ID",
@@ -142,7 +144,6 @@ COLLECTOR_POLICY = HttpPolicy(
               404: _NOT_HERE, 405: _NOT_HERE},
     families={2: Rule(Action.SUCCESS), 3: _NOT_HERE, 4: Rule(Action.REFUSE, ""),
               5: _RETRY},
-    html_is_config=False,
 )
 
 

@@ -1,7 +1,8 @@
 """Moesif Collector API client: post batches of API events, retry until Moesif has them.
 
 `POST <base>/v1/events/batch`, a gzip'd JSON array, header `X-Moesif-Application-Id`;
-Moesif answers 201. What we retry and what we do not is a small table (`_classify`):
+Moesif answers 201. What we retry and what we do not is a small table (`COLLECTOR_POLICY`,
+built with connector.http like the other two clients):
 
 | answer                          | what happens                                           |
 | ------------------------------- | ------------------------------------------------------ |
@@ -9,7 +10,8 @@ Moesif answers 201. What we retry and what we do not is a small table (`_classif
 | 408, 429, 5xx, connection error | retried with backoff + jitter, honouring `Retry-After` |
 | 400 and other 4xx               | `BatchRejected`: the caller splits the batch           |
 | 401, 402, 403                   | `CollectorAuthError`: a configuration error            |
-| 3xx, 404, 405                   | `CollectorEndpointError`: the base URL is wrong        |
+| 3xx, 404, 405, an HTML page     | `CollectorEndpointError`: the base URL is wrong        |
+| an unusable URL (no scheme...)  | `CollectorConfigError` at once, never retried          |
 
 By default a retryable failure is retried for as long as the process lives: WSO2's own
 reporter drops events while Moesif is unreachable, and this one must not. A

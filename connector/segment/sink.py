@@ -170,7 +170,11 @@ class SegmentSink:
         self.batch_bytes = min(batch_bytes, MAX_BATCH_BYTES - BATCH_OVERHEAD_BYTES)
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff or Backoff(base=backoff_base, cap=backoff_cap)
+        # Retry-After is capped like the backoff: retries of a few batches must end a run
+        # within about a minute in an outage (the next run retries), not after 5 minutes
+        # per attempt of a server-directed wait.
+        self.backoff = backoff or Backoff(base=backoff_base, cap=backoff_cap,
+                                          retry_after_cap=max(backoff_cap, 1.0))
         self.gzip = gzip
         self.max_failed_batches = max(1, max_failed_batches)
         self._failed_streak = 0  # batches in a row whose retries all failed

@@ -282,7 +282,7 @@ class SyncRun:
         return frozenset(("users", f.id) for f in pending)
 
     def _commit_in_flight(self) -> None:
-        """After a Moesif failure, still record what Segment already confirmed."""
+        """After a failure, still record what Segment already confirmed."""
         with contextlib.suppress(ConnectorError):
             self.flush_pending()
 

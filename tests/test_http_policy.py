@@ -6,11 +6,14 @@ error, auth error), which exception it raises and the exit code that maps to.
 
 from __future__ import annotations
 
+import math
 import socket
 from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from connector.errors import (
@@ -402,3 +405,31 @@ def test_excerpt_is_short_one_line_and_redacted():
     text = excerpt_of(_Answer(body), [WRITE_KEY])  # type: ignore[arg-type]
     assert WRITE_KEY not in text and "\n" not in text and len(text) <= 161
     assert excerpt_of(_Answer(b""), []) == "(empty)"  # type: ignore[arg-type]
+
+
+# --- refusals: isolated when they are the records', the mapping's when uniform -------------------
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 120).flatmap(
+    lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1), max_size=n))))
+def test_any_refused_subset_is_isolated_or_called_uniform(sync_sandbox, case):
+    n, bad = case
+    sandbox = sync_sandbox.segment
+    sandbox.reset()
+    refused = {f"u{i}" for i in bad}
+    sandbox.refuse_users(refused)
+    sink = sink_for(sync_sandbox.segment_url, batch_messages=500)
+    messages = [m for i in range(n) for m in one_message(sink, i)]
+    try:
+        result = sink.send(messages)
+    except EndpointError as err:
+        # only a (whole) batch of more than a handful whose probes were all refused alike
+        assert n > 4 and "mapping" in str(err)
+        picks = {round(i * (n - 1) / 4) for i in range(5)}
+        assert picks <= bad
+        return
+    assert set(result.failed) == {f"m-{i}" for i in bad}
+    assert {code for code, _ in result.failed.values()} <= {"REJECTED"}
+    assert result.delivered == {f"m-{i}" for i in range(n)} - set(result.failed)
+    depth = max(1, math.ceil(math.log2(n)) + 1)
+    assert sandbox.stats()["requests"] <= 6 + len(bad) * depth * 2  # bounded, never 2n

@@ -254,13 +254,15 @@ class SegmentSink:
             raise
         return result
 
-    def _send_isolating(self, batch: list[OutMessage], result: DeliveryResult) -> None:
-        """Send a batch; on a refusal (400/413), split it to isolate the refused messages."""
+    def _send_isolating(self, batch: list[OutMessage], result: DeliveryResult,
+                        whole: bool = True) -> None:
+        """Send a batch; on a refusal (400/413), split it to isolate the refused messages.
+        `whole`: the batch as built, not a half of a refused one."""
         try:
             self._post_with_retries([o.encoded for o in batch], result)
         except RefusedError as exc:
             self._failed_streak = 0  # Segment answered: it is up
-            self._isolate(batch, exc, result)
+            self._isolate(batch, exc, result, whole)
             return
         except RetryableError as exc:  # every retry failed
             self._batch_failed(batch, exc, result)
@@ -280,17 +282,19 @@ class SegmentSink:
         for out in batch:
             result.failed[out.message["messageId"]] = ("DELIVERY_FAILED", str(exc))
 
-    def _isolate(self, batch: list[OutMessage], exc: RefusedError,
-                 result: DeliveryResult) -> None:
+    def _isolate(self, batch: list[OutMessage], exc: RefusedError, result: DeliveryResult,
+                 whole: bool) -> None:
         if len(batch) == 1:
             self._reject(batch[0], exc, result)
             return
-        if len(batch) > UNIFORM_REFUSAL_MIN_BATCH:
+        # Only a whole batch is probed: a refused half of a batch whose other messages were
+        # accepted says nothing against the mapping.
+        if whole and len(batch) > UNIFORM_REFUSAL_MIN_BATCH:
             batch = self._probe(batch, exc, result)
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
             if part:
-                self._send_isolating(part, result)
+                self._send_isolating(part, result, whole=False)
 
     def _probe(self, batch: list[OutMessage], first: RefusedError,
                result: DeliveryResult) -> list[OutMessage]:

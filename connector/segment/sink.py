@@ -178,8 +178,8 @@ class SegmentSink:
         self.gzip = gzip
         self.max_failed_batches = max(1, max_failed_batches)
         self._failed_streak = 0  # batches in a row whose retries all failed
-        # Records that failed in an earlier run: a batch of only those being refused alike
-        # is their own refusal again, not evidence against the mapping.
+        # Records that failed in an earlier run (e.g. a retry pass): their being refused
+        # again is their own refusal, not evidence against the mapping.
         self.refused_before = refused_before or (lambda _key: False)
         self.url = f"{self.host}{BATCH_PATH}"
         # send=False: the client shapes and validates messages and hands them back.

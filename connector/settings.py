@@ -7,6 +7,7 @@ Secrets are `SecretStr`: their repr is masked, and nothing in the code base call
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +34,10 @@ class Settings(BaseSettings):
     segment_batch_messages: int = Field(500, ge=1, le=2500)
     segment_batch_bytes: int = Field(475_000, ge=10_000, le=500_000)
     segment_timeout_seconds: float = Field(15.0, gt=0)
-    segment_max_retries: int = Field(6, ge=0)
+    # 5 retries (waits of ~0.5+1+2+4+8 s at most, equal jitter) keep an outage's
+    # SEGMENT_MAX_FAILED_BATCHES (3) failed batches within about a minute (≤ ~47 s of waits).
+    segment_max_retries: int = Field(5, ge=0)
+    segment_max_failed_batches: int = Field(3, ge=1)
     sync_send_group_calls: bool = True
     sync_max_attempts: int = Field(5, ge=1)
 
@@ -61,7 +65,7 @@ class Settings(BaseSettings):
     @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        return check_url(value).rstrip("/")
 
     @property
     def state_path(self) -> Path:
@@ -84,6 +88,38 @@ class Settings(BaseSettings):
             raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
 
 
+def check_url(value: str) -> str:
+    """A URL setting must be usable as it is: http or https, a host, nothing `requests`
+    refuses. Checked at load, so a typo fails at start (exit 2) instead of being retried
+    as if it were an outage."""
+    import requests
+
+    text = value.strip()
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises on a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("the scheme must be http or https (e.g. https://api.example.com)")
+    if not parts.hostname:
+        raise ValueError("a host must be present (e.g. https://api.example.com)")
+    host = parts.hostname
+    if not host.startswith("[") and ":" not in host and "" in host.rstrip(".").split("."):
+        raise ValueError("the host has an empty label (e.g. 'a..b')")
+    if port == 0:
+        raise ValueError("port 0 cannot be connected to")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query (?...) or fragment (#...)")
+    try:
+        requests.Request("GET", text.rstrip("/") + "/v1/batch").prepare()
+    except (requests.RequestException, ValueError, UnicodeError) as exc:
+        raise ValueError(f"not a usable URL ({type(exc).__name__})") from None
+    return text
+
+
 def _has_value(value: object) -> bool:
     if isinstance(value, SecretStr):
         return bool(value.get_secret_value().strip())
@@ -98,6 +134,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
         raise ConfigError(f"invalid setting(s): {problems}") from None

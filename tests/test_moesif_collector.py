@@ -184,7 +184,9 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after(" 1.5 ") == 1.5
     assert parse_retry_after(format_datetime(in_five, usegmt=True), now=now) == pytest.approx(
         5.0, abs=1.0)
-    assert parse_retry_after("Mon, 01 Jan 1990 00:00:00 GMT") == 0.0  # in the past: now
+    # A date in the past, 0 or a negative value: the floor of a second, never a tight loop.
+    assert parse_retry_after("Mon, 01 Jan 1990 00:00:00 GMT") == 1.0
+    assert parse_retry_after("0") == 1.0 and parse_retry_after("-5") == 1.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("") is None

@@ -255,6 +255,15 @@ def test_injected_statuses_then_normal(sandbox: MoesifCollectorSandbox,
     assert sandbox.received_count == 1
 
 
+def test_injected_html_page(sandbox: MoesifCollectorSandbox,
+                            post: Callable[..., requests.Response]) -> None:
+    sandbox.inject(404, html=True)
+    page = post([make_event(0)])
+    assert page.status_code == 404 and page.headers["Content-Type"] == "text/html"
+    assert page.text.startswith("<html>") and sandbox.received_count == 0
+    assert post([make_event(1)]).status_code == 201
+
+
 def test_outage_503_then_off(sandbox: MoesifCollectorSandbox,
                              post: Callable[..., requests.Response]) -> None:
     sandbox.outage(True)

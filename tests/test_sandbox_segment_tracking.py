@@ -207,6 +207,22 @@ def test_injected_faults(http: requests.Session, app: SegmentSandbox, url: str) 
     assert res.status_code == 200 and post(http, url, [identify(1)]).status_code == 503
 
 
+def test_fault_after_some_requests_html_pages_and_refused_users(
+        http: requests.Session, app: SegmentSandbox, url: str) -> None:
+    app.inject(503, count=1, after=2)
+    assert [post(http, url, [identify(i)]).status_code for i in range(4)] == [200, 200, 503, 200]
+    res = http.post(f"{url}/_sandbox/fault", json={"status": 404, "html": True}, timeout=10)
+    assert res.status_code == 200
+    page = post(http, url, [identify(9)])
+    assert page.status_code == 404 and page.headers["Content-Type"].startswith("text/html")
+    assert page.text.startswith("<html>")
+    app.refuse_users({"usr_7"})
+    refused = post(http, url, [identify(6), identify(7)])
+    assert refused.status_code == 400 and "batch[1]" in refused.json()["message"]
+    assert post(http, url, [identify(6)]).status_code == 200
+    assert app.stats()["requests"] == 7  # admin requests not counted
+
+
 def test_delay_makes_a_client_time_out_after_the_batch_arrived(
         http: requests.Session, app: SegmentSandbox, url: str) -> None:
     app.inject_delay(5.0)

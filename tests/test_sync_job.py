@@ -182,14 +182,17 @@ def test_mapping_file_error_is_exit_2(settings, tmp_path):
 
 def test_refused_records_are_retried_then_given_up(sandbox, settings):
     s = settings.model_copy(update={"segment_max_retries": 0, "sync_max_attempts": 2})
-    sandbox.segment.inject(400, count=100_000)  # Segment refuses every message
+    # Segment refuses some users' messages (a refusal isolated by splitting: the others
+    # of each batch are accepted); every message refused alike would be the mapping's fault.
+    refused = set(sorted(valid_user_ids(sandbox))[::40])
+    sandbox.segment.refuse_users(refused)
     first = run_sync(s)
     assert first.exit_code == 1 and first.report["status"] == "partial"
     failed = first.report["entities"]["users"]["failed"]
-    assert failed > 0 and not sandbox.segment.messages
+    assert failed > 0 and not identify_ids(sandbox) & refused
     rejected = {i["id"] for i in first.report["issues"]
                 if i["code"] == "REJECTED" and i["entity"] == "users"}
-    assert len(rejected) == failed  # each refused user reported with the reason
+    assert len(rejected) == failed and rejected <= refused  # each reported with the reason
     companies = first.report["entities"]["companies"]
     assert companies["failed"] > 0  # their members were refused: they give up with them
     check_counts_add_up(first.report)
@@ -197,8 +200,7 @@ def test_refused_records_are_retried_then_given_up(sandbox, settings):
     assert second.report["entities"]["users"]["retried"] >= failed
     assert second.report["issue_counts"].get("GAVE_UP", 0) >= failed
     assert second.report["entities"]["companies"]["gave_up"] == companies["failed"]
-    sandbox.segment.reset()
-    sandbox.segment.inject(400, count=0)
+    sandbox.segment.reset()  # refuses nobody any more
     third = run_sync(s)
     assert third.report["entities"]["users"]["retried"] == 0  # given up: not retried forever
     assert third.exit_code == 0
@@ -245,7 +247,7 @@ def test_invalid_users_are_reported_once(sandbox, settings):
 
 def test_failed_records_are_retried_whatever_the_cursor(sandbox, settings):
     s = settings.model_copy(update={"segment_max_retries": 0})
-    sandbox.segment.inject(500, count=3)  # the first batches fail
+    sandbox.segment.inject(500, count=2)  # fewer than SEGMENT_MAX_FAILED_BATCHES fail
     first = run_sync(s)
     failed = [i for i in first.report["issues"] if i["code"] == "DELIVERY_FAILED"]
     failed_users = {i["id"] for i in failed if i["entity"] == "users"}

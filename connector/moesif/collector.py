@@ -1,7 +1,8 @@
 """Moesif Collector API client: post batches of API events, retry until Moesif has them.
 
 `POST <base>/v1/events/batch`, a gzip'd JSON array, header `X-Moesif-Application-Id`;
-Moesif answers 201. What we retry and what we do not is a small table (`_classify`):
+Moesif answers 201. What we retry and what we do not is a small table (`COLLECTOR_POLICY`,
+built with connector.http like the other two clients):
 
 | answer                          | what happens                                           |
 | ------------------------------- | ------------------------------------------------------ |
@@ -9,7 +10,8 @@ Moesif answers 201. What we retry and what we do not is a small table (`_classif
 | 408, 429, 5xx, connection error | retried with backoff + jitter, honouring `Retry-After` |
 | 400 and other 4xx               | `BatchRejected`: the caller splits the batch           |
 | 401, 402, 403                   | `CollectorAuthError`: a configuration error            |
-| 3xx, 404, 405                   | `CollectorEndpointError`: the base URL is wrong        |
+| 3xx, 404, 405, an HTML page     | `CollectorEndpointError`: the base URL is wrong        |
+| an unusable URL (no scheme...)  | `CollectorConfigError` at once, never retried          |
 
 By default a retryable failure is retried for as long as the process lives: WSO2's own
 reporter drops events while Moesif is unreachable, and this one must not. A
@@ -21,19 +23,34 @@ from __future__ import annotations
 
 import gzip
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from pydantic import SecretStr
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
-from tenacity.stop import stop_after_attempt, stop_never
+from tenacity import RetryCallState
 
 from connector import __version__, jsonutil
+from connector.errors import (
+    AuthError,
+    ConfigError,
+    ConnectorError,
+    DestinationUnavailable,
+    EndpointError,
+    Interrupted,
+    RefusedError,
+    RetryableError,
+)
+from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, short_reason
+from connector.http.retry import (
+    RETRY_AFTER_CAP,
+    attempts_made,
+    build_retrying,
+    jitter_delay,
+)
+from connector.http.retry import parse_retry_after as _parse_retry_after
 from connector.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -47,7 +64,7 @@ MAX_BATCH_BYTES = 50_000_000
 # default level 6, for a body only ~13% larger (measured on this machine; levels 1-3 tie).
 DEFAULT_COMPRESSLEVEL = 1
 # A server may ask for any Retry-After; past this we would rather probe again.
-DEFAULT_RETRY_AFTER_MAX = 300.0
+DEFAULT_RETRY_AFTER_MAX = RETRY_AFTER_CAP
 USER_AGENT = f"moesif-segment-connector/{__version__}"
 _BODY_EXCERPT = 2000
 
@@ -55,46 +72,46 @@ RetryHook = Callable[[int, str], None]
 WaitStrategy = Callable[[RetryCallState], float]
 
 
-class CollectorError(Exception):
+class CollectorError(ConnectorError):
     """Base of every error this client raises."""
 
 
-class BatchRejected(CollectorError):
+class BatchRejected(RefusedError, CollectorError):
     """Moesif refused the batch as such (400 or another 4xx): retrying will not help."""
 
     def __init__(self, status: int, body_text: str) -> None:
-        super().__init__(f"Moesif Collector rejected the batch (HTTP {status}): {body_text}")
-        self.status = status
+        super().__init__(f"Moesif Collector rejected the batch (HTTP {status}): {body_text}",
+                         status, body_text)
         self.body_text = body_text
 
 
-class CollectorConfigError(CollectorError):
+class CollectorConfigError(ConfigError, CollectorError):
     """The configuration is wrong (id refused, URL wrong): no batch can succeed."""
 
 
-class CollectorAuthError(CollectorConfigError):
+class CollectorAuthError(AuthError, CollectorConfigError):
     def __init__(self, status: int) -> None:
         reason = "inactive subscription" if status == 402 else "application id refused"
         super().__init__(
             f"Moesif Collector refused the application id (HTTP {status}, {reason}): "
-            "check MOESIF_APPLICATION_ID (WSO2's moesifKey)"
+            "check MOESIF_APPLICATION_ID (WSO2's moesifKey)", status
         )
-        self.status = status
 
 
-class CollectorEndpointError(CollectorConfigError):
-    def __init__(self, status: int, url: str) -> None:
+class CollectorEndpointError(EndpointError, CollectorConfigError):
+    def __init__(self, status: int, url: str, excerpt: str = "") -> None:
+        answer = f" (answer: {excerpt})" if excerpt else ""
         super().__init__(
             f"Moesif Collector answered HTTP {status} at {url}: check MOESIF_COLLECTOR_URL"
+            f"{answer}", status
         )
-        self.status = status
 
 
-class DeliveryInterrupted(CollectorError):
+class DeliveryInterrupted(Interrupted, CollectorError):
     """The stop event was set while waiting to retry: the batch was not confirmed."""
 
 
-class DeliveryFailed(CollectorError):
+class DeliveryFailed(DestinationUnavailable, CollectorError):
     """`max_attempts` ran out on retryable failures (only when not retrying forever)."""
 
     def __init__(self, attempts: int, reason: str) -> None:
@@ -103,13 +120,33 @@ class DeliveryFailed(CollectorError):
         self.reason = reason
 
 
-class _Retryable(Exception):
+class _Retryable(RetryableError):
     """Internal: one failed attempt worth retrying."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(reason, status, retry_after)
         self.reason = reason
-        self.retry_after = retry_after
+
+
+_RETRY = Rule(Action.RETRY, "HTTP {status}")
+_NOT_HERE = Rule(Action.CONFIG, "")
+_KEY = Rule(Action.AUTH, "")
+
+# The Collector's table. 400 and other 4xx are refusals of the batch (the forwarder
+# splits it and dead-letters the events at fault); 3xx/404/405 are a wrong
+# MOESIF_COLLECTOR_URL, and so is an HTML page with a 2xx or 4xx status: the Collector
+# answers JSON or nothing, so such a page comes from a proxy or a web server at the wrong
+# address (dead-lettering every event as refused, or taking a portal's 200 for a
+# delivery, would lose them).
+COLLECTOR_POLICY = HttpPolicy(
+    api="Moesif Collector", url_setting="MOESIF_COLLECTOR_URL",
+    key_setting="MOESIF_APPLICATION_ID",
+    statuses={**{k: _RETRY for k in COMMON_STATUSES}, 401: _KEY, 402: _KEY, 403: _KEY,
+              404: _NOT_HERE, 405: _NOT_HERE},
+    families={2: Rule(Action.SUCCESS), 3: _NOT_HERE, 4: Rule(Action.REFUSE, ""),
+              5: _RETRY},
+)
 
 
 def encode_batch(encoded_events: Iterable[bytes]) -> bytes:
@@ -118,34 +155,16 @@ def encode_batch(encoded_events: Iterable[bytes]) -> bytes:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date)."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date), within
+    [1 s, 300 s]: the one parser of connector.http.retry, kept importable here."""
+    return _parse_retry_after(value, now)
 
 
 def backoff(initial: float = 0.5, maximum: float = 30.0) -> WaitStrategy:
-    """Exponential backoff with "equal jitter": uniform in [d/2, d], d = initial * 2^(n-1).
-
-    Half the delay is kept so a fleet never hammers a recovering Collector with near-zero
-    waits; the random half spreads the retries out.
-    """
+    """The common equal-jitter backoff (connector.http.retry.jitter_delay) as a wait."""
 
     def wait(state: RetryCallState) -> float:
-        exponent = min(state.attempt_number - 1, 60)
-        delay = min(maximum, initial * (2**exponent))
-        return random.uniform(delay / 2, delay)
+        return jitter_delay(state.attempt_number, initial, maximum)
 
     return wait
 
@@ -190,6 +209,11 @@ class CollectorClient:
         self.stop_event = stop_event
         self.on_retry = on_retry
         self.compresslevel = compresslevel
+        # One Retrying for the client's life: tenacity keeps per-call state thread-local,
+        # and so do we for what differs per call (attempt limit, stop event).
+        self._call = threading.local()
+        self._retrying = build_retrying(wait=self._wait_for, stop=self._stop,
+                                        before_sleep=self._before_sleep, sleep=self._sleep)
 
     def __repr__(self) -> str:
         return f"CollectorClient(base_url={self.base_url!r}, application_id=SecretStr('**'))"
@@ -274,29 +298,30 @@ class CollectorClient:
                 method, url, data=body, headers=headers, timeout=self.timeout,
                 allow_redirects=False,
             )
-        except requests.Timeout as exc:
-            raise _Retryable(f"timeout ({type(exc).__name__})") from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Retryable(f"connection error ({_short(exc)})") from None
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-                requests.exceptions.InvalidURL) as exc:
-            # Retrying forever would hide a typo in the setting: stop at once.
-            raise CollectorConfigError(
-                f"MOESIF_COLLECTOR_URL is not a usable URL ({type(exc).__name__})"
-            ) from None
+        except requests.RequestException as exc:
+            verdict = COLLECTOR_POLICY.judge_exception(exc, url)
+            if verdict.action is Action.CONFIG:
+                # Retrying forever would hide a typo in the setting: stop at once.
+                raise CollectorConfigError(
+                    f"MOESIF_COLLECTOR_URL is not a usable URL ({type(exc).__name__}): it "
+                    "needs a scheme (http or https) and a host") from None
+            kind = "timeout" if isinstance(exc, requests.Timeout) else "connection error"
+            raise _Retryable(f"{kind} ({short_reason(exc)})") from None
 
     def _classify(self, response: requests.Response, url: str) -> None:
+        verdict = COLLECTOR_POLICY.judge(response, url, [self._application_id.get_secret_value()],
+                                         _parse_retry_after)
         status = response.status_code
-        if 200 <= status < 300:
+        if verdict.action is Action.SUCCESS:
             return
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if verdict.action is Action.RETRY:
+            retry_after = verdict.retry_after
             suffix = f", Retry-After {retry_after:g}s" if retry_after is not None else ""
-            raise _Retryable(f"HTTP {status}{suffix}", retry_after)
-        if status in (401, 402, 403):
+            raise _Retryable(f"HTTP {status}{suffix}", retry_after, status)
+        if verdict.action is Action.AUTH:
             raise CollectorAuthError(status)
-        if 300 <= status < 400 or status in (404, 405):
-            raise CollectorEndpointError(status, url)
+        if verdict.action is Action.CONFIG:
+            raise CollectorEndpointError(status, url, verdict.excerpt)
         raise BatchRejected(status, self._excerpt(response))
 
     def _excerpt(self, response: requests.Response) -> str:
@@ -308,21 +333,23 @@ class CollectorClient:
 
     def _with_retries(self, attempt: Callable[[], Any], stop_event: threading.Event | None,
                       max_attempts: int | None = None) -> Any:
-        stop_event = stop_event or self.stop_event
-        limit = max_attempts or self.max_attempts
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Retryable),
-            stop=stop_after_attempt(limit) if limit else stop_never,
-            wait=self._wait_for,
-            sleep=_interruptible_sleep(stop_event),
-            before_sleep=self._before_sleep,
-        )
+        self._call.stop_event = stop_event or self.stop_event
+        self._call.limit = max_attempts or self.max_attempts
         try:
-            return retrying(attempt)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            reason = last.reason if isinstance(last, _Retryable) else repr(last)
-            raise DeliveryFailed(exc.last_attempt.attempt_number, reason) from None
+            return self._retrying(attempt)
+        except _Retryable as exc:
+            raise DeliveryFailed(attempts_made(self._retrying), exc.reason) from None
+
+    def _stop(self, state: RetryCallState) -> bool:
+        limit = getattr(self._call, "limit", None)
+        return bool(limit) and state.attempt_number >= limit
+
+    def _sleep(self, seconds: float) -> None:
+        stop_event = getattr(self._call, "stop_event", None)
+        if stop_event is None:
+            time.sleep(seconds)
+        elif stop_event.wait(seconds):
+            raise DeliveryInterrupted("stopped while waiting to retry a Moesif batch")
 
     def _wait_for(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -340,23 +367,3 @@ class CollectorClient:
         )
         if self.on_retry is not None:
             self.on_retry(state.attempt_number, reason)
-
-
-def _interruptible_sleep(stop_event: threading.Event | None) -> Callable[[float], None]:
-    def sleep(seconds: float) -> None:
-        if stop_event is None:
-            time.sleep(seconds)
-        elif stop_event.wait(seconds):
-            raise DeliveryInterrupted("stopped while waiting to retry a Moesif batch")
-
-    return sleep
-
-
-def _short(exc: BaseException) -> str:
-    """A one-line reason: urllib3's nested messages can run to several hundred characters."""
-    text = str(exc)
-    for marker in ("Connection refused", "Connection reset", "RemoteDisconnected",
-                   "Name or service not known", "timed out"):
-        if marker in text:
-            return marker
-    return type(exc).__name__

@@ -9,7 +9,6 @@ or subscription is wrong and retrying cannot help.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +17,20 @@ from typing import Any
 
 import requests
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, retry_if_exception
+from tenacity import RetryCallState
 
 from connector import __version__, jsonutil
+from connector.errors import (
+    AuthError,
+    ConnectorError,
+    DestinationUnavailable,
+    EndpointError,
+    RefusedError,
+    RetryableError,
+)
+from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, display_url
+from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
+from connector.http.retry import parse_retry_after as _parse_retry_after
 from connector.timeutil import parse_timestamp, to_iso
 
 log = logging.getLogger(__name__)
@@ -31,25 +41,66 @@ SEARCH_PATHS = {
     "usermetrics": "/v1/search/~/search/usermetrics/users",
 }
 ID_FIELDS = {"users": "user_id", "companies": "company_id"}
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 300.0
-AUTH_STATUSES = frozenset({401, 402, 403})
+MAX_RETRY_AFTER = RETRY_AFTER_CAP
+SINGLE_RECORD_PATHS = ("/v1/search/~/users/", "/v1/search/~/companies/")
 
 
-class MoesifError(Exception):
+class MoesifError(ConnectorError):
     """A Moesif request failed for good (after retries, or not retryable)."""
 
 
-class MoesifAuthError(MoesifError):
+class MoesifAuthError(AuthError, MoesifError):
     """The Management API refused the key (401/403) or the subscription (402)."""
 
 
-class MoesifRetryableError(MoesifError):
-    def __init__(self, message: str, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
+class MoesifEndpointError(EndpointError, MoesifError):
+    """MOESIF_API_URL does not point at the Management API (404, 405, redirect, HTML)."""
+
+
+class MoesifRefusedError(RefusedError, MoesifError):
+    """Moesif refused the query as such (400 and other 4xx)."""
+
+
+class MoesifRetryableError(RetryableError, MoesifError):
+    """One attempt failed in a way waiting can fix (408, 429, 5xx, connection errors)."""
+
+
+class MoesifUnavailable(DestinationUnavailable, MoesifError):
+    """Retries ran out: the run stops, the next one retries."""
+
+
+def _auth(reason: str) -> Rule:
+    return Rule(Action.AUTH, "Moesif Management API answered {status} on {path}: "
+                             f"{reason}; check {{key_setting}}")
+
+
+_NOT_HERE = Rule(Action.CONFIG, "Moesif answered {status} on {path}: the API base is wrong; "
+                                "check {setting} (answer: {excerpt})")
+
+# The Management API's table (../shared/reference/moesif-api.md). 408, 429 and 5xx are
+# retried; 401/402/403 are the key or subscription; 404/405/410 and redirects mean
+# MOESIF_API_URL is not the API base; any other 4xx is a refusal of our query.
+MANAGEMENT_POLICY = HttpPolicy(
+    api="Moesif", url_setting="MOESIF_API_URL", key_setting="MOESIF_MANAGEMENT_API_KEY",
+    statuses={
+        **COMMON_STATUSES,
+        401: _auth("the key was refused (wrong key or missing scope)"),
+        402: _auth("the Moesif subscription is inactive"),
+        403: _auth("the key lacks permission"),
+        404: _NOT_HERE, 405: _NOT_HERE, 410: _NOT_HERE,
+    },
+    families={2: Rule(Action.SUCCESS),
+              3: Rule(Action.CONFIG, "Moesif answered {status} (a redirect) on {path}: the "
+                                     "API base is wrong; check {setting}"),
+              4: Rule(Action.REFUSE, "Moesif answered {status} on {path}: {excerpt}"),
+              5: Rule(Action.RETRY, "Moesif answered {status} on {path}")},
+    errors={
+        Action.RETRY: lambda v: MoesifRetryableError(v.message, v.status, v.retry_after),
+        Action.REFUSE: lambda v: MoesifRefusedError(v.message, v.status, v.excerpt),
+        Action.CONFIG: lambda v: MoesifEndpointError(v.message, v.status),
+        Action.AUTH: lambda v: MoesifAuthError(v.message, v.status),
+    },
+)
 
 
 @dataclass(slots=True)
@@ -77,41 +128,24 @@ def seconds_to_next_minute(now: float | None = None) -> float:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+    """The one `Retry-After` parser (connector.http.retry), kept importable here."""
+    return _parse_retry_after(value)
 
 
-class BackoffPolicy:
-    """How long to wait before the next attempt.
+class BackoffPolicy(Backoff):
+    """How long to wait before the next attempt: the common backoff (Retry-After when
+    given, else equal jitter from `base`, capped at `cap`), with Moesif's special case: a
+    429 without `Retry-After` never waits past the next calendar-minute boundary, where
+    the fixed per-minute window resets."""
 
-    429: `Retry-After` when given; else exponential with full jitter from `base`, never
-    past the next calendar-minute boundary. 5xx and connection errors: exponential with
-    jitter, capped at `cap`.
-    """
-
-    def __init__(self, base: float = 1.0, cap: float = 30.0) -> None:
-        self.base = base
-        self.cap = cap
+    def __init__(self, base: float = 1.0, cap: float = 30.0, **knobs: float) -> None:
+        super().__init__(base=base, cap=cap, **knobs)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        attempt = state.attempt_number
-        exp = min(self.cap, self.base * (2 ** (attempt - 1)))
-        jittered = random.uniform(self.base / 2, max(self.base, exp))
-        if isinstance(exc, MoesifRetryableError) and exc.status == 429:
-            if exc.retry_after is not None:
-                return min(exc.retry_after, MAX_RETRY_AFTER)
-            return min(jittered, seconds_to_next_minute())
-        return jittered
+        if isinstance(exc, RetryableError) and exc.status == 429 and exc.retry_after is None:
+            return min(self.jitter(state.attempt_number), seconds_to_next_minute())
+        return super().__call__(state)
 
 
 class StopPolicy:
@@ -125,7 +159,7 @@ class StopPolicy:
 
     def __call__(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, MoesifRetryableError) and exc.status == 429:
+        if isinstance(exc, RetryableError) and exc.status == 429:
             return (state.seconds_since_start or 0.0) >= self.rate_limit_budget
         return state.attempt_number >= self.max_retries + 1
 
@@ -139,10 +173,6 @@ def _derived_sort(hit: dict[str, Any], id_field: str) -> list[Any] | None:
     except ValueError:
         return None
     return [millis, record_id] if record_id else None
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, MoesifRetryableError)
 
 
 class MoesifManagementClient:
@@ -171,54 +201,34 @@ class MoesifManagementClient:
         # One Retrying for the client's life (its per-call state is thread-local). A new
         # one per call forms a reference cycle holding the response until the cyclic
         # GC runs, which the sync job deliberately runs rarely.
-        self._retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
-            wait=self.backoff,
-            stop=StopPolicy(max_retries),
-            before_sleep=self._count_retry,
-            reraise=True,
-        )
+        self._retrying = build_retrying(wait=self.backoff, stop=StopPolicy(max_retries),
+                                        before_sleep=self._count_retry)
+        self._secrets = [api_key.get_secret_value()]
 
     # --- low level -------------------------------------------------------------------
     def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
-        url = self.base_url + path
-        self.requests_made += 1
-        try:
-            resp = self.session.post(url, data=jsonutil.dumps(body), params=params,
-                                     timeout=self.timeout)
-        except requests.RequestException as exc:
-            # The exception text carries the URL (no key in it) and the reason.
-            raise MoesifRetryableError(f"{type(exc).__name__} calling {path}") from None
-        return self._handle(resp, path)
+        return self._request("POST", path, data=jsonutil.dumps(body), params=params)
 
     def _get_once(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         self.requests_made += 1
         try:
-            resp = self.session.get(self.base_url + path, timeout=self.timeout)
+            # No redirects: a redirect means MOESIF_API_URL is not the API base (CONFIG).
+            resp = self.session.request(method, self.base_url + path, timeout=self.timeout,
+                                        allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            raise MoesifRetryableError(f"{type(exc).__name__} calling {path}") from None
+            where = display_url(self.base_url + path)
+            raise MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where)) from None
         return self._handle(resp, path)
 
     def _handle(self, resp: requests.Response, path: str) -> Any:
         status = resp.status_code
-        if status in AUTH_STATUSES:
-            reason = {401: "the key was refused (wrong key or missing scope)",
-                      402: "the Moesif subscription is inactive",
-                      403: "the key lacks permission"}[status]
-            raise MoesifAuthError(
-                f"Moesif Management API answered {status} on {path}: {reason}; "
-                "check MOESIF_MANAGEMENT_API_KEY")
-        if status in RETRY_STATUSES or status >= 500:
-            raise MoesifRetryableError(
-                f"Moesif answered {status} on {path}", status,
-                parse_retry_after(resp.headers.get("Retry-After")))
-        if status == 404:
-            if path.startswith(("/v1/search/~/users/", "/v1/search/~/companies/")):
-                return None  # a single record that does not exist
-            raise MoesifAuthError(
-                f"Moesif answered 404 on {path}: the API base is wrong; check MOESIF_API_URL")
-        if status >= 400:
-            raise MoesifError(f"Moesif answered {status} on {path}: {resp.text[:300]}")
+        if status == 404 and path.startswith(SINGLE_RECORD_PATHS):
+            return None  # a single record that does not exist
+        MANAGEMENT_POLICY.check(resp, display_url(self.base_url + path), self._secrets,
+                                self.backoff.parse)
         try:
             return jsonutil.loads(resp.content)
         except ValueError:
@@ -234,7 +244,8 @@ class MoesifManagementClient:
         try:
             return self._retrying(fn, *args)
         except MoesifRetryableError as exc:
-            raise MoesifError(f"{exc} (gave up after {self.max_retries} retries)") from None
+            raise MoesifUnavailable(f"{exc} (gave up after {self.max_retries} retries)",
+                                    exc.status) from None
 
     def post(self, path: str, body: dict[str, Any], params: dict[str, str] | None = None) -> Any:
         return self._with_retries(self._post_once, path, body, params)

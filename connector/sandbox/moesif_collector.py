@@ -52,6 +52,7 @@ class EventInvalid(ValueError):
 class _Fault:
     status: int
     retry_after: str | None
+    html: bool = False  # a proxy-style HTML page instead of the Collector's answer
 
 
 class MoesifCollectorSandbox:
@@ -115,13 +116,15 @@ class MoesifCollectorSandbox:
 
     # --- fault injection (thread-safe) ---
 
-    def inject(self, status: int, count: int = 1, retry_after: float | str | None = None) -> None:
-        """Answer the next `count` event requests with `status` (and `Retry-After`)."""
+    def inject(self, status: int, count: int = 1, retry_after: float | str | None = None,
+               html: bool = False) -> None:
+        """Answer the next `count` event requests with `status` (and `Retry-After`), as a
+        proxy's HTML page when `html`."""
         value = None if retry_after is None else (
             retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
         )
         with self._cond:
-            self._injected.extend(_Fault(status, value) for _ in range(count))
+            self._injected.extend(_Fault(status, value, html) for _ in range(count))
 
     def outage(self, on: bool, mode: str = "503") -> None:
         """While on, refuse event requests: `503`, or `close` the connection unanswered."""
@@ -366,6 +369,12 @@ class CollectorHandler(JsonHandler):
         self.app.count_request(status, gzip_used, self.headers.get("User-Agent"))
         if status is None:
             self.close_connection = True  # the line "drops": no answer at all
+        elif isinstance(payload, bytes) and headers and "Content-Type" in headers:
+            self.send_response(status)  # a non-JSON page (a proxy's)
+            self.send_header("Content-Type", headers["Content-Type"])
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
         elif status == 201:
             self.send_response(201)
             self.send_header("Content-Length", "0")
@@ -383,6 +392,9 @@ class CollectorHandler(JsonHandler):
             cancel.wait(seconds)
         elif action == "status":
             headers = {"Retry-After": arg.retry_after} if arg.retry_after else None
+            if arg.html:
+                page = f"<html><body><h1>{arg.status}</h1><p>Proxy error page</p></body></html>"
+                return arg.status, page.encode(), {"Content-Type": "text/html"}
             return arg.status, {"error": "injected by the sandbox"}, headers
         if not self.app.authorised(self.headers.get("X-Moesif-Application-Id")):
             return 401, {"error": "Unauthorized: unknown application id"}, None
@@ -455,7 +467,7 @@ class CollectorHandler(JsonHandler):
             app.outage(bool(body.get("on")), str(body.get("mode", "503")))
         elif path == "/_sandbox/inject":
             app.inject(int(body.get("status", 503)), int(body.get("count", 1)),
-                       body.get("retry_after"))
+                       body.get("retry_after"), html=bool(body.get("html", False)))
         else:
             self.send_json(404, {"error": f"no route {path}"})
             return

@@ -55,11 +55,15 @@ class Rejected(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+_PASS = 0  # a "fault" that lets requests through: how `inject(..., after=n)` waits
+
+
 @dataclass
 class _Fault:
     status: int
     remaining: int
     retry_after: str | None
+    html: bool = False  # answer with a proxy-style HTML page instead of Segment's JSON
 
 
 @dataclass
@@ -174,17 +178,29 @@ class SegmentSandbox:
             self.faults_served = 0
             self.by_type: Counter[str] = Counter()
             self.rejections: Counter[str] = Counter()
+            self.requests = 0  # every non-admin request, answered however
+            self._refused_users: frozenset[str] = frozenset()
             self._faults.clear()
             self._delays.clear()
 
     # fault injection
-    def inject(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
+    def inject(self, status: int, count: int = 1, retry_after: str | None = None,
+               html: bool = False, after: int = 0) -> None:
         """The next `count` requests get `status` (with Retry-After and X-RateLimit-Reset
-        when `retry_after` is given). A faulted batch is not recorded."""
+        when `retry_after` is given; as a proxy's HTML page when `html`), once `after`
+        requests went through normally. A faulted batch is not recorded."""
         if count <= 0:
             return  # nothing to inject (a count of 0 must not fault one request)
         with self._lock:
-            self._faults.append(_Fault(status, count, retry_after))
+            if after > 0:
+                self._faults.append(_Fault(_PASS, after, None))
+            self._faults.append(_Fault(status, count, retry_after, html))
+
+    def refuse_users(self, user_ids: set[str] | frozenset[str]) -> None:
+        """Refuse (400, like an invalid message) every batch holding a message of one of
+        these users: splitting must isolate exactly them."""
+        with self._lock:
+            self._refused_users = frozenset(user_ids)
 
     def inject_delay(self, seconds: float, count: int = 1) -> None:
         """Process the next `count` requests, but hold their responses for `seconds`
@@ -210,7 +226,7 @@ class SegmentSandbox:
                     "rejected": self.rejected, "unauthorized": self.unauthorized,
                     "dropped_over_limit": self.dropped_over_limit,
                     "faults_served": self.faults_served, "by_type": dict(self.by_type),
-                    "rejections": dict(self.rejections),
+                    "rejections": dict(self.rejections), "requests": self.requests,
                     "recorded_messages": len(self.messages)}
 
     def wait_for(self, received: int, timeout: float = 10.0) -> bool:
@@ -223,6 +239,8 @@ class SegmentSandbox:
         """Everything but the socket: returns (status, payload, headers)."""
         if path.startswith("/_sandbox/"):
             return self._admin(path, raw)
+        with self._lock:
+            self.requests += 1
         try:
             return self._accept(path, headers, raw)
         except Rejected as exc:
@@ -257,6 +275,9 @@ class SegmentSandbox:
             reason = validate_message(msg, index)
             if reason is not None:
                 raise Rejected(400, "invalid_message", reason)
+            if isinstance(msg, dict) and msg.get("userId") in self._refused_users:
+                raise Rejected(400, "invalid_message",
+                               f"batch[{index}] refused by the sandbox (refuse_users)")
             size = oversize(msg)
             if size is not None:
                 raise Rejected(400, "message_too_large",
@@ -303,6 +324,8 @@ class SegmentSandbox:
             fault.remaining -= 1
             if fault.remaining <= 0:
                 self._faults.pop(0)
+            if fault.status == _PASS:
+                return None
             self.faults_served += 1
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
@@ -312,6 +335,12 @@ class SegmentSandbox:
             except ValueError:
                 reset = int(time.time())
             headers["X-RateLimit-Reset"] = str(reset)
+        if fault.html:
+            headers["Content-Type"] = "text/html; charset=utf-8"
+            page = (f"<html><head><title>{fault.status} Error</title></head><body><h1>"
+                    f"{fault.status} Error</h1><p>The proxy could not serve this request."
+                    f"</p></body></html>")
+            return fault.status, page.encode(), headers
         code = "rate_limited" if fault.status == 429 else "injected_fault"
         return fault.status, {"code": code, "message": "injected by the sandbox"}, headers
 
@@ -364,7 +393,11 @@ class SegmentSandbox:
                 if body.get("status") is not None:
                     retry_after = body.get("retry_after")
                     self.inject(int(body["status"]), int(body.get("count", 1)),
-                                None if retry_after is None else str(retry_after))
+                                None if retry_after is None else str(retry_after),
+                                html=bool(body.get("html", False)),
+                                after=int(body.get("after", 0)))
+                if body.get("refuse_users") is not None:
+                    self.refuse_users({str(u) for u in body["refuse_users"]})
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
                 return 400, {"code": "invalid_request", "message": str(exc)}, {}
             return 200, {"ok": True}, {}
@@ -388,9 +421,21 @@ class SegmentHandler(JsonHandler):
         if not path.startswith("/_sandbox/"):
             app.wait_delay(app.take_delay())
         try:
-            self.send_json(status, payload, headers)
+            if isinstance(payload, bytes) and "Content-Type" in headers:
+                self._send_page(status, payload, headers)
+            else:
+                self.send_json(status, payload, headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _send_page(self, status: int, page: bytes, headers: dict[str, str]) -> None:
+        """A non-JSON answer (a proxy's error page) with its own Content-Type."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         app: SegmentSandbox = self.app

@@ -19,7 +19,6 @@ import base64
 import gzip
 import json
 import logging
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,9 +29,25 @@ import requests
 from pydantic import SecretStr
 from segment.analytics import Client
 from segment.analytics.version import VERSION as LIBRARY_VERSION
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, stop_after_attempt
 
 from connector import __version__
+from connector.errors import (
+    AuthError,
+    DestinationUnavailable,
+    EndpointError,
+    RefusedError,
+    RetryableError,
+)
+from connector.http.policy import (
+    COMMON_STATUSES,
+    RETRY_TEMPLATE,
+    Action,
+    HttpPolicy,
+    Rule,
+    display_url,
+)
+from connector.http.retry import Backoff, attempts_made, build_retrying
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +55,13 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 BATCH_OVERHEAD_BYTES = 200  # {"batch": [...], "sentAt": ..., "writeKey": ...}
-RETRY_STATUSES = frozenset({408, 410, 429, 460, 500, 502, 503, 504})
+# Consecutive batches that may fail on retryable errors before the run stops early.
+DEFAULT_MAX_FAILED_BATCHES = 3
+# A refused batch of more than this many messages is probed with single messages spread
+# over it: if every probe is refused alike, the mapping (not a record) is at fault.
+UNIFORM_REFUSAL_MIN_BATCH = 4
+PROBES = 5
+BATCH_PATH = "/v1/batch"
 
 
 def json_size(message: dict[str, Any]) -> int:
@@ -48,21 +69,33 @@ def json_size(message: dict[str, Any]) -> int:
     return len(json.dumps(message))
 
 
-class SegmentAuthError(Exception):
+class SegmentAuthError(AuthError):
     """Segment refused the write key (401/403)."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+_REFUSED = Rule(Action.REFUSE, "Segment refused the batch ({status}): {excerpt}")
+_KEY_REFUSED = Rule(Action.AUTH, "Segment answered {status}: the write key was refused; "
+                                 "check {key_setting}")
+_RETRY = Rule(Action.RETRY, RETRY_TEMPLATE)
+
+# Segment's table (../shared/reference/segment-api.md). 410 and 460 are retried: Segment's
+# own library retries 408/410/429/460 (trap 4), 460 being what Segment's load balancer
+# answers when a client timed out mid-request and 410 what its edge answers while a node
+# drains; both are Segment's servers saying "not now", which waiting fixes. Only 400 and
+# 413 are refusals of the content (splitting isolates the messages at fault); every other
+# 4xx (404, 405, ...) and any redirect means SEGMENT_HOST is not the Tracking API.
+SEGMENT_POLICY = HttpPolicy(
+    api="Segment", url_setting="SEGMENT_HOST", key_setting="SEGMENT_WRITE_KEY",
+    statuses={**COMMON_STATUSES, 410: _RETRY, 460: _RETRY, 400: _REFUSED, 413: _REFUSED,
+              401: _KEY_REFUSED, 403: _KEY_REFUSED},
+    errors={Action.AUTH: lambda v: SegmentAuthError(v.message, v.status)},
+)
 
 
-class _Rejected(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
+def partial_result(exc: BaseException) -> DeliveryResult | None:
+    """What Segment confirmed in a `send` that then stopped with `exc`."""
+    result = getattr(exc, "partial", None)
+    return result if isinstance(result, DeliveryResult) else None
 
 
 _ASCII = bytes(range(128))
@@ -111,6 +144,7 @@ class DeliveryResult:
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # messageId -> (code, why)
     batches: int = 0
     retries: int = 0
+    requests: int = 0
 
 
 class SegmentSink:
@@ -122,10 +156,13 @@ class SegmentSink:
         batch_messages: int = 500,
         batch_bytes: int = 475_000,
         timeout: float = 15.0,
-        max_retries: int = 6,
+        max_retries: int = 5,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         gzip: bool = False,
+        max_failed_batches: int = DEFAULT_MAX_FAILED_BATCHES,
+        backoff: Backoff | None = None,
+        refused_before: Callable[[tuple[str, str]], bool] | None = None,
     ) -> None:
         self._write_key = write_key
         self.host = host.rstrip("/")
@@ -133,17 +170,26 @@ class SegmentSink:
         self.batch_bytes = min(batch_bytes, MAX_BATCH_BYTES - BATCH_OVERHEAD_BYTES)
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        # Retry-After is capped like the backoff: retries of a few batches must end a run
+        # within about a minute in an outage (the next run retries), not after 5 minutes
+        # per attempt of a server-directed wait.
+        self.backoff = backoff or Backoff(base=backoff_base, cap=backoff_cap,
+                                          retry_after_cap=max(backoff_cap, 1.0))
         self.gzip = gzip
+        self.max_failed_batches = max(1, max_failed_batches)
+        self._failed_streak = 0  # batches in a row whose retries all failed
+        # Records that failed in an earlier run (e.g. a retry pass): their being refused
+        # again is their own refusal, not evidence against the mapping.
+        self.refused_before = refused_before or (lambda _key: False)
+        self.url = f"{self.host}{BATCH_PATH}"
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
         # One Retrying for the sink's life (per-call state is thread-local): a new one per
         # batch forms a reference cycle that keeps the batch alive until a GC pass.
-        self._retrying = Retrying(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-                                  wait=self._wait, stop=stop_after_attempt(max_retries + 1),
-                                  before_sleep=self._before_sleep, reraise=True)
+        self._retrying = build_retrying(wait=self.backoff,
+                                        stop=stop_after_attempt(max_retries + 1),
+                                        before_sleep=self._before_sleep)
         self._session = requests.Session()
         basic = base64.b64encode(f"{write_key.get_secret_value()}:".encode()).decode()
         self._headers = {"Content-Type": "application/json",
@@ -194,39 +240,99 @@ class SegmentSink:
 
     def send(self, messages: list[OutMessage],
              on_batch: Callable[[int], None] | None = None) -> DeliveryResult:
+        """Send every batch. A misconfiguration (EndpointError, SegmentAuthError) or an
+        outage (DestinationUnavailable) stops the send; the exception then carries what
+        Segment confirmed before (`partial_result(exc)`), so the caller can commit it."""
         result = DeliveryResult()
-        for batch in self.batches(messages):
-            self._send_isolating(batch, result)
-            if on_batch:
-                on_batch(len(batch))
+        try:
+            for batch in self.batches(messages):
+                self._send_isolating(batch, result)
+                if on_batch:
+                    on_batch(len(batch))
+        except (EndpointError, AuthError, DestinationUnavailable) as exc:
+            exc.partial = result  # type: ignore[attr-defined]
+            raise
         return result
 
-    def _send_isolating(self, batch: list[OutMessage], result: DeliveryResult) -> None:
-        """Send a batch; on a 400, split it to isolate the message(s) Segment rejects."""
+    def _send_isolating(self, batch: list[OutMessage], result: DeliveryResult,
+                        whole: bool = True) -> None:
+        """Send a batch; on a refusal (400/413), split it to isolate the refused messages.
+        `whole`: the batch as built, not a half of a refused one."""
         try:
             self._post_with_retries([o.encoded for o in batch], result)
-        except _Rejected as exc:
-            if len(batch) == 1:
-                mid = batch[0].message["messageId"]
-                result.failed[mid] = ("REJECTED", f"Segment answered {exc.status}: {exc.detail}")
-                return
-            half = len(batch) // 2
-            self._send_isolating(batch[:half], result)
-            self._send_isolating(batch[half:], result)
+        except RefusedError as exc:
+            self._failed_streak = 0  # Segment answered: it is up
+            self._isolate(batch, exc, result, whole)
             return
-        except _Retryable as exc:
-            for out in batch:
-                result.failed[out.message["messageId"]] = ("DELIVERY_FAILED", str(exc))
+        except RetryableError as exc:  # every retry failed
+            self._batch_failed(batch, exc, result)
             return
+        self._failed_streak = 0
         result.batches += 1
         result.delivered.update(o.message["messageId"] for o in batch)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return exc.retry_after
-        exp = min(self.backoff_cap, self.backoff_base * 2 ** (state.attempt_number - 1))
-        return random.uniform(self.backoff_base / 2, max(self.backoff_base, exp))
+    def _batch_failed(self, batch: list[OutMessage], exc: RetryableError,
+                      result: DeliveryResult) -> None:
+        self._failed_streak += 1
+        if self._failed_streak >= self.max_failed_batches:
+            raise DestinationUnavailable(
+                f"Segment unavailable: {self._failed_streak} batches in a row failed after "
+                f"{self.max_retries} retries each (last: {exc}); the rest is kept for the "
+                f"next run (check SEGMENT_HOST or Segment's status)", exc.status) from None
+        for out in batch:
+            result.failed[out.message["messageId"]] = ("DELIVERY_FAILED", str(exc))
+
+    def _isolate(self, batch: list[OutMessage], exc: RefusedError, result: DeliveryResult,
+                 whole: bool) -> None:
+        if len(batch) == 1:
+            self._reject(batch[0], exc, result)
+            return
+        # Only a whole batch is probed: a refused half of a batch whose other messages were
+        # accepted says nothing against the mapping.
+        if whole and len(batch) > UNIFORM_REFUSAL_MIN_BATCH:
+            batch = self._probe(batch, exc, result)
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            if part:
+                self._send_isolating(part, result, whole=False)
+
+    def _probe(self, batch: list[OutMessage], first: RefusedError,
+               result: DeliveryResult) -> list[OutMessage]:
+        """Send a few single messages spread over a refused batch; return the rest.
+
+        If every probe is refused alike (and none of them is a record that failed in an
+        earlier run, e.g. in a retry pass), the refusal is the mapping's, not a record's:
+        splitting on would cost ~2 requests per message and mark every record REJECTED
+        (and in time GAVE_UP), so the send stops with an EndpointError naming the mapping.
+        """
+        n = len(batch)
+        picks = sorted({round(i * (n - 1) / (PROBES - 1)) for i in range(PROBES)})
+        statuses: list[int | None] = []
+        for i in picks:
+            try:
+                self._post_with_retries([batch[i].encoded], result)
+            except RefusedError as exc:
+                statuses.append(exc.status)
+                self._reject(batch[i], exc, result)
+                continue
+            except RetryableError as exc:
+                self._batch_failed([batch[i]], exc, result)
+                continue
+            result.batches += 1
+            result.delivered.add(batch[i].message["messageId"])
+        fresh = not any(self.refused_before(batch[i].record_key) for i in picks)
+        if fresh and len(statuses) == len(picks) and set(statuses) == {first.status}:
+            raise EndpointError(
+                f"Segment refused every message of a batch of {n} alike ({first.status}: "
+                f"{first.detail}): the mapping produces messages Segment refuses; check the "
+                f"mapping files (MAPPINGS_DIR) and SEGMENT_HOST", first.status)
+        chosen = set(picks)
+        return [o for j, o in enumerate(batch) if j not in chosen]
+
+    @staticmethod
+    def _reject(out: OutMessage, exc: RefusedError, result: DeliveryResult) -> None:
+        result.failed[out.message["messageId"]] = (
+            "REJECTED", f"Segment answered {exc.status}: {exc.detail}")
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -237,43 +343,27 @@ class SegmentSink:
         try:
             self._retrying(self._post_once, batch)
         finally:
-            result.retries += self._retrying.statistics.get("attempt_number", 1) - 1
+            made = attempts_made(self._retrying)
+            result.retries += made - 1
+            result.requests += made
 
     def _post_once(self, batch: list[bytes]) -> None:
         """POST one `/v1/batch` the way the library's `request.post` does (same body,
         Basic auth, writeKey in the body), but from the already-encoded messages."""
         sent_at = datetime.now(UTC).isoformat()
+        key = self._write_key.get_secret_value()
         body = b"".join((b'{"batch":[', b",".join(batch), b'],"sentAt":',
-                         orjson.dumps(sent_at), b',"writeKey":',
-                         orjson.dumps(self._write_key.get_secret_value()), b"}"))
+                         orjson.dumps(sent_at), b',"writeKey":', orjson.dumps(key), b"}"))
         headers = dict(self._headers)
         if self.gzip:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
+        where = display_url(self.url)
         try:
-            res = self._session.post(f"{self.host}/v1/batch", data=body, headers=headers,
-                                     timeout=self.timeout)
+            # No redirects: requests would re-send a POST as a GET; a redirect means the
+            # setting is not the API's address (CONFIG in the table).
+            res = self._session.post(self.url, data=body, headers=headers,
+                                     timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            raise _Retryable(f"{type(exc).__name__} posting to Segment") from None
-        status = res.status_code
-        if 200 <= status < 300:
-            return
-        if status in (401, 403):
-            raise SegmentAuthError(
-                f"Segment answered {status}: the write key was refused; "
-                "check SEGMENT_WRITE_KEY")
-        if status in RETRY_STATUSES or status >= 500:
-            raise _Retryable(f"Segment answered {status}", _retry_after(res))
-        raise _Rejected(status, res.text[:300])
-
-
-def _retry_after(response: requests.Response | None) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), 300.0)
-    except ValueError:
-        return None
+            raise SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where)) from None
+        SEGMENT_POLICY.check(res, where, [key], self.backoff.parse)

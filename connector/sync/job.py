@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector import jsonutil
-from connector.errors import ConnectorError, ExitCode, exit_code_for
+from connector.errors import ConnectorError, DestinationUnavailable, ExitCode, exit_code_for
 from connector.mapping import TRIMMED, Applied, Coverage, MappingSet, load_mappings
-from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
+from connector.moesif.management import MoesifError, MoesifManagementClient
 from connector.redaction import redact
 from connector.report_model import ENTITIES, Mode, RunReport, Status
 from connector.report_model import ReportBuilder as Report  # the builder SyncRun fills in
@@ -34,9 +34,9 @@ from connector.segment.sink import (
     MAX_MESSAGE_BYTES,
     DeliveryResult,
     OutMessage,
-    SegmentAuthError,
     SegmentSink,
     json_size,
+    partial_result,
 )
 from connector.settings import ConfigError, Settings
 from connector.store import connect, state_error, state_errors
@@ -162,7 +162,9 @@ class SyncRun:
             settings.segment_write_key, settings.segment_host,  # type: ignore[arg-type]
             batch_messages=settings.segment_batch_messages,
             batch_bytes=settings.segment_batch_bytes,
-            timeout=settings.segment_timeout_seconds, max_retries=settings.segment_max_retries)
+            timeout=settings.segment_timeout_seconds, max_retries=settings.segment_max_retries,
+            max_failed_batches=settings.segment_max_failed_batches,
+            refused_before=self._failed_before().__contains__)
         self.identify_volatile = mappings.volatile_paths("identify")
         self.identify_trimmable = mappings.trimmable_paths("identify")
         self.group_trimmable = mappings.trimmable_paths("group")
@@ -192,11 +194,12 @@ class SyncRun:
                 self.flush_pending()
                 self.retry_failures(entity)
                 self.flush_pending()
-        except (MoesifAuthError, SegmentAuthError, ConfigError) as exc:
-            return SyncOutcome(2, self.report.finish("failed", str(exc)))
-        except MoesifError as exc:
+        except ConnectorError as exc:
+            # Configuration (exit 2), an outage that ended the run early or a Moesif failure
+            # (exit 1): what Segment confirmed is committed, the rest waits for the next run
+            # without an attempt counted (records are only marked failed page by page).
             self._commit_in_flight()
-            return SyncOutcome(1, self.report.finish("failed", str(exc)))
+            return SyncOutcome(int(exit_code_for(exc)), self.report.finish("failed", str(exc)))
         finally:
             self._sender.shutdown(wait=True)
         failed = any(self.report.entities[e]["failed"] for e in ENTITIES)
@@ -205,9 +208,14 @@ class SyncRun:
         error = "stopped by signal before the end; the next run continues" if stopped else None
         return SyncOutcome(1 if failed else 0, self.report.finish(status, error))
 
+    def _failed_before(self) -> frozenset[tuple[str, str]]:
+        """Records still being retried after an earlier failure (read once, at start)."""
+        pending = self.state.pending_failures("users", failed_before="9999")
+        return frozenset(("users", f.id) for f in pending)
+
     def _commit_in_flight(self) -> None:
-        """After a Moesif failure, still record what Segment already confirmed."""
-        with contextlib.suppress(SegmentAuthError):
+        """After a failure, still record what Segment already confirmed."""
+        with contextlib.suppress(ConnectorError):
             self.flush_pending()
 
     def _since(self, entity: str) -> datetime | None:
@@ -490,7 +498,11 @@ class SyncRun:
             return
         future, entity, sendable, cursor, outcomes = self._pending
         self._pending = None
-        result: DeliveryResult = future.result()  # re-raises SegmentAuthError
+        try:
+            result: DeliveryResult = future.result()
+        except (ConfigError, DestinationUnavailable) as exc:
+            self._commit_confirmed(entity, sendable, partial_result(exc))
+            raise
         counts = self.report.entities[entity]
         hashes: dict[str, str] = {}
         failures: list[tuple[str, str, str]] = []
@@ -526,6 +538,25 @@ class SyncRun:
                                   f"{f.code} after {f.attempts} attempts: {f.detail}", f.attempts)
             else:
                 self.report.issue(entity, f.id, f.code, f.detail, f.attempts)
+
+    def _commit_confirmed(self, entity: str, sendable: list[Candidate],
+                          result: DeliveryResult | None) -> None:
+        """A send stopped early (misconfiguration or outage): commit only the records whose
+        every message Segment confirmed. No failure is recorded (no attempt counted) and
+        the cursor does not move: the rest is sent again by the next run."""
+        if result is None:
+            return
+        hashes = {c.id: c.hash for c in sendable if c.messages and all(
+            m.message["messageId"] in result.delivered for m in c.messages)}
+        for c in sendable:
+            for m in c.messages:
+                if m.message["messageId"] in result.delivered:
+                    self.report.messages[m.message["type"]]["delivered"] += 1
+        if hashes:
+            with Timer(self.report.phases, "store"):
+                self.state.commit_page(PageCommit(entity=entity, hashes=hashes,
+                                                  resolved=list(hashes), failures=[]))
+        self.report.entities[entity]["delivered"] += len(hashes)
 
     # --- companies ------------------------------------------------------------------------
     def process_companies(self, docs: list[dict[str, Any]], cursor: str | None) -> None:

@@ -1,0 +1,1 @@
+"""One HTTP policy toolkit for every client: status tables (`policy`) and retries (`retry`)."""

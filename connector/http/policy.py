@@ -1,0 +1,241 @@
+"""Per-API tables from an HTTP status (or a `requests` exception) to what the client does.
+
+The way Airbyte's CDK keeps `default_error_mapping.py`: the tables are data, and the
+three clients (Moesif Management, Segment, Moesif Collector) differ only in their rows
+and their real special cases. A row says the action, the failure category and a message
+template that names the setting a person has to fix:
+
+- SUCCESS: the request did what we asked.
+- RETRY:   waiting can fix it (408, 429, 5xx, timeouts, connection errors).
+- REFUSE:  the destination refused this message or batch as such (retrying cannot help).
+- CONFIG:  the URL setting is wrong (404, 405, a redirect, a proxy's HTML page, a URL
+           that `requests` cannot even use); never retried.
+- AUTH:    the key or subscription was refused; never retried.
+
+Templates may use {api}, {status}, {path}, {setting} (the URL setting), {key_setting},
+{excerpt} (a short, key-redacted excerpt of the answer) and {error} (for exceptions).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+import requests
+
+from connector.errors import (
+    AuthError,
+    ConfigError,
+    EndpointError,
+    FailureKind,
+    RefusedError,
+    RetryableError,
+)
+from connector.redaction import redact
+
+EXCERPT_CHARS = 160
+
+
+class Action(StrEnum):
+    SUCCESS = "success"
+    RETRY = "retry"
+    REFUSE = "refuse"
+    CONFIG = "config"
+    AUTH = "auth"
+
+
+_KIND = {Action.RETRY: FailureKind.TRANSIENT, Action.REFUSE: FailureKind.REFUSED,
+         Action.CONFIG: FailureKind.CONFIG, Action.AUTH: FailureKind.AUTH}
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action
+    template: str = ""
+
+    @property
+    def kind(self) -> FailureKind | None:
+        return _KIND.get(self.action)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one answer (or one exception) means, with the message to raise."""
+
+    action: Action
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+    excerpt: str = ""
+
+    @property
+    def kind(self) -> FailureKind | None:
+        return _KIND.get(self.action)
+
+
+ErrorFactory = Callable[[Verdict], Exception]
+
+DEFAULT_ERRORS: dict[Action, ErrorFactory] = {
+    Action.RETRY: lambda v: RetryableError(v.message, v.status, v.retry_after),
+    Action.REFUSE: lambda v: RefusedError(v.message, v.status, v.excerpt),
+    Action.CONFIG: lambda v: (EndpointError(v.message, v.status) if v.status is not None
+                              else ConfigError(v.message)),
+    Action.AUTH: lambda v: AuthError(v.message, v.status),
+}
+
+RETRY_TEMPLATE = "{api} answered {status} on {path}"
+REDIRECT_TEMPLATE = ("{api} answered {status} (a redirect) on {path}: the address is not "
+                     "the API's; check {setting}")
+NOT_HERE_TEMPLATE = ("{api} answered {status} on {path}: no such endpoint there, the "
+                     "address is wrong; check {setting} (answer: {excerpt})")
+HTML_TEMPLATE = ("{api} answered {status} with a web page, not the API's JSON, on {path}: "
+                 "a proxy or a wrong address; check {setting} (answer: {excerpt})")
+BAD_URL_TEMPLATE = ("{setting} is not a usable URL ({error}): it needs a scheme "
+                    "(http or https) and a host")
+
+# Exceptions of `requests`, most specific first. A URL that cannot be used is a setting to
+# fix, not an outage: retrying it (forever, for the Collector) would only hide the typo.
+COMMON_EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
+    (requests.exceptions.MissingSchema, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
+    (requests.exceptions.InvalidSchema, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
+    (requests.exceptions.InvalidURL, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
+    (requests.exceptions.Timeout, Rule(Action.RETRY, "timeout calling {api} on {path} "
+                                                     "({error})")),
+    (requests.exceptions.ConnectionError, Rule(Action.RETRY, "connection error calling {api} "
+                                                             "on {path} ({error})")),
+    (requests.exceptions.ChunkedEncodingError, Rule(Action.RETRY, "connection error calling "
+                                                                  "{api} on {path} ({error})")),
+    (requests.RequestException, Rule(Action.RETRY, "{error} calling {api} on {path}")),
+)
+
+# The default row of each status family; a table lists only its exceptions to these.
+COMMON_FAMILIES: dict[int, Rule] = {
+    2: Rule(Action.SUCCESS),
+    3: Rule(Action.CONFIG, REDIRECT_TEMPLATE),
+    4: Rule(Action.CONFIG, NOT_HERE_TEMPLATE),
+    5: Rule(Action.RETRY, RETRY_TEMPLATE),
+}
+
+# Rows every API shares: these are retried everywhere.
+COMMON_STATUSES: dict[int, Rule] = {
+    408: Rule(Action.RETRY, RETRY_TEMPLATE),
+    429: Rule(Action.RETRY, RETRY_TEMPLATE),
+}
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """One API's table. `statuses` rows win over `families` (by first digit)."""
+
+    api: str
+    url_setting: str
+    key_setting: str
+    statuses: Mapping[int, Rule]
+    families: Mapping[int, Rule] = field(default_factory=lambda: dict(COMMON_FAMILIES))
+    exceptions: tuple[tuple[type[BaseException], Rule], ...] = COMMON_EXCEPTIONS
+    # SUCCESS and REFUSE need the API's own (JSON) answer: an HTML page with such a
+    # status comes from a proxy or a web server at a wrong address, so it is CONFIG.
+    html_is_config: bool = True
+    errors: Mapping[Action, ErrorFactory] = field(default_factory=lambda: dict(DEFAULT_ERRORS))
+
+    def rule_for_status(self, status: int) -> Rule:
+        rule = self.statuses.get(status)
+        if rule is not None:
+            return rule
+        return self.families.get(status // 100, Rule(Action.CONFIG, NOT_HERE_TEMPLATE))
+
+    def rule_for_exception(self, exc: BaseException) -> Rule:
+        for exc_type, rule in self.exceptions:
+            if isinstance(exc, exc_type):
+                return rule
+        return Rule(Action.RETRY, "{error} calling {api} on {path}")
+
+    def judge(self, response: requests.Response, path: str,
+              secrets: list[str] | None = None,
+              parse_retry_after: Callable[[str | None], float | None] | None = None
+              ) -> Verdict:
+        """What an answer means. The excerpt is read only when a message needs it."""
+        status = response.status_code
+        rule = self.rule_for_status(status)
+        if self.html_is_config and rule.action in (Action.SUCCESS, Action.REFUSE) \
+                and looks_like_html(response):
+            rule = Rule(Action.CONFIG, HTML_TEMPLATE)
+        if rule.action is Action.SUCCESS:
+            return Verdict(Action.SUCCESS, "", status)
+        excerpt = excerpt_of(response, secrets or [])
+        retry_after = None
+        if rule.action is Action.RETRY and parse_retry_after is not None:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        message = self._format(rule.template, status=status, path=path, excerpt=excerpt)
+        return Verdict(rule.action, message, status, retry_after, excerpt)
+
+    def judge_exception(self, exc: BaseException, path: str) -> Verdict:
+        rule = self.rule_for_exception(exc)
+        message = self._format(rule.template, path=path, error=short_reason(exc))
+        return Verdict(rule.action, message)
+
+    def error(self, verdict: Verdict) -> Exception:
+        """The exception a verdict raises (the client's own classes, by its `errors`)."""
+        factory = self.errors.get(verdict.action) or DEFAULT_ERRORS[verdict.action]
+        return factory(verdict)
+
+    def check(self, response: requests.Response, path: str, secrets: list[str] | None = None,
+              parse_retry_after: Callable[[str | None], float | None] | None = None) -> None:
+        """Raise the error of any answer that is not a SUCCESS."""
+        verdict = self.judge(response, path, secrets, parse_retry_after)
+        if verdict.action is not Action.SUCCESS:
+            raise self.error(verdict)
+
+    def _format(self, template: str, **values: object) -> str:
+        fields = {"api": self.api, "setting": self.url_setting, "key_setting": self.key_setting,
+                  "status": "", "path": "", "excerpt": "", "error": ""}
+        fields.update({k: v for k, v in values.items() if v is not None})
+        return template.format(**fields)
+
+
+def looks_like_html(response: requests.Response) -> bool:
+    content_type = response.headers.get("Content-Type", "").lower()
+    if "html" in content_type:
+        return True
+    head = response.content[:64].lstrip().lower()
+    return head.startswith((b"<!doctype", b"<html", b"<head", b"<body"))
+
+
+def excerpt_of(response: requests.Response, secrets: list[str]) -> str:
+    """A short one-line excerpt of an answer, keys redacted (a server may echo them)."""
+    raw = response.content[:EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    text = re.sub(r"<[^>]{0,200}>", " ", raw) if "<" in raw else raw  # tags say nothing
+    text = " ".join(text.split())
+    text = redact(text, secrets)
+    return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "") or "(empty)"
+
+
+_SHORT_MARKERS = ("Connection refused", "Connection reset", "RemoteDisconnected",
+                  "Name or service not known", "timed out")
+
+
+def short_reason(exc: BaseException) -> str:
+    """A one-line reason: urllib3's nested messages can run to several hundred characters."""
+    text = str(exc)
+    for marker in _SHORT_MARKERS:
+        if marker in text:
+            return marker
+    return type(exc).__name__
+
+
+def display_url(url: str) -> str:
+    """A URL as messages may show it: without user info, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    if not parts.scheme or not host:
+        return url.split("?", 1)[0].rsplit("@", 1)[-1][:200]
+    return f"{parts.scheme}://{host}{port}{parts.path}"

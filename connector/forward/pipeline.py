@@ -130,10 +130,22 @@ def resolve_config(settings: Settings, wso2_config_path: Path | None = None,
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--wso2-config: cannot read {wso2_config_path}: "
                           f"{type(exc).__name__}") from None
+    if not wso2.enable:
+        raise ConfigError(f"{wso2.source}: analytics is disabled there ([apim.analytics] "
+                          "enable = false): set enable = true, or forward without "
+                          "--wso2-config")
     app_id = settings.moesif_application_id
     if app_id is None or not app_id.get_secret_value().strip():
         app_id = wso2.moesif_key
     if app_id is None or not app_id.get_secret_value().strip():
+        if wso2.moesif_key_reference is not None:
+            # Only the placeholder's kind is named: an alias or variable name is no secret,
+            # but there is no need to echo the value either.
+            kind = wso2.moesif_key_reference.split("{", 1)[0]
+            raise ConfigError(
+                f"{wso2.source}: moesifKey under [apim.analytics.properties] is a "
+                f"{kind}{{...}} placeholder, which only WSO2 can resolve (its secure vault or "
+                "environment): set MOESIF_APPLICATION_ID to the Collector Application Id")
         raise ConfigError("missing required setting MOESIF_APPLICATION_ID (or moesifKey "
                           "under [apim.analytics.properties] in deployment.toml)")
     # Settings has a default URL: only an explicitly set MOESIF_COLLECTOR_URL beats the file.

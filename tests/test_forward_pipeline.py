@@ -32,9 +32,11 @@ from connector.forward.pipeline import (
     resolve_config,
     run_forward,
 )
+from connector.forward.spool import Spool
 from connector.sandbox.apim_log import LogGenerator, LogStats
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
+from connector.store import connect
 
 APP_ID = "moesif-app-id-test-9f8e7d6c5b4a"
 TOKEN = "ingest-token-test-1a2b3c4d5e"
@@ -79,10 +81,20 @@ def _write_log(path: Path, n: int, start: int = 0, append: bool = False) -> LogS
 def _expected_txids(path: Path, settings: Settings, wso2: Path | None = None) -> set[str]:
     """The transaction ids of every valid event in the file (same config, computed
     inline), to compare with what the sandbox received."""
-    encoder = EncoderSpec.of(resolve_config(settings, wso2)).build()
+    encoder = EncoderSpec.of(resolve_config(settings, wso2), _secret(settings)).build()
     lines = path.read_bytes().split(b"\n")[:-1]
     result = process_lines(encoder, "log", "test", lines, 0, "byte", None)
     return {txid for txid, _ in result.events}
+
+
+def _secret(settings: Settings) -> bytes:
+    """The installation's key of content-derived transaction ids (created on first use,
+    the same one the forwarder then reads)."""
+    conn = connect(settings.state_path)
+    try:
+        return Spool(conn, settings.forward_spool_max_events).installation_secret()
+    finally:
+        conn.close()
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -405,6 +405,8 @@ class BatchSender:
         self._generation = 0            # bumped by every wake(): no wake-up is lost
         self._threads = [threading.Thread(target=self._loop, name=f"forward-sender-{i}",
                                           daemon=True) for i in range(max(1, threads))]
+        self._running = len(self._threads)
+        self.done = threading.Event()   # set when every sending thread has stopped
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -446,6 +448,10 @@ class BatchSender:
             self.on_fatal(exc)
         finally:
             client.close()
+            with self._claim_lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.done.set()
 
     def _claim(self) -> list[tuple[int, str, bytes]] | None:
         """The next due batch (by count, bytes, age, or because inputs are done), or None
@@ -609,7 +615,7 @@ class Forwarder:
         self.sender.start()
         try:
             # Production wait loop: wake on the stop signal or when the senders are done.
-            while self.sender.is_alive() and not self.stop_event.wait(0.1):
+            while not self.sender.done.wait(0.05) and not self.stop_event.is_set():
                 pass
         finally:
             self._shutdown(readers)

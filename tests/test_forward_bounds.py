@@ -142,6 +142,18 @@ def test_a_long_line_in_the_log_is_dead_lettered_and_the_rest_delivered(
     assert str(len(huge) - 1) in detail and "FORWARD_MAX_LINE_BYTES" in detail
 
 
+def test_an_over_long_unterminated_line_of_a_rotated_file_is_skipped(
+        tmp_path: Path, spool: Spool) -> None:
+    log = tmp_path / "apim_metrics.log"
+    log.write_bytes(b"one\n" + b"Z" * 10_000)  # rotated away mid-line: it never ends
+    tailer = LogTailer(log, "log:t", spool, chunk_bytes=1024, max_line_bytes=4096)
+    assert _drain(tailer, spool) == ["one"]
+    log.rename(tmp_path / "apim_metrics-01-02-2025-1.log")
+    log.write_bytes(b"two\n")
+    assert _drain(tailer, spool) == [("skipped", 4, 10_000), "two"]
+    tailer.close()
+
+
 def test_standard_input_skips_a_long_line_without_holding_it() -> None:
     data = b'{"a": 1}\n' + b"y" * 50_000 + b'\n{"b": 2}\n'
     source = StdinLines(io.BytesIO(data), max_line_bytes=4096)
@@ -217,6 +229,13 @@ def test_connections_over_the_cap_get_503(ingest: _Ingest) -> None:
             sock.close()
     _wait(lambda: ingest.server.httpd.slots._value == 4)
     assert ingest.post(_event()).status_code == 202
+
+
+def test_a_request_that_could_never_fit_the_spool_is_413(ingest: _Ingest) -> None:
+    ingest.spool.max_events = 100
+    answer = ingest.post([_event(i) for i in range(101)])
+    assert answer.status_code == 413 and answer.json()["limit_events"] == 100
+    assert ingest.spool.depth() == 0
 
 
 def test_concurrent_clients_never_push_the_spool_past_its_limit(ingest: _Ingest) -> None:

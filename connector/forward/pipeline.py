@@ -23,7 +23,18 @@
 - SIGTERM/SIGINT: stop reading, let the in-flight requests finish (a retry wait is cut
   short), exit cleanly. Everything not confirmed stays in the spool for the next run;
   SIGKILL loses nothing either (Moesif de-duplicates the resent batch by transaction id).
-- Standard input (`--from-jsonl -`) has no offsets; its EOF ends the run like `--once`.
+- Standard input (`--from-jsonl -`) has no offsets; it streams: lines from a live pipe
+  are spooled as they arrive (within the batch age), its EOF ends the run like `--once`,
+  and SIGTERM commits what was read (the next run sends it) and exits 0.
+- Poison never stops the stream: any failure while reading, validating, masking,
+  mapping or encoding one line or event sends it, alone, to the dead letters with a
+  reason code (`connector.errors.DeadLetterCode`); HTTP ingest takes the valid events of
+  a request and answers 400 naming the refused ones.
+- Nothing unmasked is stored: spooled events are masked; a dead letter keeps the event
+  masked by the `[apim.analytics.mask]` rules (without captured headers unless
+  send_headers), or, when it is not an object that can be masked, only a fingerprint
+  (BLAKE2b keyed with the installation's secret) and the length of its bytes; its
+  position says where to find it in the source.
 - WAL checkpoints run in a background thread on their own connection, so their copying
   and fsyncs do not land on an HTTP request or a reader commit.
 

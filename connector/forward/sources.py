@@ -8,7 +8,11 @@ the same transaction as the events it covers.
 `LogTailer` follows a file like `tail -F`:
 
 - it reads large chunks (1 MB) with `os.pread` and hands out complete lines only; a
-  partial last line is read again, whole, once its newline has arrived;
+  partial last line is handed out once its newline has arrived, and while it grows only
+  the new bytes are looked at (never the line again from its start at every poll);
+- a line over `FORWARD_MAX_LINE_BYTES` is never held: the tailer looks for its end one
+  chunk at a time and hands out a `skipped` chunk (position and length only) that the
+  pipeline dead-letters as LINE_TOO_LONG;
 - the saved offset carries the file's identity (device, inode, hash of the first 1 KB), so
   a restart resumes in the right file: if the log was rotated meanwhile (WSO2 renames
   `apim_metrics.log` to `apim_metrics-MM-dd-yyyy-N.log` and starts a new file), the
@@ -19,7 +23,11 @@ the same transaction as the events it covers.
 - a truncated file (size below our offset) or a replaced one (different first bytes
   under the same inode) is read again from 0.
 
-The HTTP ingest server answers 202 only after `Spool.append` committed the events.
+`StdinLines` streams a pipe (select + os.read): lines are handed out as they arrive.
+
+The HTTP ingest server answers 202 only after `Spool.append` committed the events; it
+has a read timeout on every connection, a cap on open connections (503 over it), takes
+the `Bearer` scheme in any case, and checks the spool limit atomically with the write.
 """
 
 from __future__ import annotations
@@ -290,6 +298,8 @@ class LogTailer:
             if len(data) < self.chunk_bytes:  # a partial last line: remember its length
                 self._scan_from = scan
                 return None
+        elif os.fstat(self._fd).st_size < scan:  # cut back under what we had looked at
+            scan, self._skipping = start, False
         # A line longer than a chunk, or one seen partial before: look for its end from
         # where the last look stopped, holding one chunk at a time.
         end = self._find_newline(start, scan)
@@ -659,6 +669,10 @@ class _IngestHandler(JsonHandler):
         app: IngestApp = self.app
         encoded, letters, rejected = self._encode_all(events)
         n = len(events)
+        if len(encoded) > app.spool.max_events:  # could never fit: not worth a retry
+            self.send_json(413, {"error": "too_many_events",
+                                 "limit_events": app.spool.max_events})
+            return
         try:
             # The limit is checked under the spool's lock, with the write: concurrent
             # requests cannot push the backlog past FORWARD_SPOOL_MAX_EVENTS together.

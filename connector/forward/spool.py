@@ -119,7 +119,7 @@ class DeadLetter:
     position: str    # byte offset, request index, transaction id: where to find it
     reason_code: str
     detail: str
-    raw: bytes | str | None = None  # masked event, or the unparsable line (truncated)
+    raw: bytes | str | None = None  # masked event, or a fingerprint: never unmasked text
 
 
 OffsetUpdate = tuple[str, FileIdentity, int]

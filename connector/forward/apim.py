@@ -174,21 +174,31 @@ def request_time_of(value: Any) -> datetime:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(_TIME_PROBLEM)
     try:
-        when = _parse_time(value)
+        return _parse_time(value)
+    except _OutOfRange:
+        raise ValueError(_RANGE_PROBLEM) from None
     except (ValueError, OverflowError, OSError):
         # No value in the text: the event is not masked yet.
         raise ValueError(_TIME_PROBLEM) from None
+
+
+class _OutOfRange(Exception):
+    """A valid timestamp that leaves the datetime range once in UTC."""
+
+
+def _parse_utc(value: str | int | float) -> datetime:
+    when = parse_timestamp(value)
     try:
         # In UTC now: a time-zone shift past year 1 or 9999 must fail here, on this
         # event, not later while encoding it.
         return when.astimezone(UTC)
     except OverflowError:
-        raise ValueError(_RANGE_PROBLEM) from None
+        raise _OutOfRange from None
 
 
 # A busy gateway logs many events per millisecond: the same timestamp text parses once.
 # (bool is excluded above, so the cache never confuses True with 1.)
-_parse_time = lru_cache(maxsize=4096)(parse_timestamp)
+_parse_time = lru_cache(maxsize=4096)(_parse_utc)
 
 
 _TIME_PROBLEM = "field 'requestTimestamp': not an ISO 8601 timestamp nor epoch milliseconds"

@@ -119,9 +119,9 @@ def loads_event(data: bytes | str) -> Any:
     try:
         value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
                            parse_int=_int64)
+        return _replace_surrogates(value)
     except (ValueError, RecursionError):
         raise first from None
-    return _replace_surrogates(value)
 
 
 def _no_constant(name: str) -> Any:

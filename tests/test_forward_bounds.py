@@ -118,25 +118,29 @@ def test_a_growing_partial_line_is_not_read_again_from_its_start(
     tailer.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "parse-workers"])
 def test_a_long_line_in_the_log_is_dead_lettered_and_the_rest_delivered(
-        tmp_path: Path, collector: tuple[MoesifCollectorSandbox, str]) -> None:
+        tmp_path: Path, collector: tuple[MoesifCollectorSandbox, str], workers: int) -> None:
     app, url = collector
     events = [_event(i) for i in range(4)]
     line = [orjson.dumps(e) + b"\n" for e in events]
+    # and a poison event right after it: its response time leaves the datetime range
+    poison = orjson.dumps({"apiName": "x", "requestTimestamp": "9999-12-31T23:59:59Z",
+                           "responseLatency": 5000, "proxyResponseCode": 200}) + b"\n"
     huge = b'{"apiName": "' + b"h" * (3 * 1024 * 1024) + b'"}\n'  # 3 MB, default limit 1 MiB
     path = tmp_path / "events.jsonl"
-    path.write_bytes(line[0] + line[1] + huge + line[2] + line[3])
+    path.write_bytes(line[0] + line[1] + huge + poison + line[2] + line[3])
     settings = Settings(_env_file=None, moesif_application_id=APP_ID, moesif_collector_url=url,
                         connector_home=tmp_path / "home")
     assert settings.forward_max_line_bytes == 1_048_576
-    assert run_forward(settings, from_jsonl=str(path), once=True, parse_workers=0,
+    assert run_forward(settings, from_jsonl=str(path), once=True, parse_workers=workers,
                        out=io.StringIO()) == 0
     assert {_txid(e) for e in events} <= set(app.by_transaction_id)
     status = forward_status(settings)
-    assert status["dead_letters"]["by_reason"] == {"LINE_TOO_LONG": 1}
+    assert status["dead_letters"]["by_reason"] == {"LINE_TOO_LONG": 1, "BAD_VALUE": 1}
     conn = sqlite3.connect(settings.state_path)
     position, detail, raw = conn.execute(
-        "SELECT position, detail, raw FROM dead_letters").fetchone()
+        "SELECT position, detail, raw FROM dead_letters ORDER BY id").fetchone()
     conn.close()
     assert position.startswith(f"byte {len(line[0] + line[1])} (inode ") and raw is None
     assert str(len(huge) - 1) in detail and "FORWARD_MAX_LINE_BYTES" in detail

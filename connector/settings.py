@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     forward_batch_age_seconds: float = Field(1.0, gt=0)
     forward_spool_max_events: int = Field(1_000_000, ge=100)
     forward_max_body_bytes: int = Field(1_048_576, ge=1024)
+    forward_max_line_bytes: int = Field(1_048_576, ge=1024)
     forward_company_unknown_values: str = "UNKNOWN"
 
     @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")

@@ -139,3 +139,15 @@ def test_malformed_event_pickles_with_its_reason() -> None:
 
     error = pickle.loads(pickle.dumps(MalformedEvent("BAD_JSON", "truncated")))
     assert (error.reason_code, error.detail) == ("BAD_JSON", "truncated")
+
+
+def test_event_json_follows_orjson_rules_even_in_the_lone_surrogate_fallback() -> None:
+    from connector.forward.logline import loads_event
+
+    assert loads_event('{"a": "x\\ud83d"}') == {"a": "x\ufffd"}  # a truncated emoji
+    assert loads_event('{"a": "\\ud83d", "n": 99999999999999999999}')["n"] == 1e20
+    for text in ('{"a": "\\ud83d", "n": NaN}', '{"a": "\\ud83d", "n": Infinity}',
+                 '{"a": "\\ud83d", "n": 1e400}', '{"n": NaN}',
+                 '{"a": "\\ud83d", "d": ' + "[" * 990 + "]" * 990 + "}"):
+        with pytest.raises(ValueError):
+            loads_event(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.forward.masking import (
     MASK,
@@ -36,7 +38,7 @@ from connector.settings import ConfigError
         ("2001:db8::", "IPV6", "2001:0db8:0000:****:****:****:****:0000"),
         ("::", "IPV6", "0000:0000:0000:****:****:****:****:0000"),
         ("2001:DB8:85A3::8A2E:370:7334", "IPV6", "2001:0db8:85a3:****:****:****:****:7334"),
-        ("fe80::1%eth0", "IPV6", "fe80:0000:0000:****:****:****:****:0001%eth0"),
+        ("fe80::1%eth0", "IPV6", "fe80:0000:0000:****:****:****:****:0001"),  # zone dropped
         # IPv4-mapped IPv6: masked as the IPv4 address it carries
         ("::ffff:1.2.3.4", "IPV6", "::ffff:1.2.***.4"),
         ("::ffff:1.2.3.4", "IPV4", "::ffff:1.2.***.4"),
@@ -231,3 +233,69 @@ def test_configs_compare_by_content_and_survive_pickling() -> None:
     clone = pickle.loads(pickle.dumps(cfg))  # parse workers in other processes
     assert clone == cfg
     assert clone.apply(sample_event()) == cfg.apply(sample_event())
+
+
+# --- IPv6: every spelling (issue 7, item 12) -------------------------------------------------
+_octet = st.integers(0, 255)
+
+
+def _spellings(a: int, b: int, c: int, d: int) -> list[str]:
+    """IPv6 addresses that carry the IPv4 address a.b.c.d, in the ways it is written."""
+    v4 = f"{a}.{b}.{c}.{d}"
+    hi, lo = f"{a * 256 + b:x}", f"{c * 256 + d:x}"
+    inverted_lo = f"{(c * 256 + d) ^ 0xFFFF:x}"
+    return [
+        f"::ffff:{v4}", f"::FFFF:{v4}", f"::ffff:{hi}:{lo}", f"0:0:0:0:0:ffff:{v4}",
+        f"::{v4}", f"::{hi}:{lo}", f"64:ff9b::{v4}", f"64:ff9b::{hi}:{lo}",
+        f"64:ff9b:1::{hi}:{lo}",                     # NAT64 local use
+        f"2002:{hi}:{lo}::1",                        # 6to4
+        f"2001:0:4136:e378:8000:63bf:{(a * 256 + b) ^ 0xFFFF:x}:{inverted_lo}",  # Teredo
+        f"fe80::5efe:{v4}", f"fe80::200:5efe:{hi}:{lo}",  # ISATAP
+        f"2001:db8::{v4}",                           # any prefix, written with a dotted tail
+        f"::ffff:{v4}%eth0", f"64:ff9b::{v4}%1",
+    ]
+
+
+@given(a=_octet, b=_octet, c=_octet, other=_octet, d=_octet,
+       rule=st.sampled_from(["IPV4", "IPV6"]))
+@settings(max_examples=60, deadline=None)
+def test_ipv4_in_ipv6_never_reveals_the_octet_the_ipv4_rule_hides(
+        a: int, b: int, c: int, other: int, d: int, rule: str) -> None:
+    for first, second in zip(_spellings(a, b, c, d), _spellings(a, b, other, d), strict=True):
+        masked = mask_value(first, rule)
+        # The output cannot depend on the hidden octet: two addresses differing only
+        # there mask alike.
+        assert masked == mask_value(second, rule), first
+        assert masked != first
+
+
+def test_ipv4_embedded_forms_read_as_the_ipv4_rule_masks_them() -> None:
+    assert mask_ip("::ffff:10.20.30.40") == "::ffff:10.20.***.40"
+    assert mask_ip("64:ff9b::10.20.30.40") == "64:ff9b::10.20.***.40"
+    assert mask_ip("::10.20.30.40") == "::10.20.***.40"
+    assert mask_ip("2002:a14:1e28::1") == "2002:0a14:****:****:****:****:****:0001"
+    assert mask_ip("::1") == "0000:0000:0000:****:****:****:****:0001"  # loopback stays
+
+
+@given(zone=st.text(min_size=0, max_size=20),
+       address=st.sampled_from(["fe80::1", "2001:db8::1", "::ffff:1.2.3.4", "::1"]))
+@settings(max_examples=60, deadline=None)
+def test_a_zone_suffix_is_never_passed_through(zone: str, address: str) -> None:
+    masked = mask_value(f"{address}%{zone}", "IPV6")
+    assert "%" not in masked
+    assert masked == mask_value(address, "IPV6")
+
+
+def test_without_send_headers_captured_headers_are_dropped_at_any_depth() -> None:
+    from connector.forward.masking import Masker
+
+    masker = Masker({"userIp": MaskRule.IPV4}, [], [], drop_headers=True)
+    event = {"userIp": "1.2.3.4", "requestHeaders": {"X-A": "secret-a"},
+             "properties": {"responseHeaders": "secret-b",
+                            "nested": [{"requestHeaders": {"k": "secret-c"}, "keep": 1}]}}
+    original = copy.deepcopy(event)
+    masked = masker.apply(event)
+    assert "secret" not in repr(masked)
+    assert masked["properties"]["nested"][0] == {"keep": 1}
+    assert masked["userIp"] == "1.2.***.4"
+    assert event == original  # the input is never mutated

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connector.forward.apim import validate_event, validate_event_dict
 from connector.forward.errors import MalformedEvent
@@ -546,3 +548,43 @@ def test_times_are_iso_utc_milliseconds(
     event = mapper().process(raw)
     assert event["request"]["time"] == request_time
     assert event["response"]["time"] == response_time
+
+
+# --- transaction ids without a correlationId (issue 7, item 16) --------------------------------
+
+
+def test_requests_that_mask_alike_never_share_a_transaction_id() -> None:
+    m = mapper(False, SEED_MASK, transaction_secret=b"k" * 32)
+    when = "2024-02-22T04:12:49.371Z"
+    # Two users, same API, same millisecond: identical once masked.
+    a = m.process({"requestTimestamp": when, "apiName": "A", "userIp": "10.1.2.3",
+                   "userName": "alice@example.com"}, "response")
+    b = m.process({"requestTimestamp": when, "apiName": "A", "userIp": "10.1.9.3",
+                   "userName": "bob@example.com"}, "response")
+    assert a["metadata"] == b["metadata"] and a["request"] == b["request"]
+    assert a["transaction_id"] != b["transaction_id"]
+
+
+def test_content_ids_are_keyed_by_the_installation_secret() -> None:
+    raw = {"requestTimestamp": "2024-02-22T04:12:49.371Z", "userIp": "10.1.2.3"}
+    first = mapper(False, SEED_MASK, transaction_secret=b"a" * 32).process(raw)["transaction_id"]
+    again = mapper(False, SEED_MASK, transaction_secret=b"a" * 32).process(raw)["transaction_id"]
+    other = mapper(False, SEED_MASK, transaction_secret=b"b" * 32).process(raw)["transaction_id"]
+    assert first == again  # a restart of the same installation: Moesif de-duplicates
+    assert first != other  # without the secret, the id cannot be recomputed from guesses
+    assert len(first) == 36 and uuid.UUID(first).version == 8
+    from connector.jsonutil import dumps_sorted
+
+    unkeyed = {str(uuid.uuid5(TRANSACTION_NAMESPACE, f"response:{dumps_sorted(v).decode()}"))
+               for v in (raw, {**raw, "userIp": "10.1.***.3"})}
+    assert first not in unkeyed
+
+
+@given(ips=st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), min_size=2,
+                    max_size=20, unique=True))
+@settings(max_examples=30, deadline=None)
+def test_content_ids_are_unique_per_request(ips: list[tuple[int, int]]) -> None:
+    m = mapper(False, SEED_MASK, transaction_secret=b"s" * 32)
+    ids = {m.process({"requestTimestamp": 1708575298433, "userIp": f"10.{a}.{b}.1"},
+                     "response")["transaction_id"] for a, b in ips}
+    assert len(ids) == len(ips)

@@ -32,9 +32,11 @@ from connector.forward.pipeline import (
     resolve_config,
     run_forward,
 )
+from connector.forward.spool import Spool
 from connector.sandbox.apim_log import LogGenerator, LogStats
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
+from connector.store import connect
 
 APP_ID = "moesif-app-id-test-9f8e7d6c5b4a"
 TOKEN = "ingest-token-test-1a2b3c4d5e"
@@ -79,10 +81,20 @@ def _write_log(path: Path, n: int, start: int = 0, append: bool = False) -> LogS
 def _expected_txids(path: Path, settings: Settings, wso2: Path | None = None) -> set[str]:
     """The transaction ids of every valid event in the file (same config, computed
     inline), to compare with what the sandbox received."""
-    encoder = EncoderSpec.of(resolve_config(settings, wso2)).build()
+    encoder = EncoderSpec.of(resolve_config(settings, wso2), _secret(settings)).build()
     lines = path.read_bytes().split(b"\n")[:-1]
     result = process_lines(encoder, "log", "test", lines, 0, "byte", None)
     return {txid for txid, _ in result.events}
+
+
+def _secret(settings: Settings) -> bytes:
+    """The installation's key of content-derived transaction ids (created on first use,
+    the same one the forwarder then reads)."""
+    conn = connect(settings.state_path)
+    try:
+        return Spool(conn, settings.forward_spool_max_events).installation_secret()
+    finally:
+        conn.close()
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -580,3 +592,81 @@ def test_no_key_value_in_any_output_or_file(
         assert all(secret not in text for text in texts)
         for path in settings.state_path.parent.iterdir():
             assert secret.encode() not in path.read_bytes(), path.name
+
+
+# --- keyed transaction ids (issue 7, item 16) ---------------------------------------------------
+def test_the_installation_secret_is_made_once_kept_in_the_state_and_never_shown(
+        tmp_path: Path, sandbox: tuple[MoesifCollectorSandbox, str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    app, url = sandbox
+    when = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    # No correlationId, same time, same API: only the (masked) user tells them apart.
+    events = [{"requestTimestamp": when, "apiName": "A", "apiContext": "/a",
+               "proxyResponseCode": 200, "userIp": f"10.0.{i}.1"} for i in range(5)]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    wso2 = tmp_path / "deployment.toml"
+    wso2.write_text(DEPLOYMENT_TOML.format(key="unused"))
+    settings = _settings(tmp_path / "home", url)
+    caplog.set_level("DEBUG")
+    out = io.StringIO()
+    assert run_forward(settings, from_jsonl=str(path), once=True, parse_workers=0,
+                       wso2_config_path=wso2, out=out) == EXIT_OK
+    assert app.unique_count == 5  # none collided after masking
+    first_ids = set(app.by_transaction_id)
+    secret = _secret(settings)
+    assert len(secret) == 32
+    rows = _state_rows(settings, "SELECT name FROM forward_secrets")
+    assert rows == [("transaction_id_key",)]
+    # The same installation, the same events again (a restart replaying a file): the same
+    # ids, so Moesif de-duplicates them.
+    again = tmp_path / "again.jsonl"
+    again.write_bytes(path.read_bytes())
+    assert run_forward(settings, from_jsonl=str(again), once=True, parse_workers=0,
+                       wso2_config_path=wso2, out=io.StringIO()) == EXIT_OK
+    assert set(app.by_transaction_id) == first_ids and app.duplicate_count == 5
+    assert _secret(settings) == secret  # generated once
+    # Another installation derives other ids: they cannot be computed without the key.
+    other = _settings(tmp_path / "other-home", url)
+    assert run_forward(other, from_jsonl=str(path), once=True, parse_workers=0,
+                       wso2_config_path=wso2, out=io.StringIO()) == EXIT_OK
+    assert app.unique_count == 10
+    # Never sent, never logged.
+    sent = orjson.dumps(app.events)
+    for text in (secret.hex().encode(), secret):
+        assert text not in sent
+        assert text not in (out.getvalue() + caplog.text).encode()
+
+
+# --- deployment.toml (issue 7, item 17) ---------------------------------------------------------
+def test_analytics_disabled_in_deployment_toml_exits_2(tmp_path: Path) -> None:
+    log = tmp_path / "apim_metrics.log"
+    log.write_text("")
+    wso2 = tmp_path / "deployment.toml"
+    wso2.write_text(DEPLOYMENT_TOML.format(key="k").replace("enable = true", "enable = false"))
+    out = io.StringIO()
+    code = run_forward(_settings(tmp_path / "home", "http://127.0.0.1:9"), from_log=log,
+                       once=True, wso2_config_path=wso2, out=out)
+    assert code == EXIT_CONFIG == 2
+    assert "analytics is disabled" in out.getvalue() and str(wso2) in out.getvalue()
+
+
+@pytest.mark.parametrize("placeholder", ["$secret{moesif_key}", "$env{NO_SUCH_VARIABLE_X}"])
+def test_an_unresolvable_moesif_key_exits_2_naming_the_key(
+        tmp_path: Path, placeholder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_VARIABLE_X", raising=False)
+    log = tmp_path / "apim_metrics.log"
+    log.write_text("")
+    wso2 = tmp_path / "deployment.toml"
+    wso2.write_text(DEPLOYMENT_TOML.format(key=placeholder))
+    out = io.StringIO()
+    settings = Settings(_env_file=None, connector_home=tmp_path / "home")
+    code = run_forward(settings, from_log=log, once=True, wso2_config_path=wso2, out=out)
+    text = out.getvalue()
+    assert code == EXIT_CONFIG
+    assert "moesifKey" in text and "MOESIF_APPLICATION_ID" in text
+    assert placeholder.split("{")[0] in text and "moesif_key}" not in text
+    # With MOESIF_APPLICATION_ID set, the placeholder is not needed.
+    config = resolve_config(Settings(_env_file=None, moesif_application_id="from-env",
+                                     connector_home=tmp_path / "home"), wso2)
+    assert config.application_id.get_secret_value() == "from-env"

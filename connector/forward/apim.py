@@ -16,7 +16,7 @@ Every field of the seed's two tables is declared with the seed's type. Beyond th
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -33,6 +33,7 @@ from pydantic import (
 
 from connector.forward.errors import (
     BAD_TYPE,
+    BAD_VALUE,
     MISSING_FIELD,
     NOT_AN_OBJECT,
     UNKNOWN_KIND,
@@ -174,17 +175,34 @@ def request_time_of(value: Any) -> datetime:
         raise ValueError(_TIME_PROBLEM)
     try:
         return _parse_time(value)
+    except _OutOfRange:
+        raise ValueError(_RANGE_PROBLEM) from None
     except (ValueError, OverflowError, OSError):
         # No value in the text: the event is not masked yet.
         raise ValueError(_TIME_PROBLEM) from None
 
 
+class _OutOfRange(Exception):
+    """A valid timestamp that leaves the datetime range once in UTC."""
+
+
+def _parse_utc(value: str | int | float) -> datetime:
+    when = parse_timestamp(value)
+    try:
+        # In UTC now: a time-zone shift past year 1 or 9999 must fail here, on this
+        # event, not later while encoding it.
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise _OutOfRange from None
+
+
 # A busy gateway logs many events per millisecond: the same timestamp text parses once.
 # (bool is excluded above, so the cache never confuses True with 1.)
-_parse_time = lru_cache(maxsize=4096)(parse_timestamp)
+_parse_time = lru_cache(maxsize=4096)(_parse_utc)
 
 
 _TIME_PROBLEM = "field 'requestTimestamp': not an ISO 8601 timestamp nor epoch milliseconds"
+_RANGE_PROBLEM = "field 'requestTimestamp': out of the datetime range once in UTC"
 
 
 def lift_properties(data: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +280,8 @@ def validate_event_dict(raw: Any, kind: str | None = None) -> tuple[str, dict[st
         try:
             return kind, data, request_time_of(data["requestTimestamp"])
         except ValueError as exc:
-            raise MalformedEvent(BAD_TYPE, str(exc)) from None
+            code = BAD_VALUE if str(exc) == _RANGE_PROBLEM else BAD_TYPE
+            raise MalformedEvent(code, str(exc)) from None
     event = validate_event(raw, kind)
     return kind, event.to_dict(), event.request_time
 
@@ -308,6 +327,8 @@ def _as_malformed(exc: ValidationError) -> MalformedEvent:
     if first["type"] == "missing":
         return MalformedEvent(MISSING_FIELD, f"field '{field}' is missing")
     if field == "requestTimestamp":
+        if _RANGE_PROBLEM in first["msg"]:
+            return MalformedEvent(BAD_VALUE, _RANGE_PROBLEM)
         return MalformedEvent(BAD_TYPE, _TIME_PROBLEM)
     message = first["msg"].removeprefix("Value error, ")
     # A union reports one problem per member: count fields, not problems.

@@ -15,6 +15,8 @@ MISSING_FIELD = DeadLetterCode.MISSING_FIELD.value
 BAD_TYPE = DeadLetterCode.BAD_TYPE.value
 BAD_LINE = DeadLetterCode.BAD_LINE.value
 UNKNOWN_KIND = DeadLetterCode.UNKNOWN_KIND.value
+BAD_VALUE = DeadLetterCode.BAD_VALUE.value
+LINE_TOO_LONG = DeadLetterCode.LINE_TOO_LONG.value
 
 REASON_CODES = frozenset(c.value for c in DeadLetterCode)
 

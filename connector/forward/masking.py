@@ -6,10 +6,12 @@ the field appears (top level, `properties`, nested objects such as `aiMetadata`)
 * `IPV4`  third octet -> `***`              `192.168.1.98` -> `192.168.***.98`
 * `IPV6`  groups 4-7 -> `****`, after expanding `::` to eight zero-padded groups
           `2001:db8::1` -> `2001:0db8:0000:****:****:****:****:0001`
-          (WSO2's own code throws on compressed forms.) An IPv4-mapped address
-          (`::ffff:1.2.3.4`) is masked as the IPv4 address it carries
-          (`::ffff:1.2.***.4`), since its last group would otherwise show the octet
-          the IPv4 rule hides.
+          (WSO2's own code throws on compressed forms.) A zone (`%eth0`) is dropped.
+          An address that carries an IPv4 address never shows the octet the IPv4 rule
+          hides: IPv4-mapped, NAT64 and IPv4-compatible forms are masked as the IPv4
+          address they carry (`::ffff:1.2.3.4` -> `::ffff:1.2.***.4`,
+          `64:ff9b::1.2.3.4` -> `64:ff9b::1.2.***.4`); in other forms the groups that
+          hold it are masked too (a dotted tail, ISATAP, Teredo: group 8; 6to4: group 3).
   Either IP rule masks by the address's actual family; a value that is no IP address
   (`unknown`, `1.2.3.4:80`, a list) is masked whole: never passed through.
 * `EMAIL` local part -> `*****` (split at the last `@`: domains hold no `@`);
@@ -64,6 +66,7 @@ ACCEPTED_RULES: dict[str, tuple[MaskRule, ...]] = {
 HEADER_LIST_KEYS = ("request_headers", "response_headers")
 REQUEST_HEADERS_FIELD = "requestHeaders"
 RESPONSE_HEADERS_FIELD = "responseHeaders"
+_HEADER_FIELDS = frozenset({REQUEST_HEADERS_FIELD, RESPONSE_HEADERS_FIELD})
 # Request headers that repeat a masked field's value (lower-case names).
 FIELD_HEADERS: dict[str, tuple[str, ...]] = {
     "userAgent": ("user-agent",),
@@ -157,13 +160,15 @@ class MaskConfig(BaseModel):
 class Masker:
     """A MaskConfig compiled into plain look-ups (no pydantic on the hot path)."""
 
-    __slots__ = ("rules", "rule_items", "request_header_rules", "response_header_rules", "active")
+    __slots__ = ("rules", "rule_items", "request_header_rules", "response_header_rules",
+                 "active", "drop_headers")
 
     def __init__(
         self,
         rules: Mapping[str, MaskRule],
         request_headers: Iterable[str],
         response_headers: Iterable[str],
+        drop_headers: bool = False,
     ) -> None:
         self.rules = dict(rules)
         self.rule_items = tuple(self.rules.items())
@@ -177,16 +182,21 @@ class Masker:
         self.response_header_rules = {
             name.strip().lower(): MaskRule.STRING for name in response_headers
         }
-        self.active = bool(self.rules or request or self.response_header_rules)
+        # With `send_headers = false` no captured header value may be kept anywhere:
+        # `requestHeaders` / `responseHeaders` are removed at any depth.
+        self.drop_headers = drop_headers
+        self.active = bool(self.rules or request or self.response_header_rules or drop_headers)
 
     def __eq__(self, other: object) -> bool:
         # MaskConfig equality compares its private attributes: compare what masks.
         if not isinstance(other, Masker):
             return NotImplemented
-        return (self.rules, self.request_header_rules, self.response_header_rules) == (
+        return (self.rules, self.request_header_rules, self.response_header_rules,
+                self.drop_headers) == (
             other.rules,
             other.request_header_rules,
             other.response_header_rules,
+            other.drop_headers,
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -207,6 +217,8 @@ class Masker:
 
     def _walk(self, obj: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] | None = None
+        if self.drop_headers and (REQUEST_HEADERS_FIELD in obj or RESPONSE_HEADERS_FIELD in obj):
+            obj = out = {k: v for k, v in obj.items() if k not in _HEADER_FIELDS}
         for field, rule in self.rule_items:
             value = obj.get(field)
             if value is not None:
@@ -293,17 +305,56 @@ def mask_ip(value: str) -> str:
 
 
 def _mask_ipv6(text: str) -> str:
-    address, percent, scope = text.partition("%")
+    # A zone (`fe80::1%eth0`, any text after `%`) names an interface of the client's
+    # machine: it is never passed through.
+    address = text.partition("%")[0]
     try:
         parsed = ipaddress.IPv6Address(address)
     except ValueError:
         return MASK
-    mapped = parsed.ipv4_mapped
-    if mapped is not None:
-        return "::ffff:" + mask_ip(str(mapped))
+    embedded = _embedded_ipv4(parsed)
+    if embedded is not None:
+        prefix, ipv4 = embedded
+        return prefix + mask_ip(str(ipv4))
     groups = parsed.exploded.split(":")
     groups[3:7] = (_GROUP_MASK,) * 4
-    return ":".join(groups) + (percent + scope if percent else "")
+    for index in _ipv4_groups(parsed, "." in address):
+        groups[index] = _GROUP_MASK
+    return ":".join(groups)
+
+
+# Translation prefixes whose last 32 bits ARE an IPv4 address (RFC 4291, RFC 6052).
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(parsed: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(prefix, IPv4) for the forms written as a prefix plus an IPv4 address, which are
+    then masked by the IPv4 rule: `::ffff:a.b.c.d`, `64:ff9b::a.b.c.d`, `::a.b.c.d`."""
+    low32 = ipaddress.IPv4Address(int(parsed) & 0xFFFFFFFF)
+    if parsed in _IPV4_MAPPED:
+        return "::ffff:", low32
+    if parsed in _NAT64:
+        return "64:ff9b::", low32
+    if parsed in _COMPATIBLE and int(parsed) > 1:  # `::` and `::1` are no client address
+        return "::", low32
+    return None
+
+
+def _ipv4_groups(parsed: ipaddress.IPv6Address, dotted: bool) -> tuple[int, ...]:
+    """Groups outside 4-7 that carry (part of) an IPv4 address the IPv4 rule would hide:
+    the last group when the address embeds an IPv4 at its end (written dotted, ISATAP,
+    Teredo's obfuscated client, NAT64 local use), the third for 6to4 (2002:aabb:ccdd::)."""
+    if parsed in _SIX_TO_FOUR:
+        return (2,)
+    isatap = (int(parsed) >> 32) & 0xFDFFFFFF == 0x00005EFE
+    if dotted or isatap or parsed in _TEREDO or parsed in _NAT64_LOCAL:
+        return (7,)
+    return ()
 
 
 def mask_headers(headers: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:

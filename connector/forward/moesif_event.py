@@ -5,7 +5,8 @@ Order of work for one event (`EventMapper.to_moesif` / `EventMapper.process`):
 1. (process only) validate against the models in apim.py;
 2. strip the tenant suffix (`@carbon.super`) from the user name: BEFORE masking, so
    `john@example.com@carbon.super` under EMAIL becomes `*****@example.com`;
-3. read the transaction key (correlationId) and the request time, which are not personal;
+3. read the transaction key (correlationId) and the request time, which are not personal
+   (without a correlationId the transaction id is a keyed hash of the unmasked event);
 4. mask (`[apim.analytics.mask]`) everything else: every Moesif field and the metadata
    are built from the masked event, captured headers are masked by their own lists;
 5. map.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
 import uuid
@@ -42,8 +44,14 @@ from connector.forward.apim import (
     request_time_of,
 )
 from connector.forward.apim import validate_event_dict as _validate
-from connector.forward.errors import BAD_TYPE, MISSING_FIELD, UNKNOWN_KIND, MalformedEvent
-from connector.forward.masking import MaskConfig
+from connector.forward.errors import (
+    BAD_TYPE,
+    BAD_VALUE,
+    MISSING_FIELD,
+    UNKNOWN_KIND,
+    MalformedEvent,
+)
+from connector.forward.masking import MaskConfig, Masker
 from connector.forward.wso2_config import toml_key_line
 from connector.jsonutil import dumps_sorted
 from connector.settings import ConfigError
@@ -104,8 +112,15 @@ def _to_status(value: Any) -> Any:
     return value if type(value) is int and 100 <= value <= 599 else _MISSING
 
 
+# A latency beyond a year (in ms) is no latency: it would put response.time past any
+# sensible date (and `1e20` or infinity past the datetime range).
+MAX_LATENCY_MS = 366 * 24 * 3600 * 1000
+
+
 def _to_latency(value: Any) -> Any:
-    return value if type(value) in (int, float) and value >= 0 else _MISSING
+    if type(value) not in (int, float) or not 0 <= value <= MAX_LATENCY_MS:
+        return _MISSING  # also NaN: no comparison holds for it
+    return value
 
 
 def _to_headers(value: Any) -> Any:
@@ -442,10 +457,18 @@ class EventMapper:
         mask: MaskConfig,
         unknown_company_values: Iterable[str] = frozenset({"UNKNOWN"}),
         mapping_path: Path | None = None,
+        transaction_secret: bytes | None = None,
     ) -> None:
         self.send_headers = send_headers
         self.mask = mask
-        self._masker = mask.masker  # plain object: no pydantic attribute access per event
+        # A plain object (no pydantic attribute access per event); without send_headers
+        # it also drops captured headers found anywhere in the event.
+        self._masker = (mask.masker if send_headers else
+                        Masker(mask.rules, mask.request_headers, mask.response_headers,
+                               drop_headers=True))
+        # The key of content-derived transaction ids (the installation's secret; a
+        # random one when none is given, e.g. in a test).
+        self._txid_key = transaction_secret or os.urandom(32)
         if isinstance(unknown_company_values, str):  # "UNKNOWN,N/A" as settings hold it
             unknown_company_values = unknown_company_values.split(",")
         self.unknown_companies = frozenset(
@@ -542,7 +565,7 @@ class EventMapper:
             if latency is _MISSING or not latency:
                 response_time = request["time"]
             else:
-                response_time = _iso(when + timedelta(milliseconds=latency))
+                response_time = _response_time(when, latency)
             moesif["response"] = {
                 "time": response_time,
                 "status": status,
@@ -558,7 +581,7 @@ class EventMapper:
         company = self._company.resolve(masked)
         if company is not _MISSING and company.strip().upper() not in self.unknown_companies:
             moesif["company_id"] = company
-        moesif["transaction_id"] = _transaction_id(kind, key, masked)
+        moesif["transaction_id"] = _transaction_id(kind, key, plain, self._txid_key)
         _set(moesif, "direction", self._direction.resolve(masked))
         _set(moesif, "weight", self._weight.resolve(masked))
         moesif["metadata"] = self._metadata(masked, kind)
@@ -655,15 +678,33 @@ def _without(data: dict[str, Any], exclude: dict[str, Any]) -> dict[str, Any]:
     return data if out is None else out
 
 
-def _transaction_id(kind: str, key: Any, masked: dict[str, Any]) -> str:
-    """uuid5 of "<kind>:<correlationId>", else of "<kind>:<canonical masked content>"."""
+def _response_time(when: datetime, latency: float) -> str:
+    try:
+        return _iso(when + timedelta(milliseconds=latency))
+    except OverflowError:  # e.g. a request at 9999-12-31: no value in the message
+        raise MalformedEvent(BAD_VALUE, "response.time (request time + response.latency_ms) "
+                                        "is out of the datetime range") from None
+
+
+def _transaction_id(kind: str, key: Any, plain: dict[str, Any], secret: bytes) -> str:
+    """uuid5 of "<kind>:<correlationId>"; without one, a keyed hash of the UNMASKED event.
+
+    Masked content is not enough (two users' requests at the same millisecond mask
+    alike and Moesif keeps one); the raw content must not be guessable back from the id
+    (a plain hash of an IP plus a timestamp is brute-forced in seconds): so a keyed
+    BLAKE2b under the installation's secret, which never leaves the state file."""
     if key is not _MISSING:
         return uuid5(f"{kind}:{key}")
     try:
-        content = dumps_sorted(masked).decode()
+        content = dumps_sorted(plain)
     except TypeError:  # e.g. an integer beyond 64 bits: fall back to the stdlib encoder
-        content = json.dumps(masked, sort_keys=True, separators=(",", ":"), default=str)
-    return uuid5(f"{kind}:{content}")
+        content = json.dumps(plain, sort_keys=True, separators=(",", ":"),
+                             default=str).encode()
+    digest = bytearray(hashlib.blake2b(kind.encode() + b":" + content, key=secret,
+                                       digest_size=16).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8 (RFC 9562: custom)
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return _uuid_text(digest.hex())
 
 
 _NAMESPACE_BYTES = TRANSACTION_NAMESPACE.bytes
@@ -674,7 +715,10 @@ def uuid5(name: str) -> str:
     digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = digest.hex()
+    return _uuid_text(digest.hex())
+
+
+def _uuid_text(x: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 

@@ -23,7 +23,18 @@
 - SIGTERM/SIGINT: stop reading, let the in-flight requests finish (a retry wait is cut
   short), exit cleanly. Everything not confirmed stays in the spool for the next run;
   SIGKILL loses nothing either (Moesif de-duplicates the resent batch by transaction id).
-- Standard input (`--from-jsonl -`) has no offsets; its EOF ends the run like `--once`.
+- Standard input (`--from-jsonl -`) has no offsets; it streams: lines from a live pipe
+  are spooled as they arrive (within the batch age), its EOF ends the run like `--once`,
+  and SIGTERM commits what was read (the next run sends it) and exits 0.
+- Poison never stops the stream: any failure while reading, validating, masking,
+  mapping or encoding one line or event sends it, alone, to the dead letters with a
+  reason code (`connector.errors.DeadLetterCode`); HTTP ingest takes the valid events of
+  a request and answers 400 naming the refused ones.
+- Nothing unmasked is stored: spooled events are masked; a dead letter keeps the event
+  masked by the `[apim.analytics.mask]` rules (without captured headers unless
+  send_headers), or, when it is not an object that can be masked, only a fingerprint
+  (BLAKE2b keyed with the installation's secret) and the length of its bytes; its
+  position says where to find it in the source.
 - WAL checkpoints run in a background thread on their own connection, so their copying
   and fsyncs do not land on an HTTP request or a reader commit.
 
@@ -44,11 +55,11 @@ Exit codes of `run_forward`:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import sys
 import threading
@@ -65,9 +76,10 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
+from connector.errors import DeadLetterCode, ExitCode
 from connector.forward.errors import MalformedEvent
 from connector.forward.logline import parse_metrics_line
-from connector.forward.masking import MaskConfig, mask_event
+from connector.forward.masking import MaskConfig, Masker
 from connector.forward.sources import (
     IngestApp,
     IngestServer,
@@ -91,10 +103,12 @@ from connector.store import connect
 
 log = logging.getLogger(__name__)
 
-REJECTED_BY_COLLECTOR = "REJECTED_BY_COLLECTOR"
-EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = 0, 1, 2
+REJECTED_BY_COLLECTOR = DeadLetterCode.REJECTED_BY_COLLECTOR.value
+# Old names of the exit codes (connector.errors.ExitCode is the one definition).
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = ExitCode.OK, ExitCode.FAILED, ExitCode.CONFIGURATION
 CHECKPOINT_SECONDS = 0.5
-_HEADER_FIELDS = ("requestHeaders", "responseHeaders")
+# What a dead letter keeps of a masked event (the spool clips it further).
+DEAD_LETTER_KEEP_BYTES = 8192
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -127,10 +141,22 @@ def resolve_config(settings: Settings, wso2_config_path: Path | None = None,
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--wso2-config: cannot read {wso2_config_path}: "
                           f"{type(exc).__name__}") from None
+    if not wso2.enable:
+        raise ConfigError(f"{wso2.source}: analytics is disabled there ([apim.analytics] "
+                          "enable = false): set enable = true, or forward without "
+                          "--wso2-config")
     app_id = settings.moesif_application_id
     if app_id is None or not app_id.get_secret_value().strip():
         app_id = wso2.moesif_key
     if app_id is None or not app_id.get_secret_value().strip():
+        if wso2.moesif_key_reference is not None:
+            # Only the placeholder's kind is named: an alias or variable name is no secret,
+            # but there is no need to echo the value either.
+            kind = wso2.moesif_key_reference.split("{", 1)[0]
+            raise ConfigError(
+                f"{wso2.source}: moesifKey under [apim.analytics.properties] is a "
+                f"{kind}{{...}} placeholder, which only WSO2 can resolve (its secure vault or "
+                "environment): set MOESIF_APPLICATION_ID to the Collector Application Id")
         raise ConfigError("missing required setting MOESIF_APPLICATION_ID (or moesifKey "
                           "under [apim.analytics.properties] in deployment.toml)")
     # Settings has a default URL: only an explicitly set MOESIF_COLLECTOR_URL beats the file.
@@ -154,80 +180,90 @@ class EncoderSpec:
     request_headers: tuple[str, ...]
     response_headers: tuple[str, ...]
     unknown_company_values: tuple[str, ...]
+    max_line_bytes: int = 1_048_576
+    # The installation's key of content-derived transaction ids: goes to parse workers,
+    # never into a repr or a log.
+    transaction_secret: bytes = field(default=b"", repr=False)
 
     @classmethod
-    def of(cls, config: ForwardConfig) -> EncoderSpec:
+    def of(cls, config: ForwardConfig, transaction_secret: bytes = b"",
+           max_line_bytes: int = 1_048_576) -> EncoderSpec:
         mask = config.mask
         return cls(config.send_headers, tuple((k, str(v)) for k, v in mask.rules.items()),
                    tuple(mask.request_headers), tuple(mask.response_headers),
-                   tuple(sorted(config.unknown_company_values)))
+                   tuple(sorted(config.unknown_company_values)), max_line_bytes,
+                   transaction_secret)
 
     def build(self) -> EventEncoder:
         mask = MaskConfig(rules=dict(self.mask_rules), request_headers=list(self.request_headers),
                           response_headers=list(self.response_headers))
-        return EventEncoder(self.send_headers, mask, self.unknown_company_values)
+        return EventEncoder(self.send_headers, mask, self.unknown_company_values,
+                            transaction_secret=self.transaction_secret or None,
+                            max_line_bytes=self.max_line_bytes)
 
 
 class EventEncoder:
-    """Validate, mask and map one WSO2 event, then encode it once for the spool."""
+    """Validate, mask and map one WSO2 event, then encode it once for the spool.
+
+    Any failure on one event (a wrong type, a value out of range, nesting deeper than the
+    encoder writes, a bug) is a MalformedEvent for that event alone: the stream goes on.
+    """
 
     def __init__(self, send_headers: bool, mask: MaskConfig,
-                 unknown_company_values: Iterable[str] = ("UNKNOWN",)) -> None:
+                 unknown_company_values: Iterable[str] = ("UNKNOWN",), *,
+                 transaction_secret: bytes | None = None,
+                 max_line_bytes: int = 1_048_576) -> None:
         from connector.forward.moesif_event import EventMapper
 
         self.mask = mask
         self.send_headers = send_headers
-        self.mapper = EventMapper(send_headers, mask, set(unknown_company_values))
-        self._scrub = _line_scrubber(mask, send_headers)
+        self.max_line_bytes = max_line_bytes
+        self._secret = transaction_secret or os.urandom(32)
+        self.mapper = EventMapper(send_headers, mask, set(unknown_company_values),
+                                  transaction_secret=self._secret)
+        # Dead letters are masked like events, and never keep a captured header unless
+        # headers may be sent.
+        self._dead_masker = Masker(mask.rules, mask.request_headers, mask.response_headers,
+                                   drop_headers=not send_headers)
 
     def __call__(self, raw: dict[str, Any], kind: str | None) -> tuple[str, bytes]:
-        event = self.mapper.process(raw, kind)
-        return event["transaction_id"], orjson.dumps(event)
-
-    def masked_raw(self, raw: dict[str, Any]) -> bytes:
-        """What a dead letter may keep of an event that parsed but is invalid: masked, and
-        without captured headers unless they may be sent."""
         try:
-            masked = mask_event(raw, self.mask)
-            if not self.send_headers:
-                masked = _without_headers(masked)
-            return orjson.dumps(masked, option=orjson.OPT_NON_STR_KEYS)[:8192]
-        except Exception:  # masking must never turn a dead letter into a crash
-            return b'{"_note":"event could not be masked; content withheld"}'
+            event = self.mapper.process(raw, kind)
+            return event["transaction_id"], orjson.dumps(event)
+        except MalformedEvent:
+            raise
+        except orjson.JSONEncodeError as exc:  # its messages name no value
+            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
+                                 f"the event cannot be encoded as JSON ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - one event's problem is that event's
+            # The type only: an exception's text may quote the (unmasked) value.
+            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
+                                 f"the event cannot be mapped ({type(exc).__name__})") from None
 
-    def scrubbed_line(self, line: bytes) -> bytes:
-        """An unparsable line, best effort: values of masked fields and headers hidden."""
-        return self._scrub(line)
+    def kept(self, event: Any, line: bytes | None = None) -> bytes:
+        """What a dead letter may keep: the event masked by the mask rules when it is an
+        object that can be masked; otherwise only a keyed fingerprint and the length of
+        its bytes, never the raw text."""
+        if isinstance(event, dict):
+            try:
+                masked = self._dead_masker.apply(event)
+                return orjson.dumps(masked, option=orjson.OPT_NON_STR_KEYS)[
+                    :DEAD_LETTER_KEEP_BYTES]
+            except Exception:  # noqa: BLE001 - masking must never turn a dead letter into a crash
+                pass
+        if line is None:
+            try:
+                line = orjson.dumps(event)
+            except Exception:  # noqa: BLE001
+                line = b""
+        return self.fingerprint(line)
 
-
-def _without_headers(event: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in event.items() if k not in _HEADER_FIELDS}
-    props = out.get("properties")
-    if isinstance(props, dict) and any(k in props for k in _HEADER_FIELDS):
-        out["properties"] = {k: v for k, v in props.items() if k not in _HEADER_FIELDS}
-    return out
-
-
-def _line_scrubber(mask: MaskConfig, send_headers: bool) -> Callable[[bytes], bytes]:
-    """A regex pass over broken JSON: `"<masked field>": "value"` -> `"*****"`, and the
-    captured header objects (or their listed headers) hidden."""
-    names = [re.escape(n) for n in mask.rules]
-    names += [re.escape(h) for h in (*mask.request_headers, *mask.response_headers)]
-    patterns: list[tuple[re.Pattern[bytes], bytes]] = []
-    if names:
-        alternatives = "|".join(names).encode()
-        patterns.append((re.compile(rb'("(?:' + alternatives + rb')"\s*:\s*)"(?:[^"\\]|\\.)*"?',
-                                    re.IGNORECASE), rb'\1"*****"'))
-    if not send_headers:
-        patterns.append((re.compile(rb'("(?:requestHeaders|responseHeaders)"\s*:\s*)\{[^}]*\}?'),
-                         rb'\1"*****"'))
-
-    def scrub(line: bytes) -> bytes:
-        for pattern, replacement in patterns:
-            line = pattern.sub(replacement, line)
-        return line
-
-    return scrub
+    def fingerprint(self, data: bytes) -> bytes:
+        """A keyed BLAKE2b (the installation's secret), so a short line cannot be guessed
+        back from it, yet the same line always gives the same fingerprint."""
+        digest = hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest()
+        return orjson.dumps({"withheld": "not masked, so not stored",
+                             "blake2b": digest, "length": len(data)})
 
 
 # --- turning a chunk of lines into spool rows (in the reader thread or a worker) ----------
@@ -260,11 +296,16 @@ def process_lines(encoder: EventEncoder, fmt: str, source: str, lines: list[byte
     ignored = parsed_n = 0
     position = first_position
     step_bytes = unit == "byte"
+    limit = encoder.max_line_bytes
     for line in lines:
         here = position
         position += len(line) + 1 if step_bytes else 1
         raw = None
         try:
+            if len(line) > limit:
+                raise MalformedEvent(DeadLetterCode.LINE_TOO_LONG,
+                                     f"a line of {len(line)} bytes, over "
+                                     f"FORWARD_MAX_LINE_BYTES ({limit})")
             parsed = parse(line)
             if parsed is None:
                 ignored += 1
@@ -272,13 +313,31 @@ def process_lines(encoder: EventEncoder, fmt: str, source: str, lines: list[byte
             parsed_n += 1
             kind, raw = parsed
             events.append(encoder(raw, kind))
-        except MalformedEvent as exc:
+        except Exception as exc:  # noqa: BLE001 - one line's problem is that line's
+            code, detail = _reason(exc)
             where = f"{unit} {here}" + (f" (inode {inode})" if inode is not None else "")
-            kept = encoder.masked_raw(raw) if raw is not None else encoder.scrubbed_line(line)
-            dead.append(DeadLetter(source, where, exc.reason_code, exc.detail, kept))
+            event = raw if raw is not None else getattr(exc, "event", None)
+            kept = encoder.kept(event, line) if code != DeadLetterCode.LINE_TOO_LONG else None
+            dead.append(DeadLetter(source, where, code, detail, kept))
     counters = {"read": len(lines), "ignored": ignored, "parsed": parsed_n,
                 "masked": len(events)}
     return ChunkResult(events, dead, counters)
+
+
+def _reason(exc: BaseException) -> tuple[str, str]:
+    """(reason code, detail) of a line or event that failed; never the value itself."""
+    if isinstance(exc, MalformedEvent):
+        return exc.reason_code, exc.detail
+    return DeadLetterCode.BAD_VALUE.value, f"the line cannot be read ({type(exc).__name__})"
+
+
+def skipped_line_result(source: str, position: int, unit: str, length: int, limit: int,
+                        inode: int | None) -> ChunkResult:
+    """A line over FORWARD_MAX_LINE_BYTES that the reader skipped without holding it."""
+    where = f"{unit} {position}" + (f" (inode {inode})" if inode is not None else "")
+    detail = f"a line of {length} bytes, over FORWARD_MAX_LINE_BYTES ({limit})"
+    letter = DeadLetter(source, where, DeadLetterCode.LINE_TOO_LONG.value, detail, None)
+    return ChunkResult([], [letter], {"read": 1})
 
 
 _worker_encoder: EventEncoder | None = None
@@ -357,6 +416,8 @@ class BatchSender:
         self._generation = 0            # bumped by every wake(): no wake-up is lost
         self._threads = [threading.Thread(target=self._loop, name=f"forward-sender-{i}",
                                           daemon=True) for i in range(max(1, threads))]
+        self._running = len(self._threads)
+        self.done = threading.Event()   # set when every sending thread has stopped
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -398,6 +459,10 @@ class BatchSender:
             self.on_fatal(exc)
         finally:
             client.close()
+            with self._claim_lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.done.set()
 
     def _claim(self) -> list[tuple[int, str, bytes]] | None:
         """The next due batch (by count, bytes, age, or because inputs are done), or None
@@ -490,20 +555,26 @@ class Forwarder:
         self.stop_event = stop_event or threading.Event()
         self.conn = connect(settings.state_path)
         self.spool = Spool(self.conn, settings.forward_spool_max_events)
-        self.encoder_spec = EncoderSpec.of(config)
+        self.encoder_spec = EncoderSpec.of(config, self.spool.installation_secret(),
+                                           settings.forward_max_line_bytes)
         self.encoder = self.encoder_spec.build()
+        max_line = settings.forward_max_line_bytes
         # (source, format): "log" lines go through the metrics-line parser, "jsonl" lines
         # are event maps.
         self.sources: list[tuple[Any, str]] = []
         if from_log is not None:
             path = Path(from_log).absolute()
-            self.sources.append((LogTailer(path, f"log:{path}", self.spool), "log"))
+            self.sources.append((LogTailer(path, f"log:{path}", self.spool,
+                                           max_line_bytes=max_line), "log"))
         if from_jsonl is not None:
             if from_jsonl == "-":
-                self.sources.append((StdinLines(stdin), "jsonl"))
+                self.sources.append((StdinLines(stdin, max_line_bytes=max_line,
+                                                flush_seconds=settings.forward_batch_age_seconds),
+                                     "jsonl"))
             else:
                 path = Path(from_jsonl).absolute()
-                self.sources.append((LogTailer(path, f"jsonl:{path}", self.spool), "jsonl"))
+                self.sources.append((LogTailer(path, f"jsonl:{path}", self.spool,
+                                               max_line_bytes=max_line), "jsonl"))
         workers = default_parse_workers() if parse_workers is None else parse_workers
         self.parse_workers = workers if self.sources else 0
         self._pool: ProcessPoolExecutor | None = None
@@ -513,7 +584,7 @@ class Forwarder:
             assert token is not None  # checked by run_forward
             host, port = parse_listen(listen)
             app = IngestApp(self.spool, self.encoder, token, settings.forward_max_body_bytes,
-                            on_spooled=self._wake_sender)
+                            on_spooled=self._wake_sender, keep=self.encoder.kept)
             try:
                 self.ingest = IngestServer(app, host, port)
             except OSError as exc:
@@ -555,7 +626,7 @@ class Forwarder:
         self.sender.start()
         try:
             # Production wait loop: wake on the stop signal or when the senders are done.
-            while self.sender.is_alive() and not self.stop_event.wait(0.1):
+            while not self.sender.done.wait(0.05) and not self.stop_event.is_set():
                 pass
         finally:
             self._shutdown(readers)
@@ -568,9 +639,9 @@ class Forwarder:
         if self.ingest is not None:
             self.ingest.stop()
         self._wake_sender()
-        for thread, (source, _) in zip(readers, self.sources, strict=True):
-            # A pipe that stays open blocks its reader in read(): do not wait for it.
-            thread.join(timeout=0.5 if isinstance(source, StdinLines) else 10)
+        for thread in readers:
+            # Every reader sees the stop within a poll (a pipe is read with select).
+            thread.join(timeout=10)
         self.sender.join(timeout=60)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -608,14 +679,14 @@ class Forwarder:
 
     def _exit_code(self) -> int:
         if isinstance(self._fatal, ConfigError | CollectorConfigError):
-            return EXIT_CONFIG
+            return ExitCode.CONFIGURATION
         if self._fatal is not None:
-            return EXIT_INCOMPLETE
+            return ExitCode.FAILED
         if not (self.once or self._inputs_done.is_set()):
-            return EXIT_OK  # follow mode, stopped by a signal
+            return ExitCode.OK  # follow mode, stopped by a signal
         if self.sender.rejected or self.spool.depth() > 0:
-            return EXIT_INCOMPLETE
-        return EXIT_OK
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     def run_counters(self) -> dict[str, int]:
         """Counters of this run (the spool keeps lifetime totals)."""
@@ -647,9 +718,18 @@ class Forwarder:
 
     def _read_inline(self, source: Any, fmt: str) -> None:
         for chunk in source.chunks(self.stop_event, once=self.once, can_read=self._can_read):
-            result = process_lines(self.encoder, fmt, chunk.source, chunk.lines,
-                                   chunk.first_position, chunk.position_unit, _inode(chunk))
+            if chunk.skipped:
+                result = self._skipped(chunk)
+            else:
+                result = process_lines(self.encoder, fmt, chunk.source, chunk.lines,
+                                       chunk.first_position, chunk.position_unit,
+                                       _inode(chunk))
             self._commit(chunk, result)
+
+    def _skipped(self, chunk: LineChunk) -> ChunkResult:
+        return skipped_line_result(chunk.source, chunk.first_position, chunk.position_unit,
+                                   chunk.skipped,
+                                   self.settings.forward_max_line_bytes, _inode(chunk))
 
     def _read_pooled(self, source: Any, fmt: str, pool: ProcessPoolExecutor) -> None:
         """Chunks go to the workers in order and are committed in the same order, so each
@@ -668,8 +748,13 @@ class Forwarder:
             for chunk in source.chunks(self.stop_event, once=self.once,
                                        can_read=self._can_read,
                                        on_idle=lambda: commit_ready(True)):
-                future = pool.submit(_work, fmt, chunk.source, chunk.lines,
-                                     chunk.first_position, chunk.position_unit, _inode(chunk))
+                if chunk.skipped:  # nothing to parse: its dead letter, in its turn
+                    future: Future[ChunkResult] = Future()
+                    future.set_result(self._skipped(chunk))
+                else:
+                    future = pool.submit(_work, fmt, chunk.source, chunk.lines,
+                                         chunk.first_position, chunk.position_unit,
+                                         _inode(chunk))
                 pending.append((chunk, future))
                 commit_ready()
             commit_ready(True)
@@ -717,7 +802,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
                               client_options)
     except ConfigError as exc:
         print(f"forward: configuration error: {exc}", file=out)
-        return EXIT_CONFIG
+        return ExitCode.CONFIGURATION
     stop_event = stop_event or threading.Event()
     try:
         forwarder = Forwarder(settings, config, from_log=from_log, from_jsonl=from_jsonl,
@@ -725,7 +810,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
                               parse_workers=parse_workers, senders=senders, stdin=stdin)
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
         print(f"forward: configuration error: {exc.strerror or exc}", file=out)
-        return EXIT_CONFIG
+        return ExitCode.CONFIGURATION
     restore = _install_signal_handlers(stop_event)
     try:
         code = forwarder.run()

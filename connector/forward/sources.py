@@ -8,7 +8,11 @@ the same transaction as the events it covers.
 `LogTailer` follows a file like `tail -F`:
 
 - it reads large chunks (1 MB) with `os.pread` and hands out complete lines only; a
-  partial last line is read again, whole, once its newline has arrived;
+  partial last line is handed out once its newline has arrived, and while it grows only
+  the new bytes are looked at (never the line again from its start at every poll);
+- a line over `FORWARD_MAX_LINE_BYTES` is never held: the tailer looks for its end one
+  chunk at a time and hands out a `skipped` chunk (position and length only) that the
+  pipeline dead-letters as LINE_TOO_LONG;
 - the saved offset carries the file's identity (device, inode, hash of the first 1 KB), so
   a restart resumes in the right file: if the log was rotated meanwhile (WSO2 renames
   `apim_metrics.log` to `apim_metrics-MM-dd-yyyy-N.log` and starts a new file), the
@@ -19,7 +23,11 @@ the same transaction as the events it covers.
 - a truncated file (size below our offset) or a replaced one (different first bytes
   under the same inode) is read again from 0.
 
-The HTTP ingest server answers 202 only after `Spool.append` committed the events.
+`StdinLines` streams a pipe (select + os.read): lines are handed out as they arrive.
+
+The HTTP ingest server answers 202 only after `Spool.append` committed the events; it
+has a read timeout on every connection, a cap on open connections (503 over it), takes
+the `Bearer` scheme in any case, and checks the spool limit atomically with the write.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ import hashlib
 import hmac
 import logging
 import os
+import select
 import socket
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,16 +52,19 @@ from urllib.parse import urlsplit
 import orjson
 from pydantic import SecretStr
 
-from connector.forward.errors import BAD_JSON, NOT_AN_OBJECT, MalformedEvent
-from connector.forward.spool import FileIdentity, OffsetUpdate, Spool
+from connector.forward.errors import BAD_JSON, BAD_VALUE, NOT_AN_OBJECT, MalformedEvent
+from connector.forward.logline import loads_event
+from connector.forward.spool import DeadLetter, FileIdentity, OffsetUpdate, Spool, SpoolFull
 from connector.sandbox.httpbase import FastThreadingHTTPServer, JsonHandler
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+MAX_LINE_BYTES = 1 << 20  # FORWARD_MAX_LINE_BYTES' default
 FINGERPRINT_BYTES = 1024
 POLL_SECONDS = 0.05
 STDIN_CHUNK_LINES = 2000
+READ_BYTES = 1 << 16
 
 
 @dataclass(slots=True)
@@ -63,6 +76,9 @@ class LineChunk:
     first_position: int                # byte offset (files) or line number (stdin)
     position_unit: str                 # "byte" or "line"
     offset_update: OffsetUpdate | None  # None for stdin
+    # > 0: no lines; one line of this many bytes at first_position was skipped unread
+    # (over FORWARD_MAX_LINE_BYTES): it becomes a LINE_TOO_LONG dead letter.
+    skipped: int = 0
 
     def positions(self) -> Iterator[tuple[int, bytes]]:
         """(position, line) pairs: the byte offset or number of each line."""
@@ -113,7 +129,7 @@ class LogTailer:
 
     def __init__(self, path: Path | str, spool_key: str, state: Spool, *,
                  chunk_bytes: int = CHUNK_BYTES, poll_seconds: float = POLL_SECONDS,
-                 source: str | None = None) -> None:
+                 source: str | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.path = Path(path).absolute()
         self.key = spool_key
         self.state = state
@@ -127,6 +143,11 @@ class LogTailer:
         self._queue: list[Path] = []    # rotated files still to read (after a restart)
         self._started = False
         self._warned_missing = False
+        self.max_line_bytes = max_line_bytes
+        # Bytes from _offset up to _scan_from are known to hold no newline (a partial or
+        # an over-long line): the next poll looks on from there, not from the line start.
+        self._scan_from = 0
+        self._skipping = False          # inside a line over max_line_bytes
 
     # -- position -------------------------------------------------------------------
     @property
@@ -218,6 +239,7 @@ class LogTailer:
         if self._fd is not None and self._fd != fd:
             self.close()
         self._fd, self._ident, self._offset, self._draining = fd, ident, offset, False
+        self._scan_from, self._skipping = 0, False
 
     def _open_current(self, offset: int) -> bool:
         fd = _open_fd(self.path)
@@ -266,22 +288,65 @@ class LogTailer:
     def _read_lines(self) -> LineChunk | None:
         assert self._fd is not None and self._ident is not None
         start = self._offset
-        data = os.pread(self._fd, self.chunk_bytes, start)
-        end_nl = data.rfind(b"\n")
-        # A line longer than one chunk: keep reading until its newline (or the end).
-        while end_nl < 0 and len(data) >= self.chunk_bytes:
-            more = os.pread(self._fd, self.chunk_bytes, start + len(data))
-            if not more:
-                break
-            data += more
+        scan = max(self._scan_from, start)
+        if scan == start and not self._skipping:
+            data = os.pread(self._fd, self.chunk_bytes, start)
             end_nl = data.rfind(b"\n")
-        if end_nl < 0:
+            if end_nl >= 0:
+                return self._emit(start, data, end_nl)
+            scan = start + len(data)
+            if len(data) < self.chunk_bytes:  # a partial last line: remember its length
+                self._scan_from = scan
+                return None
+        elif os.fstat(self._fd).st_size < scan:  # cut back under what we had looked at
+            scan, self._skipping = start, False
+        # A line longer than a chunk, or one seen partial before: look for its end from
+        # where the last look stopped, holding one chunk at a time.
+        end = self._find_newline(start, scan)
+        if end is None:
             return None
+        if self._skipping or end - start > self.max_line_bytes:
+            return self._skipped(start, end)
+        data = os.pread(self._fd, end + 1 - start, start)
+        if data.rfind(b"\n") < 0:  # the file changed under us: look again next time
+            self._scan_from = 0
+            return None
+        return self._emit(start, data, data.rfind(b"\n"))
+
+    def _find_newline(self, start: int, scan: int) -> int | None:
+        """Position of the first newline at or after `scan`, or None (remembered)."""
+        assert self._fd is not None
+        while True:
+            if scan - start > self.max_line_bytes:
+                self._skipping = True  # its content will never be needed
+            piece = os.pread(self._fd, self.chunk_bytes, scan)
+            if not piece:
+                self._scan_from = scan
+                return None
+            newline = piece.find(b"\n")
+            if newline >= 0:
+                return scan + newline
+            scan += len(piece)
+
+    def _emit(self, start: int, data: bytes, end_nl: int) -> LineChunk:
         lines = data[:end_nl].split(b"\n")
         self._offset = start + end_nl + 1
+        self._scan_from = 0
         self._refresh_fingerprint()
         return LineChunk(self.source, lines, start, "byte",
-                         (self.key, self._ident, self._offset))
+                         (self.key, self._ident, self._offset))  # type: ignore[arg-type]
+
+    def _skipped(self, start: int, end: int) -> LineChunk:
+        """The line [start, end) is over max_line_bytes: skip it (and its newline)."""
+        self._offset = end + 1
+        self._scan_from, self._skipping = 0, False
+        self._refresh_fingerprint()
+        if end - start > self.max_line_bytes:
+            log.warning("%s: a line of %d bytes at byte %d is over FORWARD_MAX_LINE_BYTES; "
+                        "skipped", self.path, end - start, start)
+        return LineChunk(self.source, [], start, "byte",
+                         (self.key, self._ident, self._offset),  # type: ignore[arg-type]
+                         skipped=max(1, end - start))
 
     def _refresh_fingerprint(self) -> None:
         # A file first seen nearly empty has a short fingerprint: lengthen it as it grows,
@@ -299,10 +364,20 @@ class LogTailer:
         if size <= self._offset:
             return None
         start = self._offset
+        if self._skipping or size - start > self.max_line_bytes:
+            return self._skip_to(start, size)
         data = os.pread(self._fd, size - start, start)
         self._offset = start + len(data)
         return LineChunk(self.source, [data], start, "byte",
                          (self.key, self._ident, self._offset))
+
+    def _skip_to(self, start: int, size: int) -> LineChunk:
+        """An unterminated over-long last line of a rotated file: skip to its end."""
+        chunk = self._skipped(start, size)
+        self._offset = size
+        chunk.offset_update = (self.key, self._ident, size)  # type: ignore[assignment]
+        chunk.skipped = size - start
+        return chunk
 
     def _rotated_or_replaced(self) -> bool:
         """At end of file: has the path moved on to another file, or been truncated?"""
@@ -353,34 +428,119 @@ class LogTailer:
 
 class StdinLines:
     """JSON lines from standard input (or any binary stream): no offsets to keep, so a
-    restart cannot resume a pipe; the stream ends at EOF."""
+    restart cannot resume a pipe; the stream ends at EOF.
+
+    A live pipe streams: what has arrived is handed out as soon as the pipe has nothing
+    more for now (or `chunk_lines` lines, or `flush_seconds` passed), so events are
+    spooled within the batch age, not at the end of the input. The pipe is read with
+    select + os.read on its descriptor, never a buffered read() a thread could be stuck
+    in: a stop (SIGTERM) ends the loop within a poll, hands out what was read (a partial
+    last line too) and leaves no thread blocked in the interpreter's stdin lock.
+    """
 
     def __init__(self, stream: IO[bytes] | None = None, source: str = "jsonl:-",
-                 chunk_lines: int = STDIN_CHUNK_LINES) -> None:
+                 chunk_lines: int = STDIN_CHUNK_LINES, *, max_line_bytes: int = MAX_LINE_BYTES,
+                 flush_seconds: float = 1.0) -> None:
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.source = source
         self.chunk_lines = chunk_lines
+        self.max_line_bytes = max_line_bytes
+        self.flush_seconds = flush_seconds
         self._line_no = 1
+        self._pending = bytearray()     # the partial line read so far
+        self._skipping = 0              # > 0: bytes of an over-long line being skipped
+        self._fd = _fileno(self.stream)
 
     def chunks(self, stop_event: threading.Event, once: bool = True,
                can_read: Callable[[], bool] | None = None) -> Iterator[LineChunk]:
-        lines: list[bytes] = []
-        first = self._line_no
-        for raw in self.stream:
+        items: list[bytes | int] = []   # lines, or the length of a skipped line
+        first_at = 0.0
+        while not stop_event.is_set():
             while can_read is not None and not can_read() and not stop_event.is_set():
                 stop_event.wait(POLL_SECONDS)
-            if stop_event.is_set():
+            data = self._read()
+            if data == b"":  # end of input
                 break
-            lines.append(raw.rstrip(b"\r\n"))
-            self._line_no += 1
-            if len(lines) >= self.chunk_lines:
-                yield LineChunk(self.source, lines, first, "line", None)
-                lines, first = [], self._line_no
+            if data:
+                if not items:
+                    first_at = time.monotonic()
+                self._feed(data, items)
+            idle = data is None or not self._more_now()
+            if items and (idle or len(items) >= self.chunk_lines
+                          or time.monotonic() - first_at >= self.flush_seconds):
+                yield from self._flush(items)
+                items = []
+        if self._pending or self._skipping:  # the unterminated last line
+            self._end_line(items)
+        yield from self._flush(items)
+
+    def _read(self) -> bytes | None:
+        """Bytes, b"" at end of input, or None when nothing arrived within a poll."""
+        if self._fd is None:
+            return self.stream.read(READ_BYTES)
+        ready, _, _ = select.select([self._fd], [], [], POLL_SECONDS)
+        return os.read(self._fd, READ_BYTES) if ready else None
+
+    def _more_now(self) -> bool:
+        if self._fd is None:
+            return True
+        return bool(select.select([self._fd], [], [], 0)[0])
+
+    def _feed(self, data: bytes, items: list[bytes | int]) -> None:
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            piece = data[start:] if newline < 0 else data[start:newline]
+            if self._skipping:
+                self._skipping += len(piece)
+            else:
+                self._pending += piece
+                if len(self._pending) > self.max_line_bytes:  # stop holding it
+                    self._skipping = len(self._pending)
+                    self._pending = bytearray()
+            if newline < 0:
+                return
+            self._end_line(items)
+            start = newline + 1
+
+    def _end_line(self, items: list[bytes | int]) -> None:
+        if self._skipping:
+            items.append(self._skipping)
+            self._skipping = 0
+        else:
+            items.append(bytes(self._pending).rstrip(b"\r"))
+            self._pending.clear()
+
+    def _flush(self, items: list[bytes | int]) -> Iterator[LineChunk]:
+        lines: list[bytes] = []
+        for item in items:
+            if isinstance(item, int):
+                if lines:
+                    yield LineChunk(self.source, lines, self._line_no, "line", None)
+                    self._line_no += len(lines)
+                    lines = []
+                yield LineChunk(self.source, [], self._line_no, "line", None, skipped=item)
+                self._line_no += 1
+            else:
+                lines.append(item)
+                if len(lines) >= self.chunk_lines:
+                    yield LineChunk(self.source, lines, self._line_no, "line", None)
+                    self._line_no += len(lines)
+                    lines = []
         if lines:
-            yield LineChunk(self.source, lines, first, "line", None)
+            yield LineChunk(self.source, lines, self._line_no, "line", None)
+            self._line_no += len(lines)
 
     def close(self) -> None:
         pass
+
+
+def _fileno(stream: Any) -> int | None:
+    """The descriptor to select() on, or None for an in-memory stream."""
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 def jsonl_object(line: bytes) -> dict[str, Any] | None:
@@ -388,8 +548,8 @@ def jsonl_object(line: bytes) -> dict[str, Any] | None:
     if not line.strip():
         return None
     try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
+        value = loads_event(line)
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
         raise MalformedEvent(BAD_JSON, f"invalid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise MalformedEvent(NOT_AN_OBJECT,
@@ -401,10 +561,20 @@ def jsonl_object(line: bytes) -> dict[str, Any] | None:
 # encode(raw event, kind or None) -> (transaction_id, encoded Moesif event); raises
 # MalformedEvent. Supplied by the pipeline (validate + mask + map + orjson).
 Encoder = Callable[[dict[str, Any], str | None], tuple[str, bytes]]
+# keep(raw event) -> what its dead letter may store (masked, or a fingerprint only).
+Keeper = Callable[[Any], bytes]
 
 INGEST_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
 RETRY_AFTER_SECONDS = 1
+READ_TIMEOUT_SECONDS = 10.0     # a client must send each part of a request within this
+MAX_CONNECTIONS = 64            # open connections at once; one more is answered 503
+MAX_REPORTED_EVENTS = 100       # refused events listed in one 400 answer
+_BEARER = b"bearer"
+
+
+def _withheld(_raw: Any) -> bytes:
+    return b'{"withheld":"not masked, so not stored"}'
 
 
 class IngestApp:
@@ -412,31 +582,47 @@ class IngestApp:
 
     def __init__(self, spool: Spool, encode: Encoder, token: SecretStr,
                  max_body_bytes: int = 1_048_576,
-                 on_spooled: Callable[[], None] | None = None) -> None:
+                 on_spooled: Callable[[], None] | None = None, *,
+                 keep: Keeper = _withheld, read_timeout: float = READ_TIMEOUT_SECONDS,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         secret = token.get_secret_value()
         if not secret:
             raise ValueError("FORWARD_INGEST_TOKEN is empty")
         self.spool = spool
         self.encode = encode
-        self._expected = b"Bearer " + secret.encode()
+        self.keep = keep
+        self._expected = secret.encode()
         self.max_body_bytes = max_body_bytes
         self.on_spooled = on_spooled
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
 
     def authorized(self, header: str | None) -> bool:
-        given = (header or "").strip().encode("utf-8", "replace")
-        return hmac.compare_digest(given, self._expected)
+        """`Authorization: Bearer <token>`; the scheme in any case (RFC 7235)."""
+        scheme, _, given = (header or "").strip().encode("utf-8", "replace").partition(b" ")
+        return scheme.lower() == _BEARER and hmac.compare_digest(given.strip(), self._expected)
 
 
 class _IngestHandler(JsonHandler):
     """`POST /v1/events` (one event map or an array) and `GET /healthz`.
 
-    A request is all or nothing: if any event in it is invalid, nothing is spooled and
-    the 400 names the first bad index, so a client can fix and resend the whole request
-    without creating duplicates or wondering which part was taken.
+    Each event stands alone, as in the file inputs: the valid events of a request are
+    spooled, and each invalid one (whatever is wrong with it) goes to the dead letters
+    with its index and reason. The answer is 202 when every event was taken; otherwise
+    400 naming the first refused index (`index`, `reason`, `detail`), listing every
+    refused one (`rejected`) and saying how many were taken (`accepted`). A client that
+    resends the whole request anyway creates no duplicates in Moesif: transaction ids are
+    derived from the event, so Moesif de-duplicates them.
     """
 
     server_version = "moesif-segment-forward"
     sys_version = ""
+
+    def setup(self) -> None:
+        # A read timeout on every connection: a client that stops sending (or an idle
+        # keep-alive connection) cannot hold a connection slot for ever.
+        self.timeout = self.app.read_timeout
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if urlsplit(self.path).path != HEALTH_PATH:
@@ -463,27 +649,56 @@ class _IngestHandler(JsonHandler):
             # Checked before reading a byte; the connection is closed, not drained.
             self._refuse(413, {"error": "body_too_large", "limit_bytes": app.max_body_bytes})
             return
-        body = self.rfile.read(length) if length else b""
+        try:
+            body = self.rfile.read(length) if length else b""
+        except OSError:  # the read timeout (TimeoutError) or the client went away
+            self.close_connection = True
+            return
+        if len(body) < length:
+            self.close_connection = True
+            return
         if app.spool.is_full():
-            self.send_json(503, {"error": "spool_full", "detail": "retry later"},
-                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            self._spool_full()
             return
         events = self._decode(body)
         if events is None:
             return
-        encoded = self._encode_all(events)
-        if encoded is None:
+        self._take(events)
+
+    def _take(self, events: list[Any]) -> None:
+        app: IngestApp = self.app
+        encoded, letters, rejected = self._encode_all(events)
+        n = len(events)
+        if len(encoded) > app.spool.max_events:  # could never fit: not worth a retry
+            self.send_json(413, {"error": "too_many_events",
+                                 "limit_events": app.spool.max_events})
             return
-        n = len(encoded)
         try:
-            app.spool.append(encoded, counters={"read": n, "parsed": n, "masked": n})
+            # The limit is checked under the spool's lock, with the write: concurrent
+            # requests cannot push the backlog past FORWARD_SPOOL_MAX_EVENTS together.
+            app.spool.append(encoded, dead_letters=letters,
+                             counters={"read": n, "parsed": n, "masked": len(encoded)},
+                             limit=app.spool.max_events)
+        except SpoolFull:
+            self._spool_full()
+            return
         except Exception:  # disk full, I/O error: the client must retry, nothing was taken
             log.exception("spooling an ingest request failed")
             self.send_json(500, {"error": "spool_failed"})
             return
-        if app.on_spooled is not None:
+        if encoded and app.on_spooled is not None:
             app.on_spooled()
-        self.send_json(202, {"accepted": n})
+        if rejected:
+            first = rejected[0]
+            self.send_json(400, {"error": "invalid_event", **first,
+                                 "rejected": rejected[:MAX_REPORTED_EVENTS],
+                                 "accepted": len(encoded)})
+            return
+        self.send_json(202, {"accepted": len(encoded)})
+
+    def _spool_full(self) -> None:
+        self.send_json(503, {"error": "spool_full", "detail": "retry later"},
+                       {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def _refuse(self, status: int, payload: dict[str, Any],
                 headers: dict[str, str] | None = None) -> None:
@@ -526,24 +741,78 @@ class _IngestHandler(JsonHandler):
         events = value if isinstance(value, list) else [value]
         return events
 
-    def _encode_all(self, events: list[Any]) -> list[tuple[str, bytes]] | None:
+    def _encode_all(self, events: list[Any]
+                    ) -> tuple[list[tuple[str, bytes]], list[DeadLetter], list[dict[str, Any]]]:
         app: IngestApp = self.app
-        encoded = []
+        encoded: list[tuple[str, bytes]] = []
+        letters: list[DeadLetter] = []
+        rejected: list[dict[str, Any]] = []
         for index, raw in enumerate(events):
             try:
                 if not isinstance(raw, dict):
                     raise MalformedEvent(NOT_AN_OBJECT, f"event is a {type(raw).__name__}, "
                                                         "not an object")
                 encoded.append(app.encode(raw, None))
-            except MalformedEvent as exc:
-                self.send_json(400, {"error": "invalid_event", "index": index,
-                                     "reason": exc.reason_code, "detail": exc.detail,
-                                     "accepted": 0})
-                return None
-        return encoded
+            except Exception as exc:  # noqa: BLE001 - one event's problem is that event's
+                if isinstance(exc, MalformedEvent):
+                    reason, detail = exc.reason_code, exc.detail
+                else:  # the type only: a message may quote the unmasked value
+                    reason, detail = BAD_VALUE, f"the event cannot be mapped ({type(exc).__name__})"
+                rejected.append({"index": index, "reason": reason, "detail": detail})
+                letters.append(DeadLetter("http", f"request event {index}", reason, detail,
+                                          _kept(app.keep, raw)))
+        return encoded, letters, rejected
 
 
-class _Ipv6Server(FastThreadingHTTPServer):
+def _kept(keep: Keeper, raw: Any) -> bytes:
+    try:
+        return keep(raw)
+    except Exception:  # noqa: BLE001 - never let the dead letter fail the request
+        return _withheld(raw)
+
+
+class _IngestHTTPServer(FastThreadingHTTPServer):
+    """At most `app.max_connections` connections at once: one more is answered 503
+    (from the accepting thread, without reading it) and closed."""
+
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self._busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _busy(self, request: socket.socket) -> None:
+        body = orjson.dumps({"error": "too_many_connections", "detail": "retry later"})
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Retry-After: {RETRY_AFTER_SECONDS}\r\nConnection: close\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(head + body)
+            # Read what already arrived, so closing does not reset the connection
+            # before the client has read the answer.
+            request.setblocking(False)
+            while request.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+
+
+class _Ipv6Server(_IngestHTTPServer):
     address_family = socket.AF_INET6
 
 
@@ -551,9 +820,10 @@ class IngestServer:
     """The HTTP ingest endpoint in a background thread (127.0.0.1 unless told otherwise)."""
 
     def __init__(self, app: IngestApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        server_class = _Ipv6Server if ":" in host else FastThreadingHTTPServer
+        server_class = _Ipv6Server if ":" in host else _IngestHTTPServer
         self.httpd = server_class((host, port), _IngestHandler)
         self.httpd.app = app  # type: ignore[attr-defined]
+        self.httpd.slots = threading.BoundedSemaphore(app.max_connections)
         # A short poll interval only makes stop() quick (the default waits up to 0.5 s).
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                                        daemon=True, name="forward-ingest")

@@ -79,7 +79,18 @@ DDL = (
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     )""",
+    # Per-installation secrets (the key of content-derived transaction ids): generated
+    # once, never sent, never logged.
+    """CREATE TABLE IF NOT EXISTS forward_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    )""",
 )
+TRANSACTION_KEY = "transaction_id_key"
+
+
+class SpoolFull(Exception):
+    """`append(..., limit=...)` refused: the events would take the spool past its limit."""
 
 _BUMP_COUNTER = (
     "INSERT INTO forward_counters (name, value) VALUES (?, ?) "
@@ -108,7 +119,7 @@ class DeadLetter:
     position: str    # byte offset, request index, transaction id: where to find it
     reason_code: str
     detail: str
-    raw: bytes | str | None = None  # masked event, or the unparsable line (truncated)
+    raw: bytes | str | None = None  # masked event, or a fingerprint: never unmasked text
 
 
 OffsetUpdate = tuple[str, FileIdentity, int]
@@ -149,9 +160,14 @@ class Spool:
     def append(self, events: Sequence[tuple[str, bytes]],
                offset_update: OffsetUpdate | None = None,
                dead_letters: Sequence[DeadLetter] | None = None,
-               counters: Mapping[str, int] | None = None) -> list[int]:
+               counters: Mapping[str, int] | None = None,
+               limit: int | None = None) -> list[int]:
         """Spool events, move a source offset, record dead letters and bump counters in ONE
         transaction; returns the new sequence numbers. Nothing is visible until it commits.
+
+        With `limit`, raises SpoolFull (writing nothing) when the spool would then hold
+        more than `limit` events: checked under the same lock as the write, so concurrent
+        callers (HTTP ingest) can never push the backlog past it together.
         """
         now = time.time()
         rows = [(txid, body, len(body), now) for txid, body in events]
@@ -163,6 +179,8 @@ class Spool:
             all_counters["dead_lettered"] = (all_counters.get("dead_lettered", 0)
                                              + len(dead_letters))
         with self._lock:
+            if limit is not None and rows and self._depth + len(rows) > limit:
+                raise SpoolFull(f"{self._depth} events spooled, limit {limit}")
             with Transaction(self.conn) as conn:
                 seqs = self._insert(conn, rows, offset_update, dead_letters, all_counters, now)
             self._depth += len(rows)
@@ -271,6 +289,21 @@ class Spool:
             where, args = _seq_filter(seq_list)
             conn.execute(f"UPDATE spool SET attempts = attempts + 1 WHERE {where}", args)
             self._bump(conn, {"retried": len(seq_list)})
+
+    def installation_secret(self) -> bytes:
+        """This state file's secret key (32 random bytes), created on first use."""
+        import secrets
+
+        with self._lock:
+            row = self.conn.execute("SELECT value FROM forward_secrets WHERE name = ?",
+                                    (TRANSACTION_KEY,)).fetchone()
+            if row is None:
+                with Transaction(self.conn) as conn:
+                    conn.execute("INSERT OR IGNORE INTO forward_secrets (name, value) "
+                                 "VALUES (?, ?)", (TRANSACTION_KEY, secrets.token_bytes(32)))
+                    row = conn.execute("SELECT value FROM forward_secrets WHERE name = ?",
+                                       (TRANSACTION_KEY,)).fetchone()
+        return bytes(row[0])
 
     def bump(self, counters: Mapping[str, int]) -> None:
         """Add to counters outside an append (e.g. lines ignored while nothing is spooled)."""

@@ -248,10 +248,9 @@ def forward(
     _logging(settings, log_format, log_level)
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
-    stop = threading.Event()
-    with stop_on_signals(stop, "committing what was read"):
-        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                           wso2_config_path=wso2_config, once=once, stop_event=stop)
+    # run_forward installs the one signal helper itself (it is also called without the CLI).
+    code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
+                       wso2_config_path=wso2_config, once=once)
     raise typer.Exit(code)
 
 

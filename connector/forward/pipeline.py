@@ -99,6 +99,7 @@ from connector.moesif.collector import (
 )
 from connector.redaction import install_secret_filter
 from connector.settings import ConfigError, Settings
+from connector.signals import stop_on_signals
 from connector.store import connect
 
 log = logging.getLogger(__name__)
@@ -801,7 +802,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
         config = _check_start(settings, from_log, from_jsonl, listen, wso2_config_path, once,
                               client_options)
     except ConfigError as exc:
-        print(f"forward: configuration error: {exc}", file=out)
+        print(f"error: {exc}", file=out)
         return ExitCode.CONFIGURATION
     stop_event = stop_event or threading.Event()
     try:
@@ -809,13 +810,12 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
                               listen=listen, once=once, stop_event=stop_event,
                               parse_workers=parse_workers, senders=senders, stdin=stdin)
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
-        print(f"forward: configuration error: {exc.strerror or exc}", file=out)
+        print(f"error: {exc.strerror or exc}", file=out)
         return ExitCode.CONFIGURATION
-    restore = _install_signal_handlers(stop_event)
     try:
-        code = forwarder.run()
+        with stop_on_signals(stop_event, "the in-flight send finishes, the rest stays spooled"):
+            code = forwarder.run()
     finally:
-        restore()
         counters = forwarder.run_counters()
         backlog = forwarder.spool.depth()
         forwarder.close()
@@ -850,27 +850,6 @@ def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | No
             except OSError as exc:
                 raise ConfigError(f"{flag}: cannot read {path} ({exc.strerror})") from None
     return resolve_config(settings, wso2_config_path, client_options)
-
-
-def _install_signal_handlers(stop_event: threading.Event) -> Callable[[], None]:
-    """SIGTERM/SIGINT set the stop event (only possible from the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: Any) -> None:
-        log.info("signal %d: stopping (in-flight send finishes, the rest stays spooled)",
-                 signum)
-        stop_event.set()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 
 
 def _report(out: Any, code: int, counters: dict[str, int], backlog: int,

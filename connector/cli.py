@@ -99,15 +99,15 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     """A sync run under the state store's lease, so it never overlaps a scheduled one.
     A missing key or an unusable state home raises ConfigError before anything runs."""
     from connector.lease import Lease, default_holder_id
-    from connector.store import connect
+    from connector.store import connect_state
     from connector.sync.job import failed_outcome, run_sync
 
     settings.require("moesif_management_api_key", "segment_write_key")
-    conn = connect(settings.state_path)
+    conn = connect_state(settings)
     try:
         # The lease renews from its own thread: give it its own connection, so a renewal
         # never lands inside (or is rolled back with) the job's transaction.
-        lease_conn = connect(settings.state_path)
+        lease_conn = connect_state(settings)
     except BaseException:
         conn.close()
         raise

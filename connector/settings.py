@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     forward_max_line_bytes: int = Field(1_048_576, ge=1024)
     forward_company_unknown_values: str = "UNKNOWN"
 
+    # --- state backend (issue 11) ---
+    # Unset: the SQLite file in CONNECTOR_HOME. `postgresql://user@host:5432/db`: cursors,
+    # hashes, failures, reports and the lease in PostgreSQL, shared by replicas.
+    state_url: str | None = None
+
+    @field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: str | None) -> str | None:
+        text = (value or "").strip()
+        if not text:
+            return None
+        if urlsplit(text).scheme.lower() not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL (or unset for the SQLite file)")
+        return text
+
     @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

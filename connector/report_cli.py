@@ -24,9 +24,9 @@ from rich.text import Text
 
 from connector.cli_errors import command_boundary, fail
 from connector.errors import ExitCode
+from connector.lease import describe_holder
 from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
 from connector.report_model import EntityCounts, RunReport, Status
-from connector.lease import describe_holder
 from connector.report_store import AmbiguousRunId, ReportStore
 from connector.settings import ConfigError, Settings, load_settings
 from connector.store import check_home, connect_state

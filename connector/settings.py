@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # Unset: the SQLite file in CONNECTOR_HOME. `postgresql://user@host:5432/db`: cursors,
     # hashes, failures, reports and the lease in PostgreSQL, shared by replicas.
     state_url: str | None = None
+    # JetStream path of the forwarder: redelivery after this long without an ack (a send in
+    # progress keeps extending it), and the limits of a stream the forwarder creates.
+    forward_nats_ack_wait_seconds: float = Field(30.0, ge=1)
+    forward_nats_stream_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    forward_nats_stream_max_age_seconds: int = Field(7 * 86400, ge=60)
 
     @field_validator("state_url")
     @classmethod

@@ -139,12 +139,21 @@ class _Runner:
         self.overran = threading.Event()
         self._closed = threading.Event()
         self._renewer: threading.Thread | None = None
-        self._set_role("standby")
+        self.role = "standby"  # until the lease is ours
+        if metrics is not None:
+            metrics.role = self.role
 
     def _set_role(self, role: str) -> None:
-        if self.metrics is not None and self.metrics.role != role:
+        """`leader` or `standby`, for the log and `/healthz`."""
+        if role == self.role:
+            return
+        self.role = role
+        if self.metrics is not None:
             self.metrics.role = role
-        log.debug("scheduler role: %s", role)
+        if role == "leader":
+            log.info("this scheduler leads (sync lease token %s)", self.lease.token)
+        else:
+            log.info("this scheduler is a standby (another one holds the sync lease)")
 
     def close(self) -> None:
         """Hand the lease over at once (a waiting scheduler takes it at its next poll)."""
@@ -162,8 +171,8 @@ class _Runner:
         interval = max(1.0, self.lease.ttl_seconds / 3)
         while not self._closed.wait(interval):
             try:
-                if not self.lease.renew():
-                    log.warning("the sync lease was taken over; this scheduler is a standby")
+                if self.role == "leader" and not self.lease.renew():
+                    log.warning("the sync lease was taken over by another scheduler")
                     self._set_role("standby")
             except db_errors() as exc:
                 log.warning("could not renew the sync lease: %s", exc)
@@ -176,8 +185,6 @@ class _Runner:
                                        on_wait=lambda _info: self._set_role("standby")):
             log.info("stopping before the run: the lease was not free")
             return None
-        if self.metrics is None or self.metrics.role != "leader":
-            log.info("this scheduler leads (sync lease token %s)", self.lease.token)
         self._set_role("leader")
         if self._renewer is None:
             self._renewer = threading.Thread(target=self._keep_leading, daemon=True,

@@ -100,7 +100,9 @@ class Settings(BaseSettings):
             self.moesif_application_id,
             self.forward_ingest_token,
         ]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        password = urlsplit(self.state_url).password if self.state_url else None
+        return found + ([password] if password else [])
 
     def require(self, *names: str) -> None:
         """Fail with a ConfigError naming each missing required setting."""

@@ -126,3 +126,22 @@ def test_a_fenced_out_holder_cannot_commit_a_page(conn):
         state.commit_page(PageCommit("users", {"u3": "h3"}, [], []))
     assert state.hashes("users", ["u1", "u2", "u3"]) == {"u1": "h1", "u3": "h3"}
     assert state.cursor("users") == "2026-01-01"  # a's late page left nothing behind
+
+
+def test_check_names_the_store_and_the_lease_holder(conn, settings):
+    from connector.checks import check_state_store
+
+    Lease(conn, holder="host-a:1:aa", ttl_seconds=60).acquire()
+    [result] = check_state_store(settings)
+    assert result.ok and "held by host-a:1:aa (token 1" in result.detail
+
+
+def test_an_unreachable_state_url_is_a_config_error_without_the_password(tmp_path):
+    from connector.errors import ConfigError
+
+    settings = load_settings(connector_home=tmp_path, _env_file=None,
+                             state_url="postgresql://u:s3cret-pw@127.0.0.1:1/db")
+    assert "s3cret-pw" in settings.secrets()
+    with pytest.raises(ConfigError, match="STATE_URL") as caught:
+        connect_state(settings)
+    assert "s3cret-pw" not in str(caught.value)

@@ -115,8 +115,31 @@ def check_mappings(settings: Settings) -> CheckResult:
     return CheckResult("mapping files", True, f"valid (version {mappings.version}): {files}")
 
 
+def check_state_store(settings: Settings) -> list[CheckResult]:
+    """STATE_URL's PostgreSQL reachable (schema created if missing), and who holds the
+    sync lease (also for the SQLite file, when it exists)."""
+    from connector.lease import describe_holder
+    from connector.store import connect_state, db_errors, state_location
+
+    if not settings.state_url and not settings.state_path.exists():
+        return []
+    name = f"state store {state_location(settings)}"
+    try:
+        conn = connect_state(settings)
+        try:
+            detail = describe_holder(conn)
+        finally:
+            conn.close()
+    except ConfigError as exc:
+        return [CheckResult(name, False, str(exc))]
+    except db_errors() as exc:
+        return [CheckResult(name, False, f"{type(exc).__name__}: {exc}")]
+    return [CheckResult(name, True, detail)]
+
+
 CHECKS: list[Callable[[Settings], CheckResult | list[CheckResult]]] = [
-    check_required, check_moesif, check_segment, check_state_dir, check_mappings]
+    check_required, check_moesif, check_segment, check_state_dir, check_mappings,
+    check_state_store]
 
 
 def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:

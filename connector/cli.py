@@ -99,15 +99,15 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     """A sync run under the state store's lease, so it never overlaps a scheduled one.
     A missing key or an unusable state home raises ConfigError before anything runs."""
     from connector.lease import Lease, default_holder_id
-    from connector.store import connect
+    from connector.store import connect_state
     from connector.sync.job import failed_outcome, run_sync
 
     settings.require("moesif_management_api_key", "segment_write_key")
-    conn = connect(settings.state_path)
+    conn = connect_state(settings)
     try:
         # The lease renews from its own thread: give it its own connection, so a renewal
         # never lands inside (or is rolled back with) the job's transaction.
-        lease_conn = connect(settings.state_path)
+        lease_conn = connect_state(settings)
     except BaseException:
         conn.close()
         raise
@@ -238,6 +238,13 @@ def forward(
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
     log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
     log_level: str = typer.Option("INFO", "--log-level"),
+    to_nats: str | None = typer.Option(None, "--to-nats",
+                                       help="Publish --from-log's events to JetStream."),
+    subject: str | None = typer.Option(None, "--subject", help="e.g. apim.analytics.<node>"),
+    from_nats: str | None = typer.Option(None, "--from-nats",
+                                         help="Pull events from JetStream (shared consumer)."),
+    stream: str = typer.Option("APIM_ANALYTICS", "--stream"),
+    durable: str = typer.Option("moesif", "--durable"),
 ) -> None:
     """Forward events: --from-log, --from-jsonl or --listen (see `forward status`)."""
     if ctx.invoked_subcommand is not None:
@@ -246,6 +253,12 @@ def forward(
 
     settings = _settings()
     _logging(settings, log_format, log_level)
+    if to_nats or from_nats:
+        from connector.forward.nats_bridge import run_nats
+
+        raise typer.Exit(run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
+                                  from_nats=from_nats, stream=stream, durable=durable,
+                                  wso2_config_path=wso2_config, once=once))
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
     # run_forward installs the one signal helper itself (it is also called without the CLI).
@@ -258,12 +271,20 @@ def forward(
 @command_boundary
 def forward_status_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    nats_url: str | None = typer.Option(None, "--nats", help="Show this JetStream consumer."),
+    stream: str = typer.Option("APIM_ANALYTICS", "--stream"),
+    durable: str = typer.Option("moesif", "--durable"),
 ) -> None:
     """Backlog, delivered and dead-lettered events, per-source offsets."""
     from connector.forward.pipeline import forward_status
     from connector.jsonutil import dumps
 
     settings = _settings()
+    if nats_url:
+        from connector.forward.nats_bridge import nats_status
+
+        typer.echo(dumps(nats_status(nats_url, stream, durable)).decode())
+        return
     status = forward_status(settings)
     if json_out:
         typer.echo(dumps(status).decode())

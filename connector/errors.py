@@ -170,3 +170,10 @@ class DeadLetterCode(StrEnum):
     UNKNOWN_KIND = "UNKNOWN_KIND"
     LINE_TOO_LONG = "LINE_TOO_LONG"
     REJECTED_BY_COLLECTOR = "REJECTED_BY_COLLECTOR"
+
+
+class LeaseLost(ConnectorError):
+    """This process's lease was taken over (it paused past its expiry): it must not commit
+    anything more; the holder that took over continues from the last committed page."""
+
+    kind = FailureKind.TRANSIENT

@@ -58,6 +58,8 @@ class Metrics:
         self.last_error: str | None = None
         self.last_run_at: float | None = None
         self.last_success_at: float | None = None
+        # `leader` (holds the sync lease) or `standby` (waits for it); None: not scheduling.
+        self.role: str | None = None
 
     def observe_report(self, report: RunReport | dict[str, Any]) -> None:
         """Count one finished run from its report (a part it lacks counts as nothing)."""
@@ -122,6 +124,11 @@ class Metrics:
             healthy, reason = True, "no run finished yet (within the grace period)"
         else:
             healthy, reason = True, f"the last run was {status}"
+        if self.role is not None:
+            body["role"] = self.role
+            if self.role == "standby" and status != Status.FAILED:
+                # A standby runs nothing while the leader works: not stale, just waiting.
+                healthy, reason = True, "standby: another scheduler holds the sync lease"
         body["status"] = "ok" if healthy else "unhealthy"
         body["reason"] = reason
         return (200 if healthy else 503), body

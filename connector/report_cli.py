@@ -24,11 +24,12 @@ from rich.text import Text
 
 from connector.cli_errors import command_boundary, fail
 from connector.errors import ExitCode
+from connector.lease import describe_holder
 from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
 from connector.report_model import EntityCounts, RunReport, Status
 from connector.report_store import AmbiguousRunId, ReportStore
 from connector.settings import ConfigError, Settings, load_settings
-from connector.store import check_home, connect
+from connector.store import check_home, connect_state
 
 report_app = typer.Typer(help="Inspect the mapping reports of past runs.",
                          no_args_is_help=True, add_completion=False)
@@ -54,11 +55,12 @@ def _open_store() -> Iterator[tuple[Settings, ReportStore | None]]:
         settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc))
-    check_home(settings.connector_home)
-    if not settings.state_path.exists():
-        yield settings, None
-        return
-    conn = connect(settings.state_path)
+    if not settings.state_url:
+        check_home(settings.connector_home)
+        if not settings.state_path.exists():
+            yield settings, None
+            return
+    conn = connect_state(settings)
     try:
         yield settings, ReportStore(conn)
     finally:
@@ -116,6 +118,9 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
     """A table of recent runs, newest first."""
     with _open_store() as (settings, store):
         runs = store.list(limit) if store is not None else []
+        holder = describe_holder(store.conn) if store is not None else None
+    if holder is not None:
+        typer.echo(holder)
     if not runs:
         typer.echo(f"no runs recorded yet in {settings.connector_home}")
         return

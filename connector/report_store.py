@@ -16,15 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import sqlite3
 import zlib
 from datetime import datetime
 from typing import Any
 
 from connector.jsonutil import dumps, loads
-from connector.lease import holder_is_dead, process_holder_id
+from connector.lease import ensure_lease_schema, holder_is_dead, process_holder_id
 from connector.report_model import RunReport, RunSummary, Status
-from connector.store import Transaction, ensure_schema, state_errors
+from connector.store import Transaction, ddl_step, migrate, state_errors, table_columns
 from connector.timeutil import utcnow
 
 RUNNING = Status.RUNNING.value
@@ -62,14 +61,22 @@ def new_run_id(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+def _add_holder(conn: Any) -> None:
+    if "holder" not in table_columns(conn, "report_runs"):  # written before runs had holders
+        conn.execute("ALTER TABLE report_runs ADD COLUMN holder TEXT")
+
+
+MIGRATIONS = (ddl_step(*_DDL), _add_holder)
+
+
 class ReportStore:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    """Over either state backend (`connector.store.connect_state`)."""
+
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
         with state_errors(None):
-            ensure_schema(conn, _DDL)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(report_runs)")}
-            if "holder" not in columns:  # state files written before runs had holders
-                conn.execute("ALTER TABLE report_runs ADD COLUMN holder TEXT")
+            migrate(conn, "reports", MIGRATIONS)
+            ensure_lease_schema(conn)  # `_abandoned` reads who holds the lease
 
     def _write(self) -> contextlib.AbstractContextManager:
         """Its own transaction, or the caller's when the job saves inside one of its own."""
@@ -109,12 +116,9 @@ class ReportStore:
         if holder and holder.partition(":")[0] == process_holder_id().partition(":")[0]:
             return False  # on this host and alive
         # Elsewhere (or unknown): alive as long as it holds a live lease.
-        try:
-            row = self.conn.execute(
-                "SELECT holder FROM leases WHERE name = 'sync' AND expires_at > ?",
-                (utcnow().timestamp(),)).fetchone()
-        except sqlite3.OperationalError:  # no lease table: nobody ever held one
-            return True
+        row = self.conn.execute(
+            "SELECT holder FROM leases WHERE name = 'sync' AND expires_at > ?",
+            (utcnow().timestamp(),)).fetchone()
         if row is None:
             return True
         return bool(holder) and not str(row[0]).startswith(f"{holder}:")

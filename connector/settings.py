@@ -63,6 +63,26 @@ class Settings(BaseSettings):
     forward_max_line_bytes: int = Field(1_048_576, ge=1024)
     forward_company_unknown_values: str = "UNKNOWN"
 
+    # --- state backend (issue 11) ---
+    # Unset: the SQLite file in CONNECTOR_HOME. `postgresql://user@host:5432/db`: cursors,
+    # hashes, failures, reports and the lease in PostgreSQL, shared by replicas.
+    state_url: str | None = None
+    # JetStream path of the forwarder: redelivery after this long without an ack (a send in
+    # progress keeps extending it), and the limits of a stream the forwarder creates.
+    forward_nats_ack_wait_seconds: float = Field(30.0, ge=1)
+    forward_nats_stream_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    forward_nats_stream_max_age_seconds: int = Field(7 * 86400, ge=60)
+
+    @field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: str | None) -> str | None:
+        text = (value or "").strip()
+        if not text:
+            return None
+        if urlsplit(text).scheme.lower() not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL (or unset for the SQLite file)")
+        return text
+
     @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -80,7 +100,9 @@ class Settings(BaseSettings):
             self.moesif_application_id,
             self.forward_ingest_token,
         ]
-        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        password = urlsplit(self.state_url).password if self.state_url else None
+        return found + ([password] if password else [])
 
     def require(self, *names: str) -> None:
         """Fail with a ConfigError naming each missing required setting."""

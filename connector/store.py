@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from connector.errors import ConfigError
 
@@ -130,21 +134,190 @@ def connect(path: Path | str, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-def ensure_schema(conn: sqlite3.Connection, ddl_statements: Iterable[str]) -> None:
+def ensure_schema(conn: Any, ddl_statements: Iterable[str]) -> None:
     """Create tables and indexes if missing (every statement uses IF NOT EXISTS)."""
     for statement in ddl_statements:
-        conn.execute(statement)
+        conn.execute(_ddl(conn, statement))
 
 
 class Transaction:
     """`with Transaction(conn):` runs BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> Any:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# --- one store interface, two backends ---------------------------------------------------
+# The state modules (sync state, reports, lease) write their SQL once, in SQLite's dialect
+# with `?` placeholders and `INSERT ... ON CONFLICT` upserts (which PostgreSQL shares); a
+# PostgreSQL connection translates the few differences below, so no caller knows which
+# backend it talks to.
+
+_PG_DDL = ((re.compile(r"\s+WITHOUT ROWID", re.I), ""),
+           (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
+           (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"))
+
+
+def dialect_of(conn: Any) -> str:
+    """`sqlite` or `postgresql`."""
+    return getattr(conn, "dialect", "sqlite")
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str, with_params: bool) -> str:
+    """`?` -> `%s` outside quoted literals (and a literal `%` doubled when psycopg reads
+    placeholders); `BEGIN IMMEDIATE` (SQLite's take-the-write-lock-now) -> `BEGIN`."""
+    if sql.strip().upper() == "BEGIN IMMEDIATE":
+        return "BEGIN"
+    parts = sql.split("'")
+    for i in range(0, len(parts), 2):  # even parts are outside '...'
+        text = parts[i].replace("%", "%%") if with_params else parts[i]
+        parts[i] = text.replace("?", "%s") if with_params else text
+    if with_params:
+        for i in range(1, len(parts), 2):
+            parts[i] = parts[i].replace("%", "%%")
+    return "'".join(parts)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class PgConnection:
+    """A psycopg 3 connection that answers like the `sqlite3.Connection` the state
+    modules use: `execute` / `executemany` returning a cursor (`fetchone`, `fetchall`,
+    iteration, `rowcount`), `in_transaction`, `close`. Autocommit, with explicit
+    `BEGIN ... COMMIT` from `Transaction`, as on SQLite. A connection that broke (the
+    server restarted) is reopened at the next statement outside a transaction."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._conn = self._open()
+
+    def _open(self) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=int(self.timeout))
+        except psycopg.Error as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"STATE_URL: cannot connect to PostgreSQL at "
+                              f"{redact_url(self.url)} ({detail}); check the server, the "
+                              "address and the credentials") from None
+
+    def _live(self) -> Any:
+        if (self._conn.closed or self._conn.broken) and not self.in_transaction:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = self._open()
+        return self._conn
+
+    def execute(self, sql: str, params: Iterable[Any] | None = None) -> Any:
+        values = tuple(params) if params is not None else None
+        return self._live().execute(_pg_sql(sql, values is not None), values)
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Any:
+        cur = self._live().cursor()
+        cur.executemany(_pg_sql(sql, True), [tuple(r) for r in rows])
+        return cur
+
+    @property
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self._conn.info.transaction_status != TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def db_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes a state backend raises for a database failure."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def connect_state(settings: Any) -> Any:
+    """The state store the settings name: PostgreSQL when STATE_URL is set, else the
+    SQLite file in CONNECTOR_HOME."""
+    url = (getattr(settings, "state_url", None) or "").strip()
+    if url:
+        return PgConnection(url)
+    return connect(settings.state_path)
+
+
+def state_location(settings: Any) -> str:
+    """Where the state lives, for messages (never with a password)."""
+    url = (getattr(settings, "state_url", None) or "").strip()
+    return redact_url(url) if url else str(settings.state_path)
+
+
+def table_columns(conn: Any, table: str) -> set[str]:
+    if dialect_of(conn) == "postgresql":
+        return {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema()", (table,))}
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+SCHEMA_VERSION_DDL = """CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL)"""
+
+Migration = Callable[[Any], None]
+
+
+def migrate(conn: Any, component: str, steps: Sequence[Migration]) -> int:
+    """Bring `component`'s tables to version len(steps), once, with a version row.
+
+    Runs in one transaction; on PostgreSQL under an advisory lock, so replicas starting
+    together do not race on CREATE TABLE. Steps must tolerate a database whose tables
+    predate the version row (IF NOT EXISTS, a column check before ALTER).
+    """
+    with Transaction(conn):
+        if dialect_of(conn) == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (0x6D736331,))
+        conn.execute(_ddl(conn, SCHEMA_VERSION_DDL))
+        row = conn.execute("SELECT version FROM schema_version WHERE component = ?",
+                           (component,)).fetchone()
+        current = row[0] if row else 0
+        for step in steps[current:]:
+            step(conn)
+        if current < len(steps):
+            conn.execute("INSERT INTO schema_version (component, version) VALUES (?, ?) "
+                         "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                         (component, len(steps)))
+    return len(steps)
+
+
+def _ddl(conn: Any, statement: str) -> str:
+    if dialect_of(conn) == "postgresql":
+        for pattern, replacement in _PG_DDL:
+            statement = pattern.sub(replacement, statement)
+    return statement
+
+
+def ddl_step(*statements: str) -> Migration:
+    """A migration step that runs these CREATE ... IF NOT EXISTS statements."""
+    def run(conn: Any) -> None:
+        for statement in statements:
+            conn.execute(_ddl(conn, statement))
+    return run

@@ -19,6 +19,8 @@ Everything runs on 127.0.0.1 and every child has a time limit. Phases:
   5. line-to-Moesif latency: `forward --from-log` following a file this process appends
      to at 2,000 events/s for `--duration` s; the Collector runs in this process so each
      transaction id is timestamped on arrival, and mapped back to its line's write time.
+  6. (with --nats URL) JetStream: the log published to a fresh stream, then drained to the
+     Collector by one forwarder, and by two sharing one durable consumer; events/s, ratio;
 Prints the figures beside the issue's targets; a missed target does not fail the run,
 a broken run (non-zero exit, lost events) does (exit status 1).
 """
@@ -714,6 +716,60 @@ def summary(res: Results, args: argparse.Namespace, log_stats: Any) -> None:
         print("checks          : all passed (exit codes 0, every valid event delivered)")
 
 
+# --- phase 6: JetStream (issue 11) ----------------------------------------------------------
+def run_jetstream(work: Path, log_path: Path, expected: int, collector: CollectorProcess,
+                  nats_url: str, res: Results) -> None:
+    """Publish the log to a fresh stream, then drain it to the Collector through one
+    forwarder and through two forwarders sharing one durable consumer; events/s, ratio."""
+    import asyncio
+    import secrets
+
+    suffix = secrets.token_hex(4)
+    stream, subject = f"BENCH_{suffix}", f"bench{suffix}.apim.node1"
+    print(f"JetStream at {nats_url}: publish ...", flush=True)
+    env = child_env(work / "home-js-gw", collector.url)
+    pub = Child([sys.executable, "-m", "connector", "forward", "--from-log", str(log_path),
+                 "--to-nats", nats_url, "--subject", subject, "--stream", stream, "--once"],
+                env, work).wait()
+    res.check(pub.exit_code == 0, f"publish to JetStream exited {pub.exit_code}")
+    print(f"  published {expected:,} events in {pub.seconds:.2f} s "
+          f"({expected / pub.seconds:,.0f} events/s)")
+    rates: dict[int, float] = {}
+    try:
+        for n in (1, 2):
+            collector.reset()
+            children = [Child([sys.executable, "-m", "connector", "forward", "--from-nats",
+                               nats_url, "--stream", stream, "--durable", f"bench{n}",
+                               "--once"], child_env(work / f"home-js-{n}-{i}", collector.url),
+                              work) for i in range(n)]
+            t0 = time.perf_counter()
+            results = [c.wait() for c in children]
+            seconds = time.perf_counter() - t0
+            unique = collector.stats()["unique_count"]
+            rates[n] = unique / seconds
+            print(f"  {n} forwarder(s) on one consumer: {unique:,} events in {seconds:.2f} s "
+                  f"-> {rates[n]:,.0f} events/s")
+            res.check(all(r.exit_code == 0 for r in results),
+                      f"{n} JetStream forwarder(s) exited non-zero")
+            res.check(unique == expected, f"{n} JetStream forwarder(s) delivered {unique:,} "
+                                          f"unique events, expected {expected:,}")
+    finally:
+        async def drop() -> None:
+            import nats
+
+            nc = await nats.connect(nats_url)
+            try:
+                await nc.jetstream().delete_stream(stream)
+            finally:
+                await nc.close()
+        asyncio.run(drop())
+    if rates.get(1):
+        print(f"  two forwarders / one: {rates.get(2, 0) / rates[1]:.2f}x "
+              f"(on {os.cpu_count()} cores, the Collector sandbox and NATS included)")
+    res.figures.update(js_publish_rate=expected / pub.seconds, js_one_rate=rates.get(1),
+                       js_two_rate=rates.get(2))
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=200_000,
@@ -726,6 +782,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--nats", default=os.environ.get("TEST_NATS_URL", ""),
+                        help="JetStream phase against this NATS (e.g. nats://127.0.0.1:4222)")
     return parser.parse_args()
 
 
@@ -754,6 +812,8 @@ def main() -> int:
                 run_baseline(work, log_path, log_stats.events, collector, res)
             if not args.skip_ingest:
                 run_ingest(work, collector, args.duration, args.ingest_rate, res)
+            if args.nats:
+                run_jetstream(work, log_path, log_stats.events, collector, args.nats, res)
         finally:
             collector.stop()
         if not args.skip_latency:

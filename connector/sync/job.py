@@ -39,7 +39,7 @@ from connector.segment.sink import (
     partial_result,
 )
 from connector.settings import ConfigError, Settings
-from connector.store import connect, state_error, state_errors
+from connector.store import connect_state, state_error, state_errors
 from connector.sync.prefetch import Prefetcher
 from connector.sync.state import PageCommit, SyncState
 from connector.timeutil import parse_timestamp, to_iso
@@ -751,7 +751,7 @@ def run_sync(settings: Settings, mode: str = "incremental",
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
         mappings = load_mappings(settings.mappings_dir)
-        conn = conn or connect(settings.state_path)
+        conn = conn or connect_state(settings)
         store = ReportStore(conn)
         run = SyncRun(settings, mode, conn, mappings, stop_event, progress)
     except ConnectorError as exc:

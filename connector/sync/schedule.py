@@ -4,9 +4,12 @@
   outlasts its interval makes APScheduler skip the tick(s) that fell inside it; we then
   start one catch-up run as soon as it ends, so an overrun delays the next run instead of
   stacking runs or silently dropping one.
-- One run at a time across processes sharing CONNECTOR_HOME: every run takes the `sync`
-  lease in the state file first (waiting while another scheduler holds it) and renews it
-  while it works.
+- One run at a time across processes sharing the state store (CONNECTOR_HOME, or one
+  STATE_URL for replicas on several hosts): the first run takes the `sync` lease (waiting,
+  as a `standby`, while another scheduler holds it); the `leader` then keeps it, renewed,
+  across runs until it stops, when it hands it over at once. A leader that dies is
+  replaced when its lease expires (LEASE_SECONDS; at once on the same host). Page commits
+  are fenced with the lease's token (`connector.lease`).
 - SIGTERM/SIGINT set the stop event (`connector.signals`): the run in hand finishes its
   page, flushes and saves its state (its report says `interrupted`); then the scheduler
   shuts down and we return 0, also with `--once`: a stop asked for is not a failure. A
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -42,7 +46,7 @@ from connector.metrics import Metrics, serve_metrics
 from connector.report_store import ReportStore
 from connector.settings import ConfigError, Settings
 from connector.signals import stop_on_signals
-from connector.store import connect
+from connector.store import connect_state, db_errors
 
 log = logging.getLogger(__name__)
 
@@ -123,28 +127,70 @@ class _Runner:
         self.metrics = metrics
         self.lease_poll = lease_poll
         # Separate connections: the lease's renewal thread must not share the reports'.
-        self.lease_conn = connect(settings.state_path)
-        self.reports_conn = connect(settings.state_path)
-        self.lease = Lease(self.lease_conn, "sync", ttl_seconds=settings.lease_seconds)
-        self.reports = ReportStore(self.reports_conn)
+        self.lease_conn = connect_state(settings)
+        try:
+            self.reports_conn = connect_state(settings)
+            self.lease = Lease(self.lease_conn, "sync", ttl_seconds=settings.lease_seconds)
+            self.reports = ReportStore(self.reports_conn)
+        except BaseException:
+            self.lease_conn.close()
+            raise
         self.in_run = threading.Event()
         self.overran = threading.Event()
+        self._closed = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.role = "standby"  # until the lease is ours
+        if metrics is not None:
+            metrics.role = self.role
+
+    def _set_role(self, role: str) -> None:
+        """`leader` or `standby`, for the log and `/healthz`."""
+        if role == self.role:
+            return
+        self.role = role
+        if self.metrics is not None:
+            self.metrics.role = role
+        if role == "leader":
+            log.info("this scheduler leads (sync lease token %s)", self.lease.token)
+        else:
+            log.info("this scheduler is a standby (another one holds the sync lease)")
 
     def close(self) -> None:
+        """Hand the lease over at once (a waiting scheduler takes it at its next poll)."""
+        self._closed.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        with contextlib.suppress(*db_errors()):
+            if self.lease.release():
+                log.info("released the sync lease (token %s)", self.lease.token)
         self.lease_conn.close()
         self.reports_conn.close()
 
+    def _keep_leading(self) -> None:
+        """The leader keeps its lease between runs, so the standbys stay standbys."""
+        interval = max(1.0, self.lease.ttl_seconds / 3)
+        while not self._closed.wait(interval):
+            try:
+                if self.role == "leader" and not self.lease.renew():
+                    log.warning("the sync lease was taken over by another scheduler")
+                    self._set_role("standby")
+            except db_errors() as exc:
+                log.warning("could not renew the sync lease: %s", exc)
+
     def run_guarded(self) -> int | None:
-        """Wait for the lease, run once, release. None when stopped before running."""
+        """Wait for the lease (or extend ours), run once. None when stopped before."""
         if self.stop_event.is_set():
             return None
-        if not self.lease.wait_acquire(self.stop_event, poll=self.lease_poll):
+        if not self.lease.wait_acquire(self.stop_event, poll=self.lease_poll,
+                                       on_wait=lambda _info: self._set_role("standby")):
             log.info("stopping before the run: the lease was not free")
             return None
-        try:
-            return self._run_with_lease()
-        finally:
-            self.lease.release()
+        self._set_role("leader")
+        if self._renewer is None:
+            self._renewer = threading.Thread(target=self._keep_leading, daemon=True,
+                                             name="lease-leader")
+            self._renewer.start()
+        return self._run_with_lease()
 
     def _run_with_lease(self) -> int:
         before = self.reports.latest_run_id()

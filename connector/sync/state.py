@@ -8,11 +8,12 @@ never ahead (records skipped).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from connector.store import Transaction, ensure_schema
+from connector.lease import check_fence
+from connector.store import Transaction, ddl_step, migrate
 from connector.timeutil import utcnow
 
 SCHEMA = (
@@ -63,11 +64,16 @@ class PageCommit:
     cursor_entity: str | None = None
 
 
+MIGRATIONS = (ddl_step(*SCHEMA),)
+
+
 class SyncState:
-    def __init__(self, conn: sqlite3.Connection, max_attempts: int = 5) -> None:
+    """Over either state backend (`connector.store.connect_state`)."""
+
+    def __init__(self, conn: Any, max_attempts: int = 5) -> None:
         self.conn = conn
         self.max_attempts = max_attempts
-        ensure_schema(conn, SCHEMA)
+        migrate(conn, "sync_state", MIGRATIONS)
 
     # --- reads ------------------------------------------------------------------------
     def cursor(self, entity: str) -> str | None:
@@ -114,6 +120,9 @@ class SyncState:
         now = utcnow().isoformat(timespec="microseconds")
         recorded: list[Failure] = []
         with Transaction(self.conn) as conn:
+            # A holder whose lease was taken over must not commit (fencing), checked in
+            # this transaction so no takeover can slip in between.
+            check_fence(conn)
             if page.hashes:
                 conn.executemany(
                     "INSERT INTO record_hash (entity, id, hash) VALUES (?, ?, ?) "
@@ -140,8 +149,9 @@ class SyncState:
             if page.cursor is not None:
                 conn.execute(
                     "INSERT INTO sync_cursor (entity, modified_time, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (entity) DO UPDATE SET modified_time = "
-                    "MAX(sync_cursor.modified_time, excluded.modified_time), "
+                    "ON CONFLICT (entity) DO UPDATE SET modified_time = CASE WHEN "
+                    "excluded.modified_time > sync_cursor.modified_time THEN "
+                    "excluded.modified_time ELSE sync_cursor.modified_time END, "
                     "updated_at = excluded.updated_at",
                     (page.cursor_entity or page.entity, page.cursor, now))
         return recorded

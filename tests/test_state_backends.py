@@ -1,0 +1,147 @@
+"""The state store on both backends: SQLite file and PostgreSQL (STATE_URL), with the
+lease's fencing token and the schema's version rows."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from connector.errors import LeaseLost
+from connector.lease import Lease, describe_holder
+from connector.report_store import ReportStore
+from connector.settings import load_settings
+from connector.store import connect_state, dialect_of
+from connector.sync.state import PageCommit, SyncState
+from tests.backends import pg_schema
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path):
+    if request.param == "sqlite":
+        yield load_settings(connector_home=tmp_path / "home", _env_file=None)
+        return
+    for url in pg_schema():
+        yield load_settings(connector_home=tmp_path / "home", state_url=url, _env_file=None)
+
+
+@pytest.fixture
+def conn(settings):
+    conn = connect_state(settings)
+    yield conn
+    conn.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sync_state_round_trip(conn, settings):
+    assert dialect_of(conn) == ("postgresql" if settings.state_url else "sqlite")
+    state = SyncState(conn, max_attempts=2)
+    ids = [f"u{i}" for i in range(2000)]  # more than one IN (...) chunk
+    state.commit_page(PageCommit("users", {i: f"h{i}" for i in ids}, [], [],
+                                 cursor="2026-01-02T00:00:00"))
+    assert state.hashes("users", ids[:1500] + ["nobody"]) == {i: f"h{i}" for i in ids[:1500]}
+    # the cursor never moves back
+    state.commit_page(PageCommit("users", {}, [], [], cursor="2026-01-01T00:00:00"))
+    assert state.cursor("users") == "2026-01-02T00:00:00"
+    first = state.commit_page(PageCommit("users", {}, [], [("bad", "BAD_VALUE", "x" * 900)]))
+    second = state.commit_page(PageCommit("users", {}, [], [("bad", "BAD_VALUE", "again")]))
+    assert (first[0].attempts, first[0].gave_up) == (1, False)
+    assert (second[0].attempts, second[0].gave_up) == (2, True)
+    transient = [state.commit_page(PageCommit("users", {}, [], [("t", "DELIVERY_FAILED", "")]))
+                 for _ in range(3)]
+    assert transient[-1][0].attempts == 3 and not transient[-1][0].gave_up
+    assert [f.id for f in state.pending_failures("users", "9999")] == ["t"]
+    assert state.failure_attempts("users", ["t", "bad"]) == {"t": 3}
+    state.commit_page(PageCommit("users", {"t": "ht"}, ["t"], []))
+    assert state.pending_failures("users", "9999") == []
+    state.reset()
+    assert state.cursor("users") is None and state.hashes("users", ids) == {}
+
+
+def test_schema_has_version_rows_and_reopens(conn, settings):
+    SyncState(conn)
+    ReportStore(conn)
+    versions = dict(conn.execute("SELECT component, version FROM schema_version").fetchall())
+    assert versions == {"sync_state": 1, "reports": 2, "lease": 2}
+    again = connect_state(settings)
+    try:
+        SyncState(again)
+        ReportStore(again)
+        assert dict(again.execute("SELECT component, version FROM schema_version")
+                    .fetchall()) == versions
+    finally:
+        again.close()
+
+
+def test_report_store_on_both_backends(conn):
+    store = ReportStore(conn)
+    for n in range(4):
+        store.save({"run_id": f"2026010{n}T000000Z-ab_{n}", "started_at": f"2026-01-0{n}",
+                    "mode": "incremental", "status": "success",
+                    "entities": {"users": {"fetched": n, "delivered": n}}})
+    assert store.count() == 4
+    assert store.latest_run_id() == "20260103T000000Z-ab_3"
+    assert store.get("20260102")["entities"]["users"]["delivered"] == 2  # prefix
+    assert [r.run_id for r in store.list(2)] == ["20260103T000000Z-ab_3",
+                                                 "20260102T000000Z-ab_2"]
+    assert store.prune(2) == 2 and store.count() == 2
+
+
+def test_lease_token_grows_at_every_change_of_holder(conn):
+    clock = Clock()
+    a = Lease(conn, holder="host-a:1:aa", ttl_seconds=30, clock=clock)
+    b = Lease(conn, holder="host-b:2:bb", ttl_seconds=30, clock=clock)
+    assert a.acquire() and a.token == 1
+    assert a.acquire() and a.token == 1  # re-entrant: same holder, same token
+    assert not b.acquire()
+    assert "held by host-a:1:aa (token 1" in describe_holder(conn)
+    assert a.release() and not a.release()
+    assert b.acquire() and b.token == 2  # a clean exit hands over at once
+    clock.now += 31  # b paused past its expiry
+    assert a.acquire() and a.token == 3
+    assert not b.renew() and not b.release()
+    assert b.holder_info()["holder"] == "host-a:1:aa"
+
+
+def test_a_fenced_out_holder_cannot_commit_a_page(conn):
+    clock = Clock()
+    a = Lease(conn, holder="host-a:1:aa", ttl_seconds=30, clock=clock)
+    b = Lease(conn, holder="host-b:2:bb", ttl_seconds=30, clock=clock)
+    state = SyncState(conn)
+    assert a.acquire()
+    with a.fenced():
+        state.commit_page(PageCommit("users", {"u1": "h1"}, [], [], cursor="2026-01-01"))
+        clock.now += 31  # a freezes; b takes over and commits
+        assert b.acquire()
+        with pytest.raises(LeaseLost, match="taken over by host-b"):
+            state.commit_page(PageCommit("users", {"u2": "h2"}, [], [], cursor="2026-02-01"))
+    with b.fenced():
+        state.commit_page(PageCommit("users", {"u3": "h3"}, [], []))
+    assert state.hashes("users", ["u1", "u2", "u3"]) == {"u1": "h1", "u3": "h3"}
+    assert state.cursor("users") == "2026-01-01"  # a's late page left nothing behind
+
+
+def test_check_names_the_store_and_the_lease_holder(conn, settings):
+    from connector.checks import check_state_store
+
+    Lease(conn, holder="host-a:1:aa", ttl_seconds=60).acquire()
+    [result] = check_state_store(settings)
+    assert result.ok and "held by host-a:1:aa (token 1" in result.detail
+
+
+def test_an_unreachable_state_url_is_a_config_error_without_the_password(tmp_path):
+    from connector.errors import ConfigError
+
+    settings = load_settings(connector_home=tmp_path, _env_file=None,
+                             state_url="postgresql://u:s3cret-pw@127.0.0.1:1/db")
+    assert "s3cret-pw" in settings.secrets()
+    with pytest.raises(ConfigError, match="STATE_URL") as caught:
+        connect_state(settings)
+    assert "s3cret-pw" not in str(caught.value)

@@ -8,7 +8,9 @@ import socket
 import time
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from connector.alerts import check_stale, deliver_pending, forward_tick, send_test

@@ -115,8 +115,20 @@ def check_mappings(settings: Settings) -> CheckResult:
     return CheckResult("mapping files", True, f"valid (version {mappings.version}): {files}")
 
 
+def check_alerts(settings: Settings) -> CheckResult:
+    """Issue 9: no stale sync, every alert delivered, a usable ALERT_WEBHOOK_URL."""
+    from connector.alerts import check_result
+
+    try:
+        ok, detail = check_result(settings)
+    except ConfigError as exc:
+        return CheckResult("alerts", False, str(exc))
+    return CheckResult("alerts", ok, detail)
+
+
 CHECKS: list[Callable[[Settings], CheckResult | list[CheckResult]]] = [
-    check_required, check_moesif, check_segment, check_state_dir, check_mappings]
+    check_required, check_moesif, check_segment, check_state_dir, check_mappings,
+    check_alerts]
 
 
 def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:

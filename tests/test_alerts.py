@@ -212,3 +212,41 @@ def test_forward_rules_raise_and_resolve_once(receiver, settings_factory):
     conn.close()
     assert receiver.wait_for(6)
     assert all(r.verified and r.payload["source"] == "forward" for r in receiver.received)
+
+
+def test_alerts_cli_list_test_check_and_metric(receiver, settings_factory, monkeypatch,
+                                               tmp_path):
+    from typer.testing import CliRunner
+
+    from connector.checks import check_alerts
+    from connector.cli import app
+    from connector.metrics import Metrics
+
+    home = tmp_path / "cli-home"
+    monkeypatch.setenv("CONNECTOR_HOME", str(home))
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+    monkeypatch.setenv("ALERT_WEBHOOK_SECRET", SECRET)
+    runner = CliRunner()
+    assert runner.invoke(app, ["alerts", "list"]).output.startswith("no open alerts")
+    result = runner.invoke(app, ["alerts", "test"])
+    assert result.exit_code == 0, result.output
+    assert receiver.received[-1].verified and SECRET not in result.output
+    receiver.status = 404
+    assert runner.invoke(app, ["alerts", "test"]).exit_code == 1
+    receiver.status = 200
+    # A stale sync: raised by the check, listed, failing `check`.
+    settings = settings_factory(connector_home=home, alert_webhook_url=receiver.url,
+                                alert_stale_seconds=5)
+    conn = connect(settings.state_path)
+    AlertStore(conn).set_mark("stale.since", str(time.time() - 60))  # never succeeded
+    check_stale(settings, conn)
+    conn.close()
+    listed = runner.invoke(app, ["alerts", "list"])
+    assert listed.exit_code == 0 and "stale" in listed.output
+    result = check_alerts(settings)
+    assert not result.ok and "stale" in result.detail
+    metrics = Metrics()
+    metrics.observe_report(_report(alerts={"open": [{"rule": "stale",
+                                                     "severity": "critical"}]}))
+    text = metrics.exposition().decode()
+    assert 'moesif_segment_alerts_open{rule="stale",severity="critical"} 1.0' in text

@@ -154,3 +154,32 @@ def send_test(settings: Settings, conn: sqlite3.Connection | None = None) -> lis
 
 __all__ = ["after_sync", "check_stale", "deliver_pending", "forward_tick", "on_sync_report",
            "send_test"]
+
+
+def check_result(settings: Settings) -> tuple[bool, str]:
+    """For `moesif-segment check`: the `stale` rule, open alerts and undelivered events.
+    Fails on a stale sync, an undeliverable alert or a bad ALERT_WEBHOOK_URL."""
+    from connector.errors import ConfigError
+    from connector.store import connect
+
+    try:
+        urls = webhook_urls(settings)
+    except ConfigError as exc:
+        return False, str(exc)
+    receivers = f"{len(urls)} webhook receiver(s)" if urls else "no ALERT_WEBHOOK_URL"
+    if not settings.state_path.exists():
+        return True, f"{receivers}; no state yet"
+    conn = connect(settings.state_path)
+    try:
+        check_stale(settings, conn)
+        store = AlertStore(conn)
+        opened, undelivered = store.open_alerts(), store.undelivered()
+    finally:
+        conn.close()
+    parts = [receivers, f"{len(opened)} open alert(s)"
+             + (f": {', '.join(a.rule for a in opened)}" if opened else "")]
+    if undelivered:
+        parts.append(f"{len(undelivered)} alert event(s) not delivered (last error: "
+                     f"{undelivered[0]['error'] or 'not tried yet'}); see `alerts list`")
+    ok = not undelivered and not any(a.rule == "stale" for a in opened)
+    return ok, "; ".join(parts)

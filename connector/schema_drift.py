@@ -3,7 +3,8 @@ fields earlier runs saw.
 
 Each run keeps an `Inventory`: (entity, dotted path, JSON type) -> records, built by a
 bounded walk of every record (`metadata` keys included; at most `MAX_DEPTH` levels,
-`MAX_KEYS_PER_OBJECT` keys per object and `MAX_PATHS` distinct paths per run, so a record
+`MAX_KEYS_PER_OBJECT` keys per object, `MAX_SHAPES` object shapes and `MAX_PATHS`
+distinct paths per run, so a record
 with 10,000 metadata keys cannot blow it up). A `null` value counts as absent: the mapping
 treats it so. Arrays are typed `array` and not walked into.
 
@@ -32,6 +33,7 @@ from connector.store import Transaction, ensure_schema
 MAX_DEPTH = 4
 MAX_KEYS_PER_OBJECT = 200
 MAX_PATHS = 2000
+MAX_SHAPES = 5000  # distinct object shapes per run
 VANISHED_SHARE = 0.5
 POLICIES = ("report", "alert", "stop")
 
@@ -54,44 +56,71 @@ class SchemaDriftStopped(ConnectorError):
 
 
 class Inventory:
-    """Per-run counts of (entity, path, type); cheap enough for the sync's hot path."""
+    """Per-run counts of (entity, path, type); cheap enough for the sync's hot path.
 
-    __slots__ = ("counts", "records", "truncated")
+    A record is not walked field by field: each object in it is counted by its *shape*
+    (its key tuple and value-type tuple, built at C speed), one dict increment per object.
+    Records repeat a few shapes, so the (entity, path, type) counts are expanded from the
+    shapes only when asked for (`counts`), at the end of the run or per page for `stop`.
+    """
+
+    __slots__ = ("shapes", "records", "truncated", "_counts")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = {}
+        # (entity, prefix, keys, types) -> [objects of that shape, its (key, child prefix)
+        # for the objects inside it]
+        self.shapes: dict[tuple[str, str, tuple[str, ...], tuple[type, ...]], list[Any]] = {}
         self.records: dict[str, int] = {}
         self.truncated: set[str] = set()
+        self._counts: dict[tuple[str, str, str], int] | None = None
 
     def add(self, entity: str, doc: Any) -> None:
         if not isinstance(doc, dict):
             return
         self.records[entity] = self.records.get(entity, 0) + 1
-        self._walk(entity, doc, "", 1)
+        self._counts = None
+        self._shape(entity, "", doc, 1)
 
-    def _walk(self, entity: str, node: dict[str, Any], prefix: str, depth: int) -> None:
-        counts = self.counts
-        seen = 0
-        for key, value in node.items():
-            if value is None:
-                continue
-            seen += 1
-            if seen > MAX_KEYS_PER_OBJECT:
+    def _shape(self, entity: str, prefix: str, node: dict[str, Any], depth: int) -> None:
+        keys = tuple(node)
+        if len(keys) > MAX_KEYS_PER_OBJECT:
+            self.truncated.add(entity)
+            keys = keys[:MAX_KEYS_PER_OBJECT]
+            types = tuple(type(node[k]) for k in keys)
+        else:
+            types = tuple(map(type, node.values()))
+        shape = (entity, prefix, keys, types)
+        entry = self.shapes.get(shape)
+        if entry is None:
+            if len(self.shapes) >= MAX_SHAPES:
                 self.truncated.add(entity)
                 return
-            kind = _TYPES.get(type(value), "other")
-            path = prefix + key
-            slot = (entity, path, kind)
-            count = counts.get(slot)
-            if count is None:
-                if len(counts) >= MAX_PATHS:
-                    self.truncated.add(entity)
+            kids = [(k, f"{prefix}{k}.") for k, t in zip(keys, types, strict=True)
+                    if t is dict] if depth < MAX_DEPTH else []
+            entry = self.shapes[shape] = [0, kids]
+        entry[0] += 1
+        for key, child in entry[1]:
+            self._shape(entity, child, node[key], depth + 1)
+
+    @property
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """(entity, path, type) -> records, at most MAX_PATHS entries (`null` is absent)."""
+        if self._counts is not None:
+            return self._counts
+        counts: dict[tuple[str, str, str], int] = {}
+        for (entity, prefix, keys, types), (n, _) in self.shapes.items():
+            for key, kind in zip(keys, types, strict=True):
+                if kind is type(None):
                     continue
-                counts[slot] = 1
-            else:
-                counts[slot] = count + 1
-            if kind == "object" and depth < MAX_DEPTH:
-                self._walk(entity, value, path + ".", depth + 1)
+                slot = (entity, prefix + key, _TYPES.get(kind, "other"))
+                if slot in counts:
+                    counts[slot] += n
+                elif len(counts) < MAX_PATHS:
+                    counts[slot] = n
+                else:
+                    self.truncated.add(entity)
+        self._counts = counts
+        return counts
 
     def present(self, entity: str) -> dict[str, dict[str, int]]:
         """path -> {type: records} for one entity."""

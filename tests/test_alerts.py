@@ -250,3 +250,30 @@ def test_alerts_cli_list_test_check_and_metric(receiver, settings_factory, monke
                                                      "severity": "critical"}]}))
     text = metrics.exposition().decode()
     assert 'moesif_segment_alerts_open{rule="stale",severity="critical"} 1.0' in text
+
+
+def test_forward_alerts_read_the_real_spool(settings_factory):
+    from connector.alerts.forward import ForwardAlerts
+    from connector.forward.spool import Spool
+
+    settings = settings_factory(alert_backlog_age_seconds=0.001,
+                                alert_delivery_stalled_seconds=0.001)
+    conn = connect(settings.state_path)
+    spool = Spool(conn, 1000)
+    seqs = spool.append([("k1", b"{}"), ("k2", b"{}")])
+    watcher = ForwardAlerts(settings)
+    # The first tick sees the delivery counter for the first time: not stalled yet.
+    raised = [e["rule"] for e in watcher.tick(conn)]
+    assert "delivery_stalled" not in raised
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(raised) < 2:
+        raised += [e["rule"] for e in watcher.tick(conn)]
+    assert sorted(raised) == ["backlog_age", "delivery_stalled"]
+    spool.dead_letter(seqs[:1], "REJECTED_BY_COLLECTOR", "400")
+    assert [e["rule"] for e in watcher.tick(conn)] == ["dead_letters"]
+    spool.ack(seqs[1:])
+    spool.bump({"delivered": 1})
+    resolved = {(e["rule"], e["event"]) for e in watcher.tick(conn)}
+    assert resolved == {("backlog_age", "alert.resolved"), ("delivery_stalled", "alert.resolved"),
+                        ("dead_letters", "alert.resolved")}
+    conn.close()

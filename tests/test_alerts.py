@@ -277,3 +277,19 @@ def test_forward_alerts_read_the_real_spool(settings_factory):
     assert resolved == {("backlog_age", "alert.resolved"), ("delivery_stalled", "alert.resolved"),
                         ("dead_letters", "alert.resolved")}
     conn.close()
+
+
+def test_a_dead_receiver_delays_a_sync_run_by_at_most_the_bound(settings_factory):
+    dead = AlertReceiver(status=500)
+    with start_sync_sandbox(40, 4, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb, \
+            dead.server() as server:
+        settings = settings_factory(moesif_api_url=sb.moesif_url, segment_host=sb.segment_url,
+                                    alert_webhook_url=server.url, alert_webhook_max_seconds=1.0,
+                                    alert_runtime_seconds=0.000001)
+        started = time.monotonic()
+        outcome = run_sync(settings)
+        took = time.monotonic() - started
+    assert outcome.report.status == "success" and outcome.exit_code == 0
+    assert [a["rule"] for a in outcome.report.alerts["raised"]] == ["runtime"]
+    assert len(dead.received) >= 2
+    assert took - outcome.report.duration_s < 1.0 + 1.0, took

@@ -137,9 +137,20 @@ def check_state_store(settings: Settings) -> list[CheckResult]:
     return [CheckResult(name, True, detail)]
 
 
+def check_alerts(settings: Settings) -> CheckResult:
+    """Issue 9: no stale sync, every alert delivered, a usable ALERT_WEBHOOK_URL."""
+    from connector.alerts import check_result
+
+    try:
+        ok, detail = check_result(settings)
+    except ConfigError as exc:
+        return CheckResult("alerts", False, str(exc))
+    return CheckResult("alerts", ok, detail)
+
+
 CHECKS: list[Callable[[Settings], CheckResult | list[CheckResult]]] = [
     check_required, check_moesif, check_segment, check_state_dir, check_mappings,
-    check_state_store]
+    check_state_store, check_alerts]
 
 
 def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:

@@ -331,5 +331,14 @@ def _add_report_app() -> None:
 _add_report_app()
 
 
+def _add_alerts_app() -> None:
+    from connector.alerts_cli import alerts_app
+
+    app.add_typer(alerts_app, name="alerts", help="Open alerts; test the alert webhook.")
+
+
+_add_alerts_app()
+
+
 def main() -> None:
     app()

@@ -36,6 +36,42 @@ def demo_settings(home: Path, moesif_url: str, segment_url: str, collector_url: 
     })
 
 
+DEMO_ALERT_SECRET = "demo-alert-secret"
+
+
+def _drift_and_alert(sandbox, settings: Settings, users: int):  # noqa: ANN001, ANN202
+    """Issue 9 in the demo: some Moesif users gain a metadata field; a second run reports
+    the drift and, with SCHEMA_DRIFT_POLICY=alert, sends a signed `schema_added` alert to
+    a receiver the demo starts. Returns the second run's outcome (its report is saved)."""
+    from connector.report import render_text
+    from connector.sandbox.alert_receiver import AlertReceiver
+    from connector.sync.job import run_sync
+
+    ds = sandbox.dataset
+    for i in range(0, users, 10):
+        doc = ds.get_user(ds.user_key(i))
+        if doc:
+            ds.users.update(ds.user_key(i), {
+                "metadata": {**(doc.get("metadata") or {}), "beta_program": True}}, None)
+    receiver = AlertReceiver(secret=DEMO_ALERT_SECRET)
+    with receiver.server() as server:
+        alerting = settings.model_copy(update={
+            "alert_webhook_url": server.url, "schema_drift_policy": "alert",
+            "alert_webhook_secret": SecretStr(DEMO_ALERT_SECRET)})
+        typer.echo("\nSome Moesif users gained metadata.beta_program; syncing again with "
+                   f"SCHEMA_DRIFT_POLICY=alert and an alert receiver at {server.url}")
+        outcome = run_sync(alerting, "incremental")
+        receiver.wait_for(1, timeout=settings.alert_webhook_max_seconds)
+    typer.echo(render_text(outcome.report))
+    for got in receiver.received:
+        signed = "signature verified" if got.verified else "signature NOT verified"
+        typer.echo(f"Alert receiver got {got.payload.get('event')} ({signed}): "
+                   f"{got.payload.get('text')}")
+    if not receiver.received:
+        typer.echo("Alert receiver got nothing (see `moesif-segment alerts list`)")
+    return outcome
+
+
 def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> int:
     from connector.forward.pipeline import run_forward
     from connector.logsetup import setup_logging
@@ -59,6 +95,7 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
         typer.echo(f"Syncing Moesif ({sandbox.moesif_url}) -> Segment ({sandbox.segment_url})")
         outcome = run_sync(settings, "incremental")
         typer.echo(render_text(outcome.report))
+        outcome = _drift_and_alert(sandbox, settings, users)
         html_path = home / "reports" / f"{outcome.report.run_id}.html"
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(outcome.report), encoding="utf-8")

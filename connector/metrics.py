@@ -45,6 +45,10 @@ class Metrics:
         self.last_run = Gauge("moesif_segment_last_run_timestamp_seconds",
                               "When the last run finished, whatever its status (Unix time).",
                               registry=self.registry)
+        self.alerts_open = Gauge("moesif_segment_alerts_open",
+                                 "Open connector alerts by rule and severity (1 = open), as "
+                                 "of the last run's report.", ["rule", "severity"],
+                                 registry=self.registry)
         # Export zeros from the start so rate() and alerts see every series.
         for status in RUN_STATUSES:
             self.runs.labels(status=status)
@@ -76,6 +80,16 @@ class Metrics:
         if report.duration_s is not None and report.duration_s >= 0:
             self.duration.observe(report.duration_s)
         self._record_end(status, finished, report.run_id, report.error)
+        self.observe_alerts(report)
+
+    def observe_alerts(self, report: RunReport) -> None:
+        """Issue 9: the run report's open alerts as `moesif_segment_alerts_open`."""
+        if report.alerts is None:
+            return
+        self.alerts_open.clear()
+        for alert in report.alerts.get("open") or []:
+            self.alerts_open.labels(rule=str(alert.get("rule")),
+                                    severity=str(alert.get("severity"))).set(1)
 
     def observe_crash(self, reason: str, duration_s: float | None = None) -> None:
         """A run that ended without a report (an exception escaped it)."""

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from connector import report_sections
 from connector.report_model import (
     COUNT_KEYS,
     PHASE_NAMES,
@@ -186,6 +187,8 @@ def render_text(report: ReportLike, *, width: int = 120, color: bool = False) ->
     _text_entities(console, report)
     _text_fields(console, report)
     _text_issues(console, report)
+    report_sections.text_schema(console, report)
+    report_sections.text_alerts(console, report)
     _text_phases(console, report)
     return _output(console)
 
@@ -388,6 +391,8 @@ def render_html(report: ReportLike) -> str:
         _html_outcomes(report),
         _html_coverage(report),
         _html_issues(report),
+        report_sections.html_alerts(report),
+        report_sections.html_schema(report),
         _html_phases(report),
         _html_samples(report),
         _html_settings(report),
@@ -620,6 +625,7 @@ def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
                         if c in codes_a and codes_a[c] != codes_b[c]},
         },
         "duration_s": _delta(a.duration_s, b.duration_s),
+        "schema": report_sections.diff_schema(a, b),
     }
 
 
@@ -646,6 +652,7 @@ def render_diff_text(d: dict[str, Any], *, width: int = 100, color: bool = False
     _diff_counts(console, "Message counts that moved", _dict(d.get("messages")))
     _diff_fields(console, d)
     _diff_issues(console, _dict(d.get("issues")))
+    report_sections.diff_schema_text(console, d)
     duration = _dict(d.get("duration_s"))
     if duration.get("a") is not None and duration.get("b") is not None:
         console.print(Text(f"duration: {_fmt_seconds(duration['a'])} → "

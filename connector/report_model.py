@@ -183,6 +183,11 @@ class RunReport(_Part):
     throughput: Throughput | None = None
     samples: list[Sample] = Field(default_factory=list)
     dry_run_note: str | None = None
+    # Issue 9: the run's schema drift (connector.schema_drift.compare) and its alerts
+    # (raised, resolved, open). Optional: older reports have neither. The field is not
+    # named `schema` because that shadows a pydantic method; its stored key is `schema`.
+    schema_section: dict[str, Any] | None = Field(default=None, alias="schema")
+    alerts: dict[str, Any] | None = None
 
     @field_validator("status", mode="before")
     @classmethod
@@ -213,6 +218,11 @@ class RunReport(_Part):
             data.pop("dry_run_note", None)
         if data.get("throughput") is None:
             data.pop("throughput", None)
+        schema = data.pop("schema_section", None)
+        if schema is not None:
+            data["schema"] = schema
+        if data.get("alerts") is None:
+            data.pop("alerts", None)
         return data
 
     @classmethod

@@ -7,6 +7,7 @@ Secrets are `SecretStr`: their repr is masked, and nothing in the code base call
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -63,6 +64,23 @@ class Settings(BaseSettings):
     forward_max_line_bytes: int = Field(1_048_576, ge=1024)
     forward_company_unknown_values: str = "UNKNOWN"
 
+    # --- alerts and schema drift (see connector/alerts, connector/schema_drift.py) ---
+    # Every threshold: 0 switches its rule off. ALERT_RULES_DISABLED also switches rules
+    # off by name (comma-separated, e.g. "runtime,count_deviation").
+    alert_webhook_url: str | None = None  # comma-separated for several receivers
+    alert_webhook_secret: SecretStr | None = None
+    alert_webhook_max_seconds: float = Field(10.0, gt=0)  # the bound on one delivery pass
+    alert_rules_disabled: str = ""
+    alert_rejected_pct: float = Field(5.0, ge=0)
+    alert_count_deviation_pct: float = Field(80.0, ge=0)
+    alert_count_deviation_runs: int = Field(5, ge=0)
+    alert_runtime_seconds: float = Field(3600.0, ge=0)
+    alert_stale_seconds: float = Field(86400.0, ge=0)
+    alert_backlog_age_seconds: float = Field(900.0, ge=0)
+    alert_delivery_stalled_seconds: float = Field(600.0, ge=0)
+    schema_drift_policy: Literal["report", "alert", "stop"] = "report"
+    schema_drift_min_records: int = Field(50, ge=1)
+
     # --- state backend (issue 11) ---
     # Unset: the SQLite file in CONNECTOR_HOME. `postgresql://user@host:5432/db`: cursors,
     # hashes, failures, reports and the lease in PostgreSQL, shared by replicas.
@@ -99,6 +117,7 @@ class Settings(BaseSettings):
             self.segment_write_key,
             self.moesif_application_id,
             self.forward_ingest_token,
+            self.alert_webhook_secret,
         ]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         password = urlsplit(self.state_url).password if self.state_url else None

@@ -161,6 +161,7 @@ class Transaction:
 # backend it talks to.
 
 _PG_DDL = ((re.compile(r"\s+WITHOUT ROWID", re.I), ""),
+           (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", re.I), "BIGSERIAL PRIMARY KEY"),
            (re.compile(r"\bBLOB\b", re.I), "BYTEA"),
            (re.compile(r"\bREAL\b", re.I), "DOUBLE PRECISION"))
 

@@ -12,7 +12,12 @@ def test_demo_syncs_forwards_and_leaves_an_html_report(tmp_path, monkeypatch, ca
     html = next((tmp_path / "home" / "demo" / "reports").glob("*.html"))
     assert str(html) in out and "<svg" in html.read_text()
     assert "unique events" in out
+    # Issue 9: a drift section, and one signed alert to the receiver the demo starts.
+    assert "Schema drift" in out and "metadata.beta_program" in out
+    assert "Alert receiver got alert.raised (signature verified)" in out
+    assert "schema_added" in out
     conn = connect(tmp_path / "home" / "demo" / "state.sqlite3")
     assert conn.execute("SELECT COUNT(*) FROM record_hash").fetchone()[0] > 0
     for key in (DEMO_MANAGEMENT_KEY, DEMO_WRITE_KEY, DEMO_APP_ID):
         assert key not in out
+

@@ -625,6 +625,9 @@ class Forwarder:
                                    name="forward-inputs")
         watcher.start()
         self.sender.start()
+        from connector.alerts.forward import ForwardAlerts  # issue 9: its own thread
+
+        alerts = ForwardAlerts(self.settings).start()
         try:
             # Production wait loop: wake on the stop signal or when the senders are done.
             while not self.sender.done.wait(0.05) and not self.stop_event.is_set():
@@ -633,6 +636,7 @@ class Forwarder:
             self._shutdown(readers)
             self._stopped.set()
             checkpointer.join(timeout=30)
+            alerts.stop()
         return self._exit_code()
 
     def _shutdown(self, readers: list[threading.Thread]) -> None:

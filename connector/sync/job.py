@@ -30,6 +30,7 @@ from connector.redaction import redact
 from connector.report_model import ENTITIES, Mode, RunReport, Status
 from connector.report_model import ReportBuilder as Report  # the builder SyncRun fills in
 from connector.report_store import new_run_id
+from connector.schema_drift import Inventory, check_stop, mapped_paths
 from connector.segment.sink import (
     MAX_MESSAGE_BYTES,
     DeliveryResult,
@@ -169,6 +170,10 @@ class SyncRun:
         self.identify_trimmable = mappings.trimmable_paths("identify")
         self.group_trimmable = mappings.trimmable_paths("group")
         self.personal = mappings.personal_sources()
+        # Issue 9: source fields seen this run (bounded walk per record), for schema drift.
+        self.inventory = Inventory()
+        self.mapped_sources = mapped_paths(mappings)
+        self.drift_stop = settings.schema_drift_policy == "stop"
         # Users that failed or were invalid in this run (few, normally): a changed
         # company's members are not re-sent or re-reported in the same run. Users that
         # were delivered need no entry: their stored hash already says "unchanged".
@@ -314,6 +319,8 @@ class SyncRun:
         with Timer(self.report.phases, "map"):
             for doc in page.docs:
                 counts["fetched"] += 1
+                if not members:
+                    self.inventory.add(entity, doc)
                 candidate = self._map_user(doc, page, cache)
                 if candidate is None:
                     counts["invalid"] += 1
@@ -323,6 +330,7 @@ class SyncRun:
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
+        self._drift_guard()
         with Timer(self.report.phases, "diff"):
             ids = [c.id for c in candidates]
             stored = {} if self.full and not members else self.state.hashes(entity, ids)
@@ -356,6 +364,13 @@ class SyncRun:
         else:
             self._deliver(entity, sendable, cursor, outcomes)
         return outcomes
+
+    def _drift_guard(self) -> None:
+        """SCHEMA_DRIFT_POLICY=stop: a vanished mapped field stops the run before the
+        page is sent (SchemaDriftStopped, exit 1)."""
+        if self.drift_stop and not self.dry_run:
+            check_stop(self.state.conn, self.inventory, self.mapped_sources,
+                       self.settings.schema_drift_min_records)
 
     def _map_user(self, doc: dict[str, Any], page: Joined,
                   cache: dict[Any, Any]) -> Candidate | None:
@@ -569,6 +584,7 @@ class SyncRun:
             mapped = []
             for doc in docs:
                 counts["fetched"] += 1
+                self.inventory.add(entity, doc)
                 company_id = doc.get("company_id")
                 if company_id in (None, ""):
                     counts["invalid"] += 1
@@ -584,6 +600,7 @@ class SyncRun:
                                          digest_size=16).hexdigest()
                 mapped.append((cid, doc, digest))
         self.progress("fetched", entity=entity, n=len(docs))
+        self._drift_guard()
         with Timer(self.report.phases, "diff"):
             ids = [m[0] for m in mapped]
             stored = {} if self.full else self.state.hashes(entity, ids)
@@ -736,6 +753,36 @@ def _run_to_the_end(run: SyncRun, stop_event: threading.Event,
     return outcome
 
 
+def _schema_and_alerts(settings: Settings, conn: sqlite3.Connection, run: SyncRun,
+                       report: RunReport) -> None:
+    """Issue 9: the report's schema section (and the inventory kept for the next run),
+    then the sync alert rules. Neither may fail the run: a problem is logged."""
+    from connector import alerts, schema_drift
+
+    try:
+        report.schema_section = schema_drift.compare(
+            conn, run.inventory, run.mapped_sources,
+            min_records=settings.schema_drift_min_records,
+            policy=settings.schema_drift_policy)
+        if not run.dry_run:
+            schema_drift.save(conn, run.inventory, report.run_id)
+        if schema_drift.is_drift(report.schema_section):
+            log.warning("schema drift in run %s: %d added, %d type changed, %d vanished",
+                        report.run_id, len(report.schema_section["added"]),
+                        len(report.schema_section["type_changed"]),
+                        len(report.schema_section["vanished"]))
+    except sqlite3.Error as exc:
+        log.warning("schema drift not recorded: %s", exc)
+    alerts.after_sync(settings, conn, report)
+
+
+def _deliver_alerts(settings: Settings, conn: sqlite3.Connection) -> None:
+    """Webhook delivery after the report is saved, bounded by ALERT_WEBHOOK_MAX_SECONDS."""
+    from connector import alerts
+
+    alerts.deliver_pending(settings, conn)
+
+
 def run_sync(settings: Settings, mode: str = "incremental",
              stop_event: threading.Event | None = None, progress: Progress | None = None,
              conn: sqlite3.Connection | None = None) -> SyncOutcome:
@@ -769,8 +816,10 @@ def run_sync(settings: Settings, mode: str = "incremental",
             outcome = _run_to_the_end(run, stop_event, settings)
             log.info("sync run %s finished: %s", run.report.run_id, outcome.report.status)
         with state_errors(settings.state_path):
+            _schema_and_alerts(settings, conn, run, outcome.report)
             store.save(outcome.report)
             store.prune(settings.report_keep_runs)
+        _deliver_alerts(settings, conn)
         return outcome
     finally:
         gc.set_threshold(*gc_threshold)

@@ -122,6 +122,7 @@ class _Runner:
 
     def __init__(self, settings: Settings, run_once_fn: RunOnce, stop_event: threading.Event,
                  metrics: Metrics | None, lease_poll: float) -> None:
+        self.settings = settings
         self.run_once_fn = run_once_fn
         self.stop_event = stop_event
         self.metrics = metrics
@@ -282,6 +283,25 @@ def _once_exit_code(code: int | None, stop_event: threading.Event) -> int:
     return code
 
 
+STALE_CHECK_SECONDS = 60.0
+
+
+def _stale_between_runs(runner: _Runner, due: float) -> float:
+    """Issue 9: the `stale` alert rule, checked between runs (not during one: a run that
+    succeeds resolves it). Returns when it is due next."""
+    now = time.monotonic()
+    if now < due or runner.in_run.is_set():
+        return due
+    from connector.alerts import check_stale
+
+    conn = connect_state(runner.settings)
+    try:
+        check_stale(runner.settings, conn)
+    finally:
+        conn.close()
+    return now + STALE_CHECK_SECONDS
+
+
 def _run_scheduler(runner: _Runner, trigger: BaseTrigger, period: timedelta,
                    first_run_now: bool) -> None:
     scheduler = BackgroundScheduler(timezone=UTC,
@@ -313,8 +333,9 @@ def _run_scheduler(runner: _Runner, trigger: BaseTrigger, period: timedelta,
              ", first run now" if first_run_now else "", runner.lease.holder)
     try:
         # A timed wait keeps the main thread responsive to signals on every platform.
+        next_stale = 0.0
         while not runner.stop_event.wait(1.0):
-            pass
+            next_stale = _stale_between_runs(runner, next_stale)
     finally:
         log.info("stopping the scheduler (waiting for the run in hand to finish)")
         scheduler.shutdown(wait=True)

@@ -226,8 +226,10 @@ def save(conn: sqlite3.Connection, inventory: Inventory, run_id: str) -> None:
         conn.executemany(
             "INSERT INTO schema_fields (entity, path, type, first_run_id, last_run_id, runs, "
             "max_share) VALUES (?, ?, ?, ?, ?, 1, ?) ON CONFLICT (entity, path, type) DO "
-            "UPDATE SET last_run_id = excluded.last_run_id, runs = runs + 1, "
-            "max_share = max(max_share, excluded.max_share)", rows)
+            "UPDATE SET last_run_id = excluded.last_run_id, runs = schema_fields.runs + 1, "
+            # CASE, not SQLite's two-argument max(): the same SQL runs on PostgreSQL.
+            "max_share = CASE WHEN excluded.max_share > schema_fields.max_share "
+            "THEN excluded.max_share ELSE schema_fields.max_share END", rows)
 
 
 def check_stop(conn: sqlite3.Connection, inventory: Inventory, mapped: dict[str, set[str]],

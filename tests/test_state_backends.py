@@ -145,3 +145,34 @@ def test_an_unreachable_state_url_is_a_config_error_without_the_password(tmp_pat
     with pytest.raises(ConfigError, match="STATE_URL") as caught:
         connect_state(settings)
     assert "s3cret-pw" not in str(caught.value)
+
+
+def test_alerts_and_schema_inventory_on_both_backends(conn):
+    """Open alerts, their delivery log and the schema inventory live in the same store as
+    the rest of the state, so replicas on PostgreSQL share them."""
+    from connector import schema_drift
+    from connector.alerts.rules import Verdict
+    from connector.alerts.state import AlertStore
+
+    store = AlertStore(conn)
+    raised = store.apply([Verdict("run_failed", True, "run r1 failed")], run_id="r1")
+    assert [e["event"] for e in raised] == ["alert.raised"]
+    assert store.apply([Verdict("run_failed", True, "again")], run_id="r2") == []  # once
+    [(log_id, payload)] = store.pending()
+    assert payload["rule"] == "run_failed" and log_id > 0
+    store.record_delivery(log_id, True, None)
+    assert store.pending() == []
+    resolved = store.apply([Verdict("run_failed", False)], run_id="r3")
+    assert [e["event"] for e in resolved] == ["alert.resolved"]
+    assert store.open_alerts() == []
+    store.set_mark("k", "1")
+    store.set_mark("k", "2")
+    assert store.mark("k") == "2"
+
+    inventory = schema_drift.Inventory()
+    for n in range(3):
+        inventory.add("users", {"user_id": str(n), "metadata": {"plan": "pro"}})
+    schema_drift.save(conn, inventory, "r1")
+    schema_drift.save(conn, inventory, "r2")  # the upsert path
+    earlier = schema_drift._earlier(conn)
+    assert "users" in earlier and earlier["users"]

@@ -93,10 +93,12 @@ class AlertStore:
 
     def log(self, payload: dict[str, Any]) -> int:
         cur = self.conn.execute(
-            "INSERT INTO alert_log (alert_id, event, rule, at, payload) VALUES (?, ?, ?, ?, ?)",
+            # RETURNING, not lastrowid: the same SQL answers on SQLite and PostgreSQL.
+            "INSERT INTO alert_log (alert_id, event, rule, at, payload) VALUES (?, ?, ?, ?, ?) "
+            "RETURNING id",
             (payload["alert_id"], payload["event"], payload["rule"], payload["occurred_at"],
              json.dumps(payload, default=str)))
-        return int(cur.lastrowid or 0)
+        return int(cur.fetchone()[0])
 
     def pending(self) -> list[tuple[int, dict[str, Any]]]:
         rows = self.conn.execute(

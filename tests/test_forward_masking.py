@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from connector.forward.masking import (
@@ -261,6 +261,10 @@ def _spellings(a: int, b: int, c: int, d: int) -> list[str]:
 @settings(max_examples=60, deadline=None)
 def test_ipv4_in_ipv6_never_reveals_the_octet_the_ipv4_rule_hides(
         a: int, b: int, c: int, other: int, d: int, rule: str) -> None:
+    # `::` and `::1` (0.0.0.0 and 0.0.0.1 in the compatible form) are the unspecified and
+    # loopback addresses, not IPv4-compatible ones (RFC 4291 2.5.5.1): they keep the IPv6
+    # rule's shape, which tells only that the address is one of those two.
+    assume(not (a == b == 0 and d in (0, 1) and 0 in (c, other)))
     for first, second in zip(_spellings(a, b, c, d), _spellings(a, b, other, d), strict=True):
         masked = mask_value(first, rule)
         # The output cannot depend on the hidden octet: two addresses differing only

@@ -83,7 +83,7 @@ def _parse_int(notes: list[str]) -> Callable[[str], Any]:
 
 def _parse_constant(notes: list[str]) -> Callable[[str], float]:
     def parse(literal: str) -> float:
-        notes.append(f"a {literal} literal")
+        notes.append(f"{literal} literal")
         return float(literal)
     return parse
 

@@ -480,9 +480,10 @@ class MappingSet:
     def _apply_sub(self, rule: FieldRule, raw: dict[str, Any], joins: dict[str, Any],
                    key: str, out: Applied, cache: dict[Any, Any] | None) -> dict[str, Any]:
         if cache is None:
-            sub: dict[str, Any] = {}
-            self._apply_into(rule.submapping, raw, joins, key, out, sub, None)
-            return sub
+            part = Applied({}, [], [], out.fields)
+            self._apply_into(rule.submapping, raw, joins, key, part, part.message, None)
+            out.issues.extend((code, f"{rule.target}.{detail}") for code, detail in part.issues)
+            return part.message
         identity = _identity(raw)
         cache_key = (rule.submapping, key, identity)
         hit = cache.get(cache_key)
@@ -492,7 +493,7 @@ class MappingSet:
             # An id()-keyed entry keeps its object alive, so the id cannot be reused.
             keep = raw if isinstance(identity, int) else None
             hit = cache[cache_key] = (part.message, part.fields, keep)
-            out.issues.extend(part.issues)
+            out.issues.extend((code, f"{rule.target}.{detail}") for code, detail in part.issues)
         out.fields.extend(hit[1])
         return hit[0]
 

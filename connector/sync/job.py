@@ -422,16 +422,19 @@ class SyncRun:
         return found
 
     def _report_decode_problems(self, entity: str, docs: list[dict[str, Any]],
-                                problems: list[str]) -> None:
-        """Moesif sent text that had to be repaired: name the records that carry it."""
+                                problems: list[str], quiet: bool = False) -> None:
+        """Moesif sent text that had to be repaired: name the records that carry it
+        (`quiet`: say nothing when none of `docs` does)."""
         if not problems:
             return
         why = "; ".join(dict.fromkeys(problems))[:300]
         id_field = "user_id" if entity == "users" else "company_id"
-        named = [_id_text(d.get(id_field)) or _id_text(d.get("_id")) for d in docs
-                 if _has_replacement(d)]
-        for rid in named or [None]:
-            self.report.issue(entity, rid, IssueCode.BAD_ENCODING,
+        named: list[str | None] = [_id_text(d.get(id_field)) or _id_text(d.get("_id"))
+                                   for d in docs if _has_replacement(d)]
+        if not named and not quiet:
+            named = [None]
+        for rid in named:
+            self.report.issue(entity, rid, IssueCode.BAD_ENCODING.value,
                               f"Moesif sent text that is not valid Unicode ({why}); "
                               "sent with U+FFFD in its place")
 
@@ -451,6 +454,9 @@ class SyncRun:
         outcomes: dict[str, str] = {}
         candidates: list[Candidate] = []
         self._report_decode_problems(entity, page.docs, page.problems)
+        if page.problems and page.companies:
+            self._report_decode_problems("companies", list(page.companies.values()),
+                                         page.problems, quiet=True)
         if cache is None:
             cache = self.map_cache  # each company (id, version) is mapped once (bounded)
             if len(cache) > 20_000:
@@ -510,7 +516,7 @@ class SyncRun:
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
             log.exception("mapping a user failed")
             rid = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
-            self.report.issue("users", rid, IssueCode.MAPPING_FAILED,
+            self.report.issue("users", rid, IssueCode.MAPPING_FAILED.value,
                               f"mapping or hashing failed: {_failure_text(exc)}")
             return None
 
@@ -525,7 +531,7 @@ class SyncRun:
                  "@metrics": page.metrics.get(record_id) if record_id else None}
         identify = self.mappings.apply("identify", doc, joins, cache=cache)
         for code, detail in identify.issues:
-            self.report.issue("users", record_id, code, detail)
+            self.report.issue("users", record_id or _id_text(doc.get("_id")), code, detail)
         if identify.missing_required or record_id is None:
             missing = identify.missing_required or ["userId"]
             detail = f"required field(s) missing: {', '.join(missing)}"
@@ -535,7 +541,7 @@ class SyncRun:
                               detail)
             return None
         if raw_company not in (None, "") and company_id is None:
-            self.report.issue("users", record_id, IssueCode.BAD_VALUE,
+            self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
                               "company_id: not an id (text or integer); sent without a company")
         group = None
         if company is not None:
@@ -590,7 +596,7 @@ class SyncRun:
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
             log.exception("shaping a user's messages failed")
             c.messages.clear()
-            self.report.issue("users", c.id, IssueCode.MAPPING_FAILED,
+            self.report.issue("users", c.id, IssueCode.MAPPING_FAILED.value,
                               f"shaping or encoding failed: {_failure_text(exc)}")
             return False
 
@@ -800,7 +806,7 @@ class SyncRun:
             obj, _, digest = self._company_digest(doc)
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
             log.exception("mapping a company failed")
-            self.report.issue(entity, cid, IssueCode.MAPPING_FAILED,
+            self.report.issue(entity, cid, IssueCode.MAPPING_FAILED.value,
                               f"mapping or hashing failed: {_failure_text(exc)}")
             return None
         for code, detail in obj.issues:

@@ -598,6 +598,7 @@ BODY_FIELDS: dict[str, dict[str, str]] = {
                  "context": "object"},
     "group": {"groupId": "id", "timestamp": "datetime", "traits": "object", "context": "object"},
 }
+REQUIRED_IDS = {"identify": "userId", "group": "groupId"}
 RESERVED_TARGETS = {("context", "library"): "is set by the Segment library"}
 
 
@@ -813,6 +814,11 @@ def build_mapping_set(loaded: list[tuple[Path, dict[str, list[FieldRule]]]], dir
                                   f"{rule.target!r} uses unknown mapping {rule.submapping!r}")
     for section in sections:
         _check_no_cycle(directory, sections, section, ())
+    for section, id_target in REQUIRED_IDS.items():
+        if not any(r.target == id_target and r.required for r in sections[section]):
+            raise ConfigError(f"mappings in {directory}: [[{section}]] needs a `{id_target}` "
+                              "entry with required = true (Segment refuses a "
+                              f"{section} call without it)")
     return MappingSet(sections, version, [path for path, _ in loaded])
 
 

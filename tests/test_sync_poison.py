@@ -180,3 +180,32 @@ def test_any_value_in_any_field_never_stops_the_run(sandbox, homes, where, value
         if not has_none(value):
             assert not has_none(ours(m))  # ... nor turned into null
     assert set(report["issue_counts"]) <= set(IssueCode)
+
+
+def test_an_unforeseen_error_on_one_record_fails_that_record_only(sandbox, homes, monkeypatch):
+    """The per-record guard: a bug hit by one record (simulated by making our own mapping
+    raise for it) leaves that record out as a failure, retried by the next run."""
+    from connector.sync.job import SyncRun
+
+    load(sandbox)
+    original = SyncRun._map_user
+
+    def buggy(self, doc, page, cache):
+        if doc.get("user_id") == "u_bad":
+            raise RuntimeError("value 4242 of the record")
+        return original(self, doc, page, cache)
+
+    monkeypatch.setattr(SyncRun, "_map_user", buggy)
+    home = homes()
+    first = sync(sandbox, home)
+    assert first.exit_code == 1 and first.report["status"] == "partial"
+    assert delivered(sandbox) == set(HEALTHY_USERS)
+    failed = [i for i in first.report["issues"] if i["code"] == IssueCode.MAPPING_FAILED]
+    assert [(i["id"], i["attempts"]) for i in failed] == [("u_bad", 1)]
+    assert "RuntimeError" in failed[0]["detail"] and "4242" not in failed[0]["detail"]
+    users = first.report["entities"]["users"]
+    assert users["failed"] == 1 and users["delivered"] == 3
+    monkeypatch.setattr(SyncRun, "_map_user", original)  # the fix is deployed
+    second = sync(sandbox, home)
+    assert second.exit_code == 0 and "u_bad" in delivered(sandbox)
+    assert second.report["entities"]["users"]["retried"] == 1

@@ -246,6 +246,13 @@ def _failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__} (a bug: the record was left out so the run could go on)"
 
 
+def _log_unforeseen(what: str, exc: BaseException) -> None:
+    """An error line without the exception's text (it may quote a record's values); the
+    traceback, for whoever debugs it, at DEBUG level."""
+    log.error("%s failed: %s; the record was left out", what, type(exc).__name__)
+    log.debug("%s failed", what, exc_info=exc)
+
+
 def _has_replacement(value: Any, depth: int = 0) -> bool:
     """Whether U+FFFD appears anywhere in a decoded document (bounded depth)."""
     if isinstance(value, str):
@@ -300,6 +307,7 @@ class SyncRun:
         # this run (a company written mid-run is seen with two): see process_companies.
         self.member_versions: dict[str, set[str]] = {}
         self.companies_seen: set[str] = set()
+        self.mapping_failures: set[str] = set()  # ids kept as failures by _mapping_failed
         # Text repairs the Moesif client made while decoding (invalid UTF-8 and the like).
         self.decode_problems: deque[str] = deque(maxlen=1000)
         self.moesif.on_decode_problem = self.decode_problems.append  # type: ignore[attr-defined]
@@ -466,8 +474,8 @@ class SyncRun:
                 counts["fetched"] += 1
                 candidate = self._map_user_guarded(doc, page, cache)
                 if candidate is None:
-                    counts["invalid"] += 1
                     key = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+                    self._count_left_out(counts, key)
                     if key:
                         outcomes[key] = self.settled[key] = "invalid"
                     continue
@@ -494,7 +502,7 @@ class SyncRun:
                 if self._shape_guarded(c):
                     sendable.append(c)
                 else:
-                    counts["invalid"] += 1
+                    self._count_left_out(counts, c.id)
                     outcomes[c.id] = self.settled[c.id] = "invalid"
         counts["changed"] += len(sendable)
         for c in sendable:
@@ -514,11 +522,36 @@ class SyncRun:
         try:
             return self._map_user(doc, page, cache)
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
-            log.exception("mapping a user failed")
+            _log_unforeseen("mapping a user", exc)
             rid = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
-            self.report.issue("users", rid, IssueCode.MAPPING_FAILED.value,
-                              f"mapping or hashing failed: {_failure_text(exc)}")
+            self._mapping_failed("users", rid, f"mapping or hashing failed: {_failure_text(exc)}")
             return None
+
+    def _count_left_out(self, counts: dict[str, int], rid: str | None) -> None:
+        """A record left out is invalid, unless an unforeseen error did it: that one
+        failed (it is retried by the next run, and this run ends partial)."""
+        if rid is not None and rid in self.mapping_failures:
+            counts["changed"] += 1
+            counts["failed"] += 1
+        else:
+            counts["invalid"] += 1
+
+    def _mapping_failed(self, entity: str, rid: str | None, detail: str) -> None:
+        """Report a record an unforeseen error left out, and keep it as a failure so a
+        later run (after a fix) retries it, up to SYNC_MAX_ATTEMPTS, instead of losing
+        it until it changes in Moesif."""
+        code = IssueCode.MAPPING_FAILED.value
+        if rid is not None:
+            self.mapping_failures.add(rid)
+        if rid is None or self.dry_run:
+            self.report.issue(entity, rid, code, detail)
+            return
+        for f in self.state.commit_page(PageCommit(entity, {}, [], [(rid, code, detail)])):
+            if f.gave_up:
+                self.report.entities[entity]["gave_up"] += 1
+            self.report.issue(entity, f.id, "GAVE_UP" if f.gave_up else code,
+                              f"{code} after {f.attempts} attempts: {detail}" if f.gave_up
+                              else detail, f.attempts)
 
     def _map_user(self, doc: dict[str, Any], page: Joined,
                   cache: dict[Any, Any]) -> Candidate | None:
@@ -594,10 +627,10 @@ class SyncRun:
         try:
             return self._shape(c)
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
-            log.exception("shaping a user's messages failed")
+            _log_unforeseen("shaping a user's messages", exc)
             c.messages.clear()
-            self.report.issue("users", c.id, IssueCode.MAPPING_FAILED.value,
-                              f"shaping or encoding failed: {_failure_text(exc)}")
+            self._mapping_failed("users", c.id,
+                                 f"shaping or encoding failed: {_failure_text(exc)}")
             return False
 
     def _shape(self, c: Candidate) -> bool:
@@ -662,8 +695,8 @@ class SyncRun:
                     "source": mask_paths(source, self.personal),
                     "messages": [self._mask_message(o.message) for o in c.messages],
                 })
-            except Exception:  # noqa: BLE001 - a sample is optional, never the run's end
-                log.exception("sampling a record for the report failed")
+            except Exception as exc:  # noqa: BLE001 - a sample is optional, never the run's end
+                _log_unforeseen("sampling a record for the report", exc)
 
     def _mask_message(self, message: dict[str, Any]) -> dict[str, Any]:
         personal = {r.target for section in ("identify", "group")
@@ -759,7 +792,7 @@ class SyncRun:
                 counts["fetched"] += 1
                 found = self._map_company_guarded(doc)
                 if found is None:
-                    counts["invalid"] += 1
+                    self._count_left_out(counts, _id_text(doc.get("company_id")))
                     continue
                 mapped.append(found)
                 self.companies_seen.add(found[0])
@@ -805,9 +838,8 @@ class SyncRun:
         try:
             obj, _, digest = self._company_digest(doc)
         except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
-            log.exception("mapping a company failed")
-            self.report.issue(entity, cid, IssueCode.MAPPING_FAILED.value,
-                              f"mapping or hashing failed: {_failure_text(exc)}")
+            _log_unforeseen("mapping a company", exc)
+            self._mapping_failed(entity, cid, f"mapping or hashing failed: {_failure_text(exc)}")
             return None
         for code, detail in obj.issues:
             self.report.issue(entity, cid, code, detail)
@@ -906,7 +938,8 @@ class SyncRun:
                                        problems=self._drain_decode_problems())
         # A failed record that is now invalid (e.g. OVERSIZE) waits for a change in Moesif,
         # reported; it no longer counts as pending.
-        invalid_now = [rid for rid in attempts if self.settled.get(rid) == "invalid"]
+        invalid_now = [rid for rid in attempts if self.settled.get(rid) == "invalid"
+                       and rid not in self.mapping_failures]
         if invalid_now and not self.dry_run:
             self.state.commit_page(PageCommit(entity, {}, invalid_now, []))
         gone = [rid for rid in attempts if rid not in found]

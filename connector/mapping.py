@@ -151,6 +151,8 @@ def _fix_text(text: str) -> str:
 
 
 def _to_string(value: Any) -> tuple[Any, bool]:
+    if type(value) is str and value.isascii():  # the common case first
+        return value, False
     if isinstance(value, str):
         if _text_ok(value):
             return value, False
@@ -225,6 +227,39 @@ def _to_float(value: Any) -> tuple[Any, bool]:
     return result, True
 
 
+def _to_any(value: Any) -> tuple[Any, bool]:
+    return value, False
+
+
+def _to_datetime(value: Any) -> tuple[Any, bool]:
+    try:
+        text = iso_utc(value)
+    except ValueError:
+        raise ConversionProblem("BAD_TIMESTAMP", f"not a timestamp: {_show(value)}") from None
+    return text, text != value
+
+
+def _to_bool(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, bool):
+        return value, False
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true", True
+    raise ConversionProblem("BAD_VALUE", f"not a boolean: {_show(value)}")
+
+
+def _to_object(value: Any) -> tuple[Any, bool]:
+    if isinstance(value, dict):
+        return value, False
+    raise ConversionProblem("BAD_VALUE", f"expected an object, got {type(value).__name__}")
+
+
+Converter = Callable[[Any], tuple[Any, bool]]
+CONVERTERS: dict[str, Converter] = {
+    "string": _to_string, "int": _to_int, "float": _to_float, "bool": _to_bool,
+    "datetime": _to_datetime, "object": _to_object, "any": _to_any,
+}
+
+
 def convert(value: Any, type_name: str) -> tuple[Any, bool]:
     """Return (converted value, whether it changed form); raise ConversionProblem.
 
@@ -232,34 +267,7 @@ def convert(value: Any, type_name: str) -> tuple[Any, bool]:
     64-bit integers, text without lone surrogates. Free-form values (`object`, `any`)
     are type-checked here and cleaned by `sanitise`.
     """
-    if type_name == "any":
-        return value, False
-    if type_name == "string":
-        if type(value) is str and value.isascii():  # the common case, without a call
-            return value, False
-        return _to_string(value)
-    if type_name == "datetime":
-        try:
-            text = iso_utc(value)
-        except ValueError:
-            raise ConversionProblem("BAD_TIMESTAMP", f"not a timestamp: {_show(value)}")\
-                from None
-        return text, text != value
-    if type_name == "int":
-        return _to_int(value)
-    if type_name == "float":
-        return _to_float(value)
-    if type_name == "bool":
-        if isinstance(value, bool):
-            return value, False
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true", True
-        raise ConversionProblem("BAD_VALUE", f"not a boolean: {_show(value)}")
-    if type_name == "object":
-        if isinstance(value, dict):
-            return value, False
-        raise ConversionProblem("BAD_VALUE", f"expected an object, got {type(value).__name__}")
-    raise AssertionError(type_name)
+    return CONVERTERS[type_name](value)
 
 
 # --- free-form values ----------------------------------------------------------------------
@@ -387,6 +395,12 @@ class FieldRule:
     submapping: str | None = None
     # per coverage prefix: (coverage key, event ids for present, missing, converted)
     events: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+    converter: Converter = field(init=False)
+    free: bool = field(init=False)  # a free-form type: values are checked for JSON
+
+    def __post_init__(self) -> None:
+        self.converter = CONVERTERS[self.type]
+        self.free = self.type in FREE_FORM
 
 
 class Coverage:
@@ -515,11 +529,11 @@ class MappingSet:
                     value = sub if sub else MISSING
                     break
                 try:
-                    value, converted = convert(raw, rule.type)
+                    value, converted = rule.converter(raw)
                 except ConversionProblem as problem:
                     out.issues.append((problem.code, f"{rule.target}: {problem.detail}"))
                     continue
-                if rule.type in FREE_FORM and not encodable(value):
+                if rule.free and not encodable(value):
                     value, converted = _clean_free(rule.target, value, out), True
                     if value is MISSING:
                         continue

@@ -303,9 +303,10 @@ class SyncRun:
         self.failed_companies: dict[str, str] = {}
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
-        # company id -> digests of the company versions its members were mapped with in
-        # this run (a company written mid-run is seen with two): see process_companies.
-        self.member_versions: dict[str, set[str]] = {}
+        # company id -> {version: document} of the company versions its members were
+        # mapped with in this run (a company written mid-run is seen with two): see
+        # process_companies.
+        self.member_versions: dict[str, dict[Any, dict[str, Any]]] = {}
         self.companies_seen: set[str] = set()
         self.mapping_failures: set[str] = set()  # ids kept as failures by _mapping_failed
         # Text repairs the Moesif client made while decoding (invalid UTF-8 and the like).
@@ -577,9 +578,9 @@ class SyncRun:
             self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
                               "company_id: not an id (text or integer); sent without a company")
         group = None
-        if company is not None:
-            version = self._company_version(company_id, company, cache)
-            self.member_versions.setdefault(company_id, set()).add(version)
+        if company is not None:  # remember which version of the company it carries
+            versions = self.member_versions.setdefault(company_id, {})
+            versions.setdefault(_version_key(company, cache), company)
         if company is not None and self.settings.sync_send_group_calls:
             group_key = ("group", company_id, _version_key(company, cache))
             shared = cache.get(group_key)
@@ -599,14 +600,14 @@ class SyncRun:
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
         return Candidate(record_id, doc, timestamp, identify, group, digest)
 
-    def _company_version(self, company_id: str, company: dict[str, Any],
-                         cache: dict[Any, Any]) -> str:
-        """The digest of the company version a member is mapped with (once per version)."""
-        key = ("digest", company_id, _version_key(company, cache))
-        found = cache.get(key)
-        if found is None:
-            found = cache[key] = self._company_digest(company)[2]
-        return found
+    def _members_carry(self, cid: str, doc: dict[str, Any], digest: str) -> bool:
+        """Whether every member this run mapped carries this version of the company."""
+        versions = self.member_versions.get(cid)
+        if not versions or len(versions) != 1:
+            return False
+        (mapped,) = versions.values()
+        # Equal documents map alike; only differing ones need their digest compared.
+        return mapped is doc or mapped == doc or self._company_digest(mapped)[2] == digest
 
     def _company_digest(self, doc: dict[str, Any]) -> tuple[Applied, Applied, str]:
         """A company's traits object, group body and their content hash."""
@@ -814,9 +815,8 @@ class SyncRun:
         # Members need no re-send only if this run's all-users pass mapped every one of
         # them with exactly this version: a company written mid-run (with a modified_time
         # in the past) left earlier pages' members with the older one.
-        covered = {cid for cid, (_, digest) in changed.items()
-                   if cid in self.joined_companies
-                   and self.member_versions.get(cid) == {digest}
+        covered = {cid for cid, (doc, digest) in changed.items()
+                   if cid in self.joined_companies and self._members_carry(cid, doc, digest)
                    and not self.stop_event.is_set()}
         member_outcomes = self._sync_members(
             {cid: v for cid, v in changed.items() if cid not in covered})

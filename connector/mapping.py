@@ -494,7 +494,7 @@ class MappingSet:
     def _apply_sub(self, rule: FieldRule, raw: dict[str, Any], joins: dict[str, Any],
                    key: str, out: Applied, cache: dict[Any, Any] | None) -> dict[str, Any]:
         if cache is None:
-            part = Applied({}, [], [], out.fields)
+            part = Applied({}, [], out.missing_required, out.fields)
             self._apply_into(rule.submapping, raw, joins, key, part, part.message, None)
             out.issues.extend((code, f"{rule.target}.{detail}") for code, detail in part.issues)
             return part.message

@@ -351,13 +351,16 @@ def rename_in_the_past(sandbox, company_id, name, when):
                                                 "modified_time": when})
 
 
-def test_company_written_mid_run_in_the_past_reaches_every_member(sandbox, settings):
-    """Members on pages mapped before the write are re-sent with the version stored."""
+@pytest.mark.parametrize("when", ["just after", "same"])
+def test_company_written_mid_run_in_the_past_reaches_every_member(sandbox, settings, when):
+    """Members on pages mapped before the write are re-sent with the version stored,
+    also when the writer kept the old modified_time (same version key, new content)."""
     company_id = sandbox.dataset.user(0).get("company_id") or sandbox.dataset.user(1)[
         "company_id"]
     members = members_of(sandbox, company_id)
     old_time = sandbox.dataset.get_company(company_id)["modified_time"]
-    past = old_time[:19] + ".5000000Z"  # a moment after its old time: long before the run
+    # a moment after its old time (long before the run), or the very same time
+    past = old_time[:19] + ".5000000Z" if when == "just after" else old_time
     done: list[bool] = []
 
     def progress(event, **kw):

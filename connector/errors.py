@@ -156,6 +156,7 @@ class IssueCode(StrEnum):
     GAVE_UP = "GAVE_UP"                      # refused SYNC_MAX_ATTEMPTS times
     GONE = "GONE"                            # failed earlier, no longer in Moesif
     METRICS_UNAVAILABLE = "METRICS_UNAVAILABLE"  # 24-hour metrics search failed
+    MAPPING_FAILED = "MAPPING_FAILED"        # unexpected error on one record: retried next run
 
 
 class DeadLetterCode(StrEnum):

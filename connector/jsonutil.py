@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 log = logging.getLogger(__name__)
+
+# A number literal longer than this is not turned into a Python int (the standard
+# library refuses to, past 4,300 digits): it becomes ±infinity, which the mapping
+# reports as a bad value, instead of making the whole document unreadable.
+MAX_INT_DIGITS = 1000
 
 
 def dumps(value: Any) -> bytes:
@@ -20,27 +27,111 @@ def dumps_sorted(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def loads(data: bytes | str) -> Any:
-    """Parse JSON. A document that escapes half a surrogate pair (`"\\ud83d"` alone: a
-    truncated emoji, valid JSON but not valid Unicode) is parsed by the standard library
-    instead, with the broken halves replaced by U+FFFD, so one bad string in one record
-    cannot block a page forever."""
+def loads(data: bytes | str, on_problem: Callable[[str], None] | None = None) -> Any:
+    """Parse JSON; one bad string or number in one record must not block a page forever.
+
+    orjson refuses some documents a server can still send: invalid UTF-8, an escaped half
+    surrogate pair (`"\\ud83d"` alone: a truncated emoji), `NaN`/`Infinity` literals, numbers
+    beyond a double. Those are parsed by the standard library instead: broken text is
+    decoded with U+FFFD replacing what cannot be read, numbers are kept as they are (the
+    sync mapping reports and drops what JSON cannot carry). The real reason is logged, and
+    each text repair is passed to `on_problem` so the caller can report it.
+    """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        return _fallback(data, exc, on_problem)
+
+
+def _fallback(data: bytes | str, exc: orjson.JSONDecodeError,
+              on_problem: Callable[[str], None] | None) -> Any:
+    repairs: list[str] = []
+    text = data
+    if isinstance(data, bytes | bytearray | memoryview):
+        raw = bytes(data)
         try:
-            value = json.loads(data)
-        except ValueError:
-            raise exc from None
-        log.warning("JSON with a lone surrogate escape; replaced with U+FFFD")
-        return _replace_surrogates(value)
-
-
-def _replace_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_replace_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            text = raw.decode("utf-8", "replace")
+            repairs.append(f"invalid UTF-8 at byte {bad.start} (replaced with U+FFFD)")
+    numbers: list[str] = []
+    try:
+        value = json.loads(text, parse_int=_parse_int(numbers),
+                           parse_constant=_parse_constant(numbers))
+    except (ValueError, RecursionError):
+        raise exc from None
+    value, surrogates = _repair_surrogates(value)
+    if surrogates:
+        repairs.append(f"{surrogates} string(s) with a lone surrogate escape "
+                       "(replaced with U+FFFD)")
+    log.warning("JSON refused by orjson (%s); read with the standard library: %s", exc,
+                "; ".join(repairs + numbers) or "no repair needed")
+    if on_problem is not None:
+        for repair in repairs:
+            on_problem(repair)
     return value
+
+
+def _parse_int(notes: list[str]) -> Callable[[str], Any]:
+    def parse(literal: str) -> Any:
+        if len(literal) <= MAX_INT_DIGITS:
+            return int(literal)
+        notes.append(f"a {len(literal)}-digit integer (read as infinity)")
+        return -math.inf if literal.startswith("-") else math.inf
+    return parse
+
+
+def _parse_constant(notes: list[str]) -> Callable[[str], float]:
+    def parse(literal: str) -> float:
+        notes.append(f"{literal} literal")
+        return float(literal)
+    return parse
+
+
+def _fix_text(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _needs_fix(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _repair_surrogates(value: Any) -> tuple[Any, int]:
+    """Replace lone surrogates in every string and key; (value, strings repaired).
+
+    Iterative (an explicit stack), so a document nested as deep as the parser allows
+    cannot exhaust Python's recursion limit here.
+    """
+    if isinstance(value, str):
+        return (_fix_text(value), 1) if _needs_fix(value) else (value, 0)
+    fixed = 0
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    if _needs_fix(item):
+                        node[i] = _fix_text(item)
+                        fixed += 1
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            bad_keys = [k for k in node if _needs_fix(k)]
+            for key in bad_keys:
+                node[_fix_text(key)] = node.pop(key)
+                fixed += 1
+            for key, item in node.items():
+                if isinstance(item, str):
+                    if _needs_fix(item):
+                        node[key] = _fix_text(item)
+                        fixed += 1
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+    return value, fixed

@@ -14,7 +14,26 @@ _FRACTION = re.compile(r"(\.\d+)")
 
 
 def parse_timestamp(value: object) -> datetime:
-    """Parse leniently; raise ValueError for anything that is not a timestamp."""
+    """Parse leniently into an aware UTC datetime; raise ValueError (and only ValueError)
+    for anything that is not a timestamp or lies outside what `datetime` can hold, so one
+    record's odd value (`NaN`, `1e300`, a year-1 date with an offset) is that record's
+    problem and never an unexpected OverflowError or OSError."""
+    try:
+        return _parse(value).astimezone(UTC)
+    except ValueError:
+        raise
+    except (OverflowError, OSError, TypeError, ArithmeticError):
+        raise ValueError(f"not a timestamp: {_show(value)}") from None
+
+
+def _show(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"an integer of {len(f'{value:x}') * 4} bits" if abs(value) > 10**30 \
+            else repr(value)
+    return repr(value)[:60]
+
+
+def _parse(value: object) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, bool):
@@ -23,7 +42,7 @@ def parse_timestamp(value: object) -> datetime:
         seconds = value / 1000 if abs(value) > 1e11 else value
         return datetime.fromtimestamp(seconds, tz=UTC)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"not a timestamp: {value!r}")
+        raise ValueError(f"not a timestamp: {_show(value)}")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -32,14 +51,16 @@ def parse_timestamp(value: object) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not a timestamp: {value!r}") from None
+        raise ValueError(f"not a timestamp: {value[:60]!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def to_iso(value: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a `Z`."""
     utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Formatted by hand: strftime("%Y") does not pad years before 1000 on glibc.
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+            f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z")
 
 
 _COMMON = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]?)")
@@ -59,7 +80,7 @@ def iso_utc(value: object) -> str:
             try:
                 datetime.fromisoformat(base)
             except ValueError:
-                raise ValueError(f"not a timestamp: {value!r}") from None
+                raise ValueError(f"not a timestamp: {value[:60]!r}") from None
             return f"{base}.{(fraction + '000')[:3]}Z"
     return to_iso(parse_timestamp(value))
 

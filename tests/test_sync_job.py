@@ -331,3 +331,93 @@ def test_sigterm_mid_run_finishes_the_page_and_exits_1_interrupted(sandbox, sett
     assert sandbox.segment.duplicates <= 50 * 2  # at most the page in flight, twice
     oversize = {sandbox.dataset.user_id(HUGE_NAME_INDEX)}  # cannot fit 32 KB: never sent
     assert identify_ids(sandbox) == valid_user_ids(sandbox) - oversize
+
+
+# --- issue 7, item 8: company traits consistent within a run -----------------------------------
+def members_of(sandbox, company_id):
+    keys = sandbox.dataset.user_keys_in_companies([company_id])
+    return sorted(k for k in keys if sandbox.dataset.get_user(k).get("user_id"))
+
+
+def latest_company_names(sandbox, user_ids):
+    latest = {}
+    for m in sandbox.segment.messages:
+        if m["type"] == "identify" and m["userId"] in user_ids:
+            latest[m["userId"]] = m["traits"].get("company", {}).get("name")
+    return latest
+
+
+def rename_in_the_past(sandbox, company_id, name, when):
+    doc = sandbox.dataset.get_company(company_id)
+    sandbox.dataset.update_company(company_id, {"metadata": {**doc["metadata"], "name": name},
+                                                "modified_time": when})
+
+
+@pytest.mark.parametrize("when", ["just after", "same"])
+def test_company_written_mid_run_in_the_past_reaches_every_member(sandbox, settings, when):
+    """Members on pages mapped before the write are re-sent with the version stored,
+    also when the writer kept the old modified_time (same version key, new content)."""
+    company_id = sandbox.dataset.user(0).get("company_id") or sandbox.dataset.user(1)[
+        "company_id"]
+    members = members_of(sandbox, company_id)
+    old_time = sandbox.dataset.get_company(company_id)["modified_time"]
+    # a moment after its old time (long before the run), or the very same time
+    past = old_time[:19] + ".5000000Z" if when == "just after" else old_time
+    done: list[bool] = []
+
+    def progress(event, **kw):
+        if event == "fetched" and kw.get("entity") == "users" and not done:
+            done.append(True)  # page 1 is mapped with the old version; later pages the new
+            rename_in_the_past(sandbox, company_id, "Renamed Mid-Run", past)
+
+    first = run_sync(settings, progress=progress)
+    assert first.exit_code == 0 and done
+    names = latest_company_names(sandbox, set(members))
+    assert set(names) == set(members) and len(members) >= 4
+    assert set(names.values()) == {"Renamed Mid-Run"}, names
+    before = len(sandbox.segment.messages)
+    second = run_sync(settings)
+    assert second.exit_code == 0
+    assert not [m for m in sandbox.segment.messages[before:] if m["userId"] in members]
+
+
+def test_company_written_mid_run_before_the_companies_window_is_rechecked(sandbox, settings):
+    """An incremental run whose users pass saw a company in two versions checks the
+    company even though its modified_time lies before the companies pass's window."""
+    assert run_sync(settings).exit_code == 0
+    all_users = [sandbox.dataset.user_key(i) for i in range(USERS)]
+    sandbox.dataset.touch_users(all_users)  # the next users pass has every page again
+    company_id = sandbox.dataset.user(0).get("company_id") or sandbox.dataset.user(1)[
+        "company_id"]
+    members = members_of(sandbox, company_id)
+    done: list[bool] = []
+
+    def progress(event, **kw):
+        if event == "fetched" and kw.get("entity") == "users" and not done:
+            done.append(True)
+            rename_in_the_past(sandbox, company_id, "Renamed Long Ago", "2020-01-01T00:00:00Z")
+
+    second = run_sync(settings, progress=progress)
+    assert second.exit_code == 0 and done
+    names = latest_company_names(sandbox, set(members))
+    assert set(names.values()) == {"Renamed Long Ago"}, names
+    groups = [m for m in sandbox.segment.messages
+              if m["type"] == "group" and m["groupId"] == company_id]
+    assert groups[-1]["traits"]["name"] == "Renamed Long Ago"
+
+
+# --- issue 7, item 9: invalid UTF-8 from Moesif ------------------------------------------------
+def test_invalid_utf8_from_moesif_is_replaced_reported_and_not_retried(sandbox, settings):
+    uid = sandbox.dataset.user_id(40)
+    sandbox.dataset.update_user(uid, {"name": "Ann XBADBYTESX Lee"})
+    sandbox.moesif.corrupt_utf8("XBADBYTESX")
+    outcome = run_sync(settings)
+    report = outcome.report
+    assert outcome.exit_code == 0 and report["status"] == "success"
+    sent = [m for m in sandbox.segment.messages if m["type"] == "identify" and m["userId"] == uid]
+    assert sent and sent[-1]["traits"]["name"] == "Ann \ufffd\ufffd Lee"
+    bad = [i for i in report["issues"] if i["code"] == "BAD_ENCODING"]
+    assert [i["id"] for i in bad] == [uid] and "invalid UTF-8" in bad[0]["detail"]
+    assert sandbox.moesif.counters.get("status_500", 0) == 0
+    assert identify_ids(sandbox) == valid_user_ids(sandbox) - {
+        i["id"] for i in report["issues"] if i["code"] == "OVERSIZE"}

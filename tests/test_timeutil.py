@@ -25,3 +25,17 @@ def test_garbage_is_refused(raw):
 
 def test_naive_datetime_is_taken_as_utc():
     assert parse_timestamp(datetime(2024, 1, 1)).tzinfo == UTC
+
+
+@pytest.mark.parametrize("raw", [float("nan"), float("inf"), 1e300, 10**40, -(10**40),
+                                 "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                 [1], 2**70])
+def test_out_of_range_values_are_value_errors_only(raw):
+    with pytest.raises(ValueError):
+        parse_timestamp(raw)
+
+
+def test_early_years_keep_four_digits():
+    assert iso_utc("0099-05-01T00:00:00Z") == "0099-05-01T00:00:00.000Z"
+    assert iso_utc(parse_timestamp("0005-01-02T03:04:05.678+00:00")) == \
+        "0005-01-02T03:04:05.678Z"

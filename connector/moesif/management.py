@@ -230,7 +230,9 @@ class MoesifManagementClient:
         MANAGEMENT_POLICY.check(resp, display_url(self.base_url + path), self._secrets,
                                 self.backoff.parse)
         try:
-            return jsonutil.loads(resp.content)
+            # Invalid UTF-8 is decoded with U+FFFD (never retried: it would come back the
+            # same); the sync job, if it listens, reports the records that carry it.
+            return jsonutil.loads(resp.content, on_problem=getattr(self, "on_decode_problem", None))
         except ValueError:
             raise MoesifRetryableError(f"Moesif sent invalid JSON on {path}", status) from None
 

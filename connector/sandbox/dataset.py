@@ -97,6 +97,28 @@ def _fmt_any(rnd: Callable[[], float], ms: int) -> str:
     return fmt_no_zone(ms) if shape == 1 else fmt_seconds(ms)
 
 
+def _sort_ms(modified_time: Any, when: datetime | None) -> int:
+    """Where a writer-supplied modified_time sorts. One that is no date at all (a poison
+    value in tests) is kept as written and sorts at `when` (default now)."""
+    try:
+        return epoch_ms(parse_timestamp(modified_time))
+    except ValueError:
+        return epoch_ms(when or datetime.now(UTC))
+
+
+def _has_non_finite(value: Any, depth: int = 0) -> bool:
+    """Whether a value holds NaN or an infinity (orjson would write null for them)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 500:
+        return False
+    if isinstance(value, dict):
+        return any(_has_non_finite(v, depth + 1) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v, depth + 1) for v in value)
+    return False
+
+
 def _fmt_when(when: datetime) -> tuple[int, str]:
     """A mutation's timestamp: Moesif writes the 7-digit shape."""
     ms = epoch_ms(when)
@@ -333,7 +355,7 @@ class _Collection:
         fields = copy.deepcopy(fields)
         if fields.get("modified_time") is not None:
             # Moesif keeps a writer-supplied modified_time: records can move "into the past".
-            ms = epoch_ms(parse_timestamp(fields["modified_time"]))
+            ms = _sort_ms(fields["modified_time"], when)
         else:
             ms, fields["modified_time"] = _fmt_when(when or datetime.now(UTC))
         with self.lock:
@@ -352,11 +374,20 @@ class _Collection:
         if doc.get("modified_time") is None:
             ms, doc["modified_time"] = _fmt_when(datetime.now(UTC))
         else:
-            ms = epoch_ms(parse_timestamp(doc["modified_time"]))
+            ms = _sort_ms(doc["modified_time"], None)
         with self.lock:
             if self._current(key) is not None:
                 raise ValueError(f"{self.id_field} already exists: {key}")
             self._put(_Override(ms, key, None, doc))
+
+    def clear(self) -> None:
+        """Forget every mutation and added record: back to the generated base."""
+        with self.lock:
+            self._by_index.clear()
+            self._added.clear()
+            self._mutated_sorted.clear()
+            self._side.clear()
+            self._side_ref.clear()
 
     # query
     def search(self, *, min_ms: int | None = None, max_ms: int | None = None,
@@ -525,6 +556,10 @@ class Dataset:
                                      self.company_id, self._company_index,
                                      self._make_company, "company_id")
         self._added_user_keys = 0
+        # Set once a mutation holds NaN or an infinity: the Moesif sandbox then writes its
+        # responses with the standard library, which sends them as `NaN`/`Infinity`
+        # literals (orjson would quietly write null).
+        self.non_finite_values = False
         # User -> company is arithmetic, so "users of company c" needs no index (see
         # base_company_of): company = (i * mult) % companies, for ~85% of users.
         self._company_mult = _coprime_multiplier(companies)
@@ -638,31 +673,50 @@ class Dataset:
     def update_user(self, user_id: str, fields: dict[str, Any],
                     when: datetime | None = None) -> None:
         """Shallow-merge `fields` (None removes a field) and touch; a given
-        `modified_time` is kept as is, so a record can move into the past."""
+        `modified_time` is kept as is, so a record can move into the past. Values may be
+        anything a JSON document can hold, including what a client must survive (NaN,
+        integers past 64 bits, lone surrogates, deep nesting): the sandbox sends them."""
+        self._note_values(fields)
         self.users.update(user_id, fields, when)
 
     def update_company(self, company_id: str, fields: dict[str, Any],
                        when: datetime | None = None) -> None:
+        self._note_values(fields)
         self.companies.update(company_id, fields, when)
 
-    def add_user(self, doc: dict[str, Any]) -> str:
-        """Add a user document; returns its `_id` (its `user_id` when it has one)."""
-        key = doc.get("user_id")
+    def add_user(self, doc: dict[str, Any], key: str | None = None) -> str:
+        """Add a user document; returns its `_id` (`key` when given, else its `user_id`
+        when it has one). With `key`, `user_id` may be any value (a poison record)."""
+        key = key if key is not None else doc.get("user_id")
         if key is None:
             with self.users.lock:
                 self._added_user_keys += 1
                 key = f"AZ{_mix(self._user_salt ^ self._added_user_keys):016x}"
         elif not isinstance(key, str) or not key:
             raise ValueError("user_id must be a non-empty string")
+        self._note_values(doc)
         self.users.add(key, doc)
         return key
 
-    def add_company(self, doc: dict[str, Any]) -> str:
-        key = doc.get("company_id")
+    def add_company(self, doc: dict[str, Any], key: str | None = None) -> str:
+        """Add a company; its `_id` is `key` when given (then `company_id` may be any
+        value), else its `company_id`."""
+        key = key if key is not None else doc.get("company_id")
         if not isinstance(key, str) or not key:
             raise ValueError("company_id must be a non-empty string")
+        self._note_values(doc)
         self.companies.add(key, doc)
         return key
+
+    def _note_values(self, values: Any) -> None:
+        if _has_non_finite(values):
+            self.non_finite_values = True
+
+    def clear_mutations(self) -> None:
+        """Drop every touched, updated and added record (tests reuse one sandbox)."""
+        self.users.clear()
+        self.companies.clear()
+        self.non_finite_values = False
 
     # user -> company membership
     def base_company_of(self, i: int) -> int | None:
@@ -696,7 +750,7 @@ class Dataset:
                 else:
                     j = self.base_company_of(ref.base_index)
                     current = None if j is None else self.company_id(j)
-                if current in wanted:
+                if isinstance(current, str) and current in wanted:
                     keys.add(key)
                 else:
                     keys.discard(key)

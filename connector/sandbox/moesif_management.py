@@ -21,14 +21,20 @@ client bug cannot pass unnoticed):
 Hits carry `"sort": [epoch_ms, _id]`; a user without `user_id` sorts by its `_id`.
 
 Faults: `inject()` (status for the next N matching requests; 429 carries no Retry-After
-unless one is given, as Moesif documents none), `inject_delay()`, and
+unless one is given, as Moesif documents none), `inject_delay()`, `corrupt_utf8()` (text
+that contains a marker is sent with invalid UTF-8 bytes in its place), and
 `rate_limit_per_minute` (fixed calendar-minute window, like Moesif's).
+
+Records may hold values orjson will not write (NaN, integers past 64 bits, lone
+surrogates, deep nesting): such responses are written with the standard library, which
+sends `NaN`/`Infinity` literals, long integers and `\\udXXX` escapes as a server might.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import threading
 import time
 from collections import Counter, deque
@@ -36,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
 
 from connector.sandbox.dataset import Dataset, epoch_ms
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
@@ -256,6 +264,7 @@ class MoesifManagementSandbox:
         self._window = -1
         self._window_count = 0
         self._closing = threading.Event()
+        self._corrupt_marker: bytes | None = None
 
     def server(self, host: str = "127.0.0.1", port: int = 0) -> SandboxServer:
         """A (not yet started) server; use it as a context manager or call `.start()`."""
@@ -283,6 +292,28 @@ class MoesifManagementSandbox:
         with self._lock:
             self._faults.clear()
             self._delays.clear()
+            self._corrupt_marker = None
+
+    def corrupt_utf8(self, marker: str | None) -> None:
+        """From now on, every occurrence of the ASCII text `marker` in a response body is
+        replaced with bytes that are not UTF-8 (`None` stops it)."""
+        if marker is not None and (not marker or not marker.isascii()):
+            raise ValueError("the marker must be non-empty ASCII text")
+        with self._lock:
+            self._corrupt_marker = marker.encode() if marker else None
+
+    def encode(self, payload: Any) -> bytes:
+        """A response body: orjson, or the standard library for what orjson cannot write."""
+        data: bytes | None = None
+        if not self.dataset.non_finite_values:
+            with contextlib.suppress(TypeError):  # long integers, lone surrogates, depth
+                data = orjson.dumps(payload)
+        if data is None:
+            data = json.dumps(payload).encode()
+        marker = self._corrupt_marker
+        if marker is not None and marker in data:
+            data = data.replace(marker, b"\xff\xfe")
+        return data
 
     def release(self) -> None:
         """Let held (delayed) responses go now; called when the server stops."""
@@ -504,7 +535,7 @@ class MoesifManagementHandler(JsonHandler):
         if not self.path.startswith("/_sandbox/"):
             app.wait_delay(app.take_delay(self.path))
         try:
-            self.send_json(status, payload, headers)
+            self.send_json(status, app.encode(payload), headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. its timeout fired)
 

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,8 +24,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connector import jsonutil
-from connector.errors import ConnectorError, DestinationUnavailable, ExitCode, exit_code_for
-from connector.mapping import TRIMMED, Applied, Coverage, MappingSet, load_mappings
+from connector.errors import (
+    ConnectorError,
+    DestinationUnavailable,
+    ExitCode,
+    IssueCode,
+    exit_code_for,
+)
+from connector.mapping import (
+    INT_MAX,
+    INT_MIN,
+    TRIMMED,
+    Applied,
+    Coverage,
+    MappingSet,
+    encodable,
+    load_mappings,
+    sanitise,
+)
 from connector.moesif.management import MoesifError, MoesifManagementClient
 from connector.redaction import redact
 from connector.report_model import ENTITIES, Mode, RunReport, Status
@@ -82,6 +99,7 @@ class Joined:
     metrics: dict[str, dict[str, Any]]
     cursor: str | None
     total: int
+    problems: list[str] = field(default_factory=list)  # text repairs while decoding
 
 
 class Timer:
@@ -142,6 +160,61 @@ def mask_paths(doc: Any, paths: set[str]) -> Any:
     return masked
 
 
+def _id_text(value: Any) -> str | None:
+    """A record id as text: non-empty text without lone surrogates, or a 64-bit integer.
+    Anything else (an object, a number with a fraction, NaN) is no id."""
+    if isinstance(value, str):
+        return value if value and encodable(value) else None
+    if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
+        return str(value)
+    return None
+
+
+def _version_key(doc: dict[str, Any], cache: dict[Any, Any]) -> Any:
+    """A company's version for cache keys: its modified_time, or (when that is no plain
+    value) the document itself, kept alive in the cache so its id is not reused."""
+    version = doc.get("modified_time")
+    if isinstance(version, str | int | float):
+        return version
+    cache[("keep", id(doc))] = doc
+    return ("doc", id(doc))
+
+
+def _fingerprint(doc: dict[str, Any]) -> bytes | None:
+    """A digest of a document's whole content (None when it cannot be encoded: such a
+    document never counts as the same as another)."""
+    try:
+        return hashlib.blake2b(jsonutil.dumps_sorted(doc), digest_size=16).digest()
+    except TypeError:  # orjson's refusal (NaN is written, long integers are not)
+        return None
+
+
+def _failure_text(exc: BaseException) -> str:
+    """An unexpected error, named for the report without the values it may quote."""
+    return f"{type(exc).__name__} (a bug: the record was left out so the run could go on)"
+
+
+def _log_unforeseen(what: str, exc: BaseException) -> None:
+    """An error line without the exception's text (it may quote a record's values); the
+    traceback, for whoever debugs it, at DEBUG level."""
+    log.error("%s failed: %s; the record was left out", what, type(exc).__name__)
+    log.debug("%s failed", what, exc_info=exc)
+
+
+def _has_replacement(value: Any, depth: int = 0) -> bool:
+    """Whether U+FFFD appears anywhere in a decoded document (bounded depth)."""
+    if isinstance(value, str):
+        return "\ufffd" in value
+    if depth > 64:
+        return False
+    if isinstance(value, dict):
+        return any(_has_replacement(k, depth + 1) or _has_replacement(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_replacement(v, depth + 1) for v in value)
+    return False
+
+
 class SyncRun:
     def __init__(self, settings: Settings, mode: str, conn: sqlite3.Connection,
                  mappings: MappingSet, stop_event: threading.Event | None = None,
@@ -184,6 +257,16 @@ class SyncRun:
         self.failed_companies: dict[str, str] = {}
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
+        # company id -> {version key: fingerprint of the document} of the company versions
+        # its members were mapped with in this run (a company written mid-run is seen
+        # with two): see process_companies. Fingerprints, not documents: this lives for
+        # the whole run, one entry per company.
+        self.member_versions: dict[str, dict[Any, bytes | None]] = {}
+        self.companies_seen: set[str] = set()
+        self.mapping_failures: set[str] = set()  # ids kept as failures by _mapping_failed
+        # Text repairs the Moesif client made while decoding (invalid UTF-8 and the like).
+        self.decode_problems: deque[str] = deque(maxlen=1000)
+        self.moesif.on_decode_problem = self.decode_problems.append  # type: ignore[attr-defined]
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-send")
         self._pending: tuple[Future[DeliveryResult], str, list[Candidate], str | None,
                              dict[str, str]] | None = None
@@ -271,24 +354,25 @@ class SyncRun:
     def _plain(self, pages: Iterator[Any]) -> Iterator[Joined]:
         for page in pages:
             docs = page.sources
-            yield Joined(docs, {}, {}, self._page_cursor(docs), page.total)
+            yield Joined(docs, {}, {}, self._page_cursor(docs), page.total,
+                         self._drain_decode_problems())
 
     def _join(self, docs: list[dict[str, Any]], total: int = 0,
               known: dict[str, dict[str, Any]] | None = None) -> Joined:
         """Fetch the page's companies (one search) and 24-hour metrics (one search)."""
         companies = dict(known or {})
-        wanted = {str(d["company_id"]) for d in docs
-                  if d.get("company_id") and str(d["company_id"]) not in companies}
+        wanted = {cid for d in docs if (cid := _id_text(d.get("company_id")))
+                  and cid not in companies}
         if wanted:
             for page in self.moesif.fetch_by_ids("companies", sorted(wanted),
                                                  page_size=self.settings.moesif_page_size):
                 for doc in page.sources:
-                    if doc.get("company_id"):
-                        companies[str(doc["company_id"])] = doc
+                    cid = _id_text(doc.get("company_id"))
+                    if cid:
+                        companies[cid] = doc
                         if self.all_users_pass:
-                            self.joined_companies[str(doc["company_id"])] = \
-                                doc.get("modified_time")
-        user_ids = [str(d["user_id"]) for d in docs if d.get("user_id")]
+                            self.joined_companies[cid] = doc.get("modified_time")
+        user_ids = [uid for d in docs if (uid := _id_text(d.get("user_id")))]
         metrics: dict[str, dict[str, Any]] = {}
         if not self.metrics_unavailable:
             try:
@@ -298,35 +382,66 @@ class SyncRun:
                 self.report.issue("users", None, "METRICS_UNAVAILABLE",
                                   f"24-hour metrics search failed, sending without "
                                   f"last24HourAggResults for the rest of the run: {exc}")
-        return Joined(docs, companies, metrics, self._page_cursor(docs), total)
+        return Joined(docs, companies, metrics, self._page_cursor(docs), total,
+                      self._drain_decode_problems())
+
+    def _drain_decode_problems(self) -> list[str]:
+        found = []
+        while self.decode_problems:
+            found.append(self.decode_problems.popleft())
+        return found
+
+    def _report_decode_problems(self, entity: str, docs: list[dict[str, Any]],
+                                problems: list[str], quiet: bool = False) -> None:
+        """Moesif sent text that had to be repaired: name the records that carry it
+        (`quiet`: say nothing when none of `docs` does)."""
+        if not problems:
+            return
+        why = "; ".join(dict.fromkeys(problems))[:300]
+        id_field = "user_id" if entity == "users" else "company_id"
+        named: list[str | None] = [_id_text(d.get(id_field)) or _id_text(d.get("_id"))
+                                   for d in docs if _has_replacement(d)]
+        if not named and not quiet:
+            named = [None]
+        for rid in named:
+            self.report.issue(entity, rid, IssueCode.BAD_ENCODING.value,
+                              f"Moesif sent text that is not valid Unicode ({why}); "
+                              "sent with U+FFFD in its place")
 
     # --- users ----------------------------------------------------------------------------
     def process_users(self, page: Joined, cursor: str | None,
-                      members: bool = False) -> dict[str, str]:
+                      members: bool = False, cache: dict[Any, Any] | None = None,
+                      ) -> dict[str, str]:
         """Map, diff, send and commit one page of users; return id -> outcome.
 
         `members`: a changed company's users. Stored hashes count even in a full run (one
         stored with the same hash was sent earlier in this very run), and an unchanged
         member is not counted again: it was counted when the users pass saw it.
+        `cache`: mapped companies to reuse (default: the run's, bounded).
         """
         entity = "users"
         counts = self.report.entities[entity]
         outcomes: dict[str, str] = {}
         candidates: list[Candidate] = []
-        cache = self.map_cache  # each company (id, version) is mapped once (bounded)
-        if len(cache) > 20_000:
-            cache.clear()
+        self._report_decode_problems(entity, page.docs, page.problems)
+        if page.problems and page.companies:
+            self._report_decode_problems("companies", list(page.companies.values()),
+                                         page.problems, quiet=True)
+        if cache is None:
+            cache = self.map_cache  # each company (id, version) is mapped once (bounded)
+            if len(cache) > 20_000:
+                cache.clear()
         with Timer(self.report.phases, "map"):
             for doc in page.docs:
                 counts["fetched"] += 1
                 if not members:
                     self.inventory.add(entity, doc)
-                candidate = self._map_user(doc, page, cache)
+                candidate = self._map_user_guarded(doc, page, cache)
                 if candidate is None:
-                    counts["invalid"] += 1
-                    key = doc.get("user_id") or doc.get("_id")
+                    key = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+                    self._count_left_out(counts, key)
                     if key:
-                        outcomes[str(key)] = self.settled[str(key)] = "invalid"
+                        outcomes[key] = self.settled[key] = "invalid"
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
@@ -349,10 +464,10 @@ class SyncRun:
         sendable: list[Candidate] = []
         with Timer(self.report.phases, "map"):
             for c in changed:
-                if self._shape(c):
+                if self._shape_guarded(c):
                     sendable.append(c)
                 else:
-                    counts["invalid"] += 1
+                    self._count_left_out(counts, c.id)
                     outcomes[c.id] = self.settled[c.id] = "invalid"
         counts["changed"] += len(sendable)
         for c in sendable:
@@ -372,23 +487,75 @@ class SyncRun:
             check_stop(self.state.conn, self.inventory, self.mapped_sources,
                        self.settings.schema_drift_min_records)
 
+    def _map_user_guarded(self, doc: dict[str, Any], page: Joined,
+                          cache: dict[Any, Any]) -> Candidate | None:
+        """`_map_user`, with any unforeseen error made that record's problem: it is
+        reported and left out, and the rest of the page goes on."""
+        try:
+            return self._map_user(doc, page, cache)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
+            _log_unforeseen("mapping a user", exc)
+            rid = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+            self._mapping_failed("users", rid, f"mapping or hashing failed: {_failure_text(exc)}")
+            return None
+
+    def _count_left_out(self, counts: dict[str, int], rid: str | None) -> None:
+        """A record left out is invalid, unless an unforeseen error did it: that one
+        failed (it is retried by the next run, and this run ends partial)."""
+        if rid is not None and rid in self.mapping_failures:
+            counts["changed"] += 1
+            counts["failed"] += 1
+        else:
+            counts["invalid"] += 1
+
+    def _mapping_failed(self, entity: str, rid: str | None, detail: str) -> None:
+        """Report a record an unforeseen error left out, and keep it as a failure so a
+        later run (after a fix) retries it, up to SYNC_MAX_ATTEMPTS, instead of losing
+        it until it changes in Moesif."""
+        code = IssueCode.MAPPING_FAILED.value
+        if rid is not None:
+            self.mapping_failures.add(rid)
+        if rid is None or self.dry_run:
+            self.report.issue(entity, rid, code, detail)
+            return
+        for f in self.state.commit_page(PageCommit(entity, {}, [], [(rid, code, detail)])):
+            if f.gave_up:
+                self.report.entities[entity]["gave_up"] += 1
+            self.report.issue(entity, f.id, "GAVE_UP" if f.gave_up else code,
+                              f"{code} after {f.attempts} attempts: {detail}" if f.gave_up
+                              else detail, f.attempts)
+
     def _map_user(self, doc: dict[str, Any], page: Joined,
                   cache: dict[Any, Any]) -> Candidate | None:
-        company_id = str(doc["company_id"]) if doc.get("company_id") else None
+        raw_company = doc.get("company_id")
+        company_id = _id_text(raw_company)
         company = page.companies.get(company_id) if company_id else None
         user_id = doc.get("user_id")
-        joins = {"@company": company, "@metrics": page.metrics.get(str(user_id))}
+        record_id = _id_text(user_id)
+        joins = {"@company": company,
+                 "@metrics": page.metrics.get(record_id) if record_id else None}
         identify = self.mappings.apply("identify", doc, joins, cache=cache)
-        record_id = str(user_id) if user_id not in (None, "") else None
         for code, detail in identify.issues:
-            self.report.issue("users", record_id, code, detail)
+            self.report.issue("users", record_id or _id_text(doc.get("_id")), code, detail)
         if identify.missing_required or record_id is None:
-            self.report.issue("users", record_id or doc.get("_id"), "MISSING_ID",
-                              f"required field(s) missing: {', '.join(identify.missing_required)}")
+            missing = identify.missing_required or ["userId"]
+            detail = f"required field(s) missing: {', '.join(missing)}"
+            if user_id not in (None, "") and record_id is None:
+                detail = "user_id is not an id (text or integer)"
+            self.report.issue("users", record_id or _id_text(doc.get("_id")), "MISSING_ID",
+                              detail)
             return None
+        if raw_company not in (None, "") and company_id is None:
+            self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
+                              "company_id: not an id (text or integer); sent without a company")
         group = None
+        version = _version_key(company, cache) if company is not None else None
+        if company is not None:  # remember which version of the company it carries
+            versions = self.member_versions.setdefault(company_id, {})
+            if version not in versions:
+                versions[version] = _fingerprint(company)
         if company is not None and self.settings.sync_send_group_calls:
-            group_key = ("group", company_id, company.get("modified_time"))
+            group_key = ("group", company_id, version)
             shared = cache.get(group_key)
             if shared is None:
                 shared = cache[group_key] = self.mappings.apply("group", company, {})
@@ -406,10 +573,38 @@ class SyncRun:
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
         return Candidate(record_id, doc, timestamp, identify, group, digest)
 
+    def _members_carry(self, cid: str, doc: dict[str, Any]) -> bool:
+        """Whether every member this run mapped carries this very company document."""
+        versions = self.member_versions.get(cid)
+        if not versions or len(versions) != 1:
+            return False
+        (mapped,) = versions.values()
+        return mapped is not None and mapped == _fingerprint(doc)
+
+    def _company_digest(self, doc: dict[str, Any]) -> tuple[Applied, Applied, str]:
+        """A company's traits object, group body and their content hash."""
+        obj = self.mappings.apply("company_object", doc, {})
+        grp = self.mappings.apply("group", doc, {})
+        digest = hashlib.blake2b(jsonutil.dumps_sorted([obj.message, grp.message]),
+                                 digest_size=16).hexdigest()
+        return obj, grp, digest
+
     def _message_id(self, kind: str, c: Candidate) -> str:
         return f"ms-{kind[:3]}-" + hashlib.blake2b(
             f"users|{c.id}|{kind}|{c.hash}|{self.mappings.version}".encode(),
             digest_size=20).hexdigest()
+
+    def _shape_guarded(self, c: Candidate) -> bool:
+        """`_shape`, with any unforeseen error (the library, the encoder, sizing) made
+        that record's problem."""
+        try:
+            return self._shape(c)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
+            _log_unforeseen("shaping a user's messages", exc)
+            c.messages.clear()
+            self._mapping_failed("users", c.id,
+                                 f"shaping or encoding failed: {_failure_text(exc)}")
+            return False
 
     def _shape(self, c: Candidate) -> bool:
         """Shape every message of a record, trimming to fit 32 KB; False if it cannot."""
@@ -465,11 +660,16 @@ class SyncRun:
         for c in sendable:
             if len(self.report.samples) >= SAMPLE_COUNT:
                 return
-            self.report.samples.append({
-                "entity": "users", "id": c.id,
-                "source": mask_paths(c.doc, self.personal),
-                "messages": [self._mask_message(o.message) for o in c.messages],
-            })
+            # The source may hold what JSON cannot carry (it was left out of the messages).
+            source = c.doc if encodable(c.doc) else sanitise(c.doc, "")[0]
+            try:
+                self.report.samples.append({
+                    "entity": "users", "id": c.id,
+                    "source": mask_paths(source, self.personal),
+                    "messages": [self._mask_message(o.message) for o in c.messages],
+                })
+            except Exception as exc:  # noqa: BLE001 - a sample is optional, never the run's end
+                _log_unforeseen("sampling a record for the report", exc)
 
     def _mask_message(self, message: dict[str, Any]) -> dict[str, Any]:
         personal = {r.target for section in ("identify", "group")
@@ -574,31 +774,25 @@ class SyncRun:
         self.report.entities[entity]["delivered"] += len(hashes)
 
     # --- companies ------------------------------------------------------------------------
-    def process_companies(self, docs: list[dict[str, Any]], cursor: str | None) -> None:
+    def process_companies(self, docs: list[dict[str, Any]], cursor: str | None,
+                          problems: list[str] | None = None) -> None:
         """A changed company re-sends its members (identify with the new traits.company,
         and group), since Segment's group call needs a userId."""
         entity = "companies"
         counts = self.report.entities[entity]
         changed: dict[str, tuple[dict[str, Any], str]] = {}
+        self._report_decode_problems(entity, docs, problems or [])
         with Timer(self.report.phases, "map"):
             mapped = []
             for doc in docs:
                 counts["fetched"] += 1
                 self.inventory.add(entity, doc)
-                company_id = doc.get("company_id")
-                if company_id in (None, ""):
-                    counts["invalid"] += 1
-                    self.report.issue(entity, doc.get("_id"), "MISSING_ID",
-                                      "company record without company_id")
+                found = self._map_company_guarded(doc)
+                if found is None:
+                    self._count_left_out(counts, _id_text(doc.get("company_id")))
                     continue
-                cid = str(company_id)
-                obj = self.mappings.apply("company_object", doc, {})
-                grp = self.mappings.apply("group", doc, {})
-                for code, detail in obj.issues:
-                    self.report.issue(entity, cid, code, detail)
-                digest = hashlib.blake2b(jsonutil.dumps_sorted([obj.message, grp.message]),
-                                         digest_size=16).hexdigest()
-                mapped.append((cid, doc, digest))
+                mapped.append(found)
+                self.companies_seen.add(found[0])
         self.progress("fetched", entity=entity, n=len(docs))
         self._drift_guard()
         with Timer(self.report.phases, "diff"):
@@ -615,9 +809,11 @@ class SyncRun:
             if not self.dry_run and cursor:
                 self.state.commit_page(PageCommit(entity, {}, [], [], cursor=cursor))
             return
+        # Members need no re-send only if this run's all-users pass mapped every one of
+        # them with exactly this version: a company written mid-run (with a modified_time
+        # in the past) left earlier pages' members with the older one.
         covered = {cid for cid, (doc, _) in changed.items()
-                   if cid in self.joined_companies
-                   and self.joined_companies[cid] == doc.get("modified_time")
+                   if cid in self.joined_companies and self._members_carry(cid, doc)
                    and not self.stop_event.is_set()}
         member_outcomes = self._sync_members(
             {cid: v for cid, v in changed.items() if cid not in covered})
@@ -625,28 +821,52 @@ class SyncRun:
             member_outcomes[cid] = ["failed" if cid in self.failed_companies else "delivered"]
         self._resolve_companies(changed, member_outcomes, cursor)
 
+    def _map_company_guarded(self, doc: dict[str, Any]) -> tuple[str, dict[str, Any], str] | None:
+        """(id, document, content hash) of a company, or None when it is invalid; any
+        unforeseen error is that company's problem, reported."""
+        entity = "companies"
+        raw_id = doc.get("company_id")
+        cid = _id_text(raw_id)
+        if cid is None:
+            detail = "company record without company_id" if raw_id in (None, "") else \
+                "company_id is not an id (text or integer)"
+            self.report.issue(entity, _id_text(doc.get("_id")), "MISSING_ID", detail)
+            return None
+        try:
+            obj, _, digest = self._company_digest(doc)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
+            _log_unforeseen("mapping a company", exc)
+            self._mapping_failed(entity, cid, f"mapping or hashing failed: {_failure_text(exc)}")
+            return None
+        for code, detail in obj.issues:
+            self.report.issue(entity, cid, code, detail)
+        return cid, doc, digest
+
     def _sync_members(self, changed: dict[str, tuple[dict[str, Any], str]]
                       ) -> dict[str, list[str]]:
         """Run every member of the changed companies through the user pipeline."""
         known = {cid: doc for cid, (doc, _) in changed.items()}
         by_company: dict[str, list[str]] = {cid: [] for cid in changed}
+        # Members are mapped with exactly the company versions being stored: a company
+        # cached earlier in the run under the same modified_time may differ in content.
+        cache: dict[Any, Any] = {}
         pages = self.moesif.fetch_by_ids("users", sorted(changed), field="company_id",
                                          page_size=self.settings.moesif_page_size)
         for page in pages:
             fresh = [d for d in page.sources
-                     if str(d.get("user_id") or d.get("_id")) not in self.settled]
+                     if (_id_text(d.get("user_id")) or _id_text(d.get("_id"))) not in self.settled]
             outcomes: dict[str, str] = {}
             if fresh:
                 t0 = time.perf_counter()
                 joined = self._join(fresh, known=known)
                 self.report.phases["fetch"] += time.perf_counter() - t0
-                outcomes = self.process_users(joined, cursor=None, members=True)
+                outcomes = self.process_users(joined, cursor=None, members=True, cache=cache)
             self.flush_pending()  # fills `outcomes` with what Segment confirmed
             outcomes = {**self.settled, **outcomes}
             for doc in page.sources:
-                uid, cid = doc.get("user_id"), doc.get("company_id")
-                if uid and cid and str(cid) in by_company:
-                    by_company[str(cid)].append(outcomes.get(str(uid), "invalid"))
+                uid, cid = _id_text(doc.get("user_id")), _id_text(doc.get("company_id"))
+                if uid and cid and cid in by_company:
+                    by_company[cid].append(outcomes.get(uid, "invalid"))
         return by_company
 
     def _resolve_companies(self, changed: dict[str, tuple[dict[str, Any], str]],
@@ -695,6 +915,8 @@ class SyncRun:
         """Records whose delivery failed before are retried whatever the cursor says."""
         if self.stop_event.is_set():
             return
+        if entity == "companies":
+            self._recheck_companies_changed_mid_run()
         pending = [f for f in self.state.pending_failures(
             entity, failed_before=self.report.started.isoformat(timespec="microseconds"))
             if f.id not in self.settled]
@@ -705,14 +927,16 @@ class SyncRun:
         id_field = "user_id" if entity == "users" else "company_id"
         for page in self.moesif.fetch_by_ids(entity, list(attempts),
                                              page_size=self.settings.moesif_page_size):
-            found.update(str(d.get(id_field)) for d in page.sources)
+            found.update(rid for d in page.sources if (rid := _id_text(d.get(id_field))))
             if entity == "users":
                 self.process_users(self._join(page.sources), cursor=None)
             else:
-                self.process_companies(page.sources, cursor=None)
+                self.process_companies(page.sources, cursor=None,
+                                       problems=self._drain_decode_problems())
         # A failed record that is now invalid (e.g. OVERSIZE) waits for a change in Moesif,
         # reported; it no longer counts as pending.
-        invalid_now = [rid for rid in attempts if self.settled.get(rid) == "invalid"]
+        invalid_now = [rid for rid in attempts if self.settled.get(rid) == "invalid"
+                       and rid not in self.mapping_failures]
         if invalid_now and not self.dry_run:
             self.state.commit_page(PageCommit(entity, {}, invalid_now, []))
         gone = [rid for rid in attempts if rid not in found]
@@ -721,6 +945,20 @@ class SyncRun:
             for rid in gone:
                 self.report.issue(entity, rid, "GONE",
                                   "failed earlier and no longer exists in Moesif; dropped")
+
+    def _recheck_companies_changed_mid_run(self) -> None:
+        """A company whose members this run mapped with two different versions was
+        written during the run. If the companies pass did not see it (its modified_time
+        lies before the pass's window), it is checked now, so the members mapped with the
+        older version are re-sent and the stored hash matches what members carry."""
+        stale = sorted(cid for cid, versions in self.member_versions.items()
+                       if len(versions) > 1 and cid not in self.companies_seen)
+        if not stale:
+            return
+        for page in self.moesif.fetch_by_ids("companies", stale,
+                                             page_size=self.settings.moesif_page_size):
+            self.process_companies(page.sources, cursor=None,
+                                   problems=self._drain_decode_problems())
 
 
 def failed_outcome(settings: Settings, mode: str, error: str, exit_code: int) -> SyncOutcome:

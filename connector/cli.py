@@ -74,7 +74,7 @@ def sync(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """One incremental sync run: Moesif users and companies -> Segment identify/group."""
-    from connector.report import render_text
+    from connector.report import render_summary
 
     settings = _settings()
     _logging(settings, log_format, log_level)
@@ -88,10 +88,17 @@ def sync(
     report = outcome.report
     if outcome.exit_code == ExitCode.CONFIGURATION and report.error:
         _fail(report.error)  # a person must act: one line, not a report of zeros
-    typer.echo(render_text(report))
+    typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))
     if report.error and report.status == Status.FAILED:
         typer.echo(f"error: {report.error}", err=True)
     raise typer.Exit(int(outcome.exit_code))
+
+
+def _terminal_width() -> int:
+    """The terminal's width (COLUMNS when set), at most 120: a summary reads best narrow."""
+    import shutil
+
+    return min(120, shutil.get_terminal_size((80, 24)).columns)
 
 
 def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,

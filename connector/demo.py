@@ -39,7 +39,7 @@ def demo_settings(home: Path, moesif_url: str, segment_url: str, collector_url: 
 def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> int:
     from connector.forward.pipeline import run_forward
     from connector.logsetup import setup_logging
-    from connector.report import render_html, render_text
+    from connector.report import render_html, render_summary
     from connector.sandbox.apim_log import LogGenerator
     from connector.sandbox.moesif_collector import MoesifCollectorSandbox
     from connector.sandbox.serve import start_sync_sandbox
@@ -58,10 +58,12 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                                  collector_server.url)
         typer.echo(f"Syncing Moesif ({sandbox.moesif_url}) -> Segment ({sandbox.segment_url})")
         outcome = run_sync(settings, "incremental")
-        typer.echo(render_text(outcome.report))
         html_path = home / "reports" / f"{outcome.report.run_id}.html"
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(outcome.report), encoding="utf-8")
+        width = min(120, shutil.get_terminal_size((80, 24)).columns)
+        typer.echo(render_summary(outcome.report, width=width,
+                                  html_path=str(html_path.resolve())).rstrip("\n"))
 
         typer.echo(f"\nForwarding a generated apim_metrics.log ({log_lines} lines) into the "
                    f"Moesif Collector sandbox ({collector_server.url})")
@@ -73,6 +75,5 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                                        stop_event=threading.Event())
         typer.echo(f"Collector sandbox received {collector.unique_count} unique events "
                    f"(forward exit code {forward_code}).")
-    typer.echo(f"\nHTML report: {html_path.resolve()}")
-    typer.echo(f"Inspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
+    typer.echo(f"\nInspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
     return int(max(outcome.exit_code, forward_code))

@@ -184,8 +184,8 @@ def render_text(report: ReportLike, *, width: int = 120, color: bool = False) ->
     console = _console(width, color)
     _text_header(console, report)
     _text_entities(console, report)
+    _text_issues(console, report)  # what went wrong before the coverage detail
     _text_fields(console, report)
-    _text_issues(console, report)
     _text_phases(console, report)
     return _output(console)
 
@@ -239,13 +239,24 @@ def _text_fields(console: Console, report: RunReport) -> None:
     if not rows:
         console.print(Text("Field coverage: no fields recorded"))
         return
-    table = Table(title="Field coverage", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("field", no_wrap=True)  # a field path is read whole
+    # Wide terminals get "count (pct)" cells; narrow ones the percentages and one count
+    # column, so the field path keeps most of the width.
+    wide = console.width >= 110
+    table = Table(title="Field coverage", box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=None if wide else "percentages of the records mapped",
+                  caption_justify="left")
+    table.add_column("field", overflow="fold", ratio=1)
+    if not wide:
+        table.add_column("records", justify="right", no_wrap=True)
     for key in FIELD_KEYS:
-        table.add_column(key, justify="right")
+        table.add_column(key, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(Text(row["field"]),
-                      *(_count_pct(row[k], row[f"{k}_pct"]) for k in FIELD_KEYS))
+        if wide:
+            cells = [_count_pct(row[k], row[f"{k}_pct"]) for k in FIELD_KEYS]
+        else:
+            cells = [Text(_fmt_num(row["total"]))] + [Text(_fmt_pct(row[f"{k}_pct"]))
+                                                     for k in FIELD_KEYS]
+        table.add_row(Text(row["field"]), *cells)
     console.print(table)
 
 
@@ -278,6 +289,85 @@ def _text_phases(console: Console, report: RunReport) -> None:
         parts = [f"{k.replace('_per_s', '')}/s {_fmt_num(float(_num(v)))}"
                  for k, v in report.throughput.model_dump().items()]
         console.print(Text("Throughput: " + "  ".join(parts)))
+
+
+# --------------------------------------------------------------------------- summary
+
+# Codes that mean a record did not arrive come first: they are what an operator acts on.
+FAILURE_CODES = ("DELIVERY_FAILED", "GAVE_UP", "REJECTED", "OVERSIZE", "METRICS_UNAVAILABLE")
+SUMMARY_COUNTS = ("fetched", "delivered", "failed", "unchanged", "invalid")
+SUMMARY_MAX_CODES = 8
+
+
+def summary_issues(report: ReportLike) -> list[dict[str, Any]]:
+    """`issue_summary`, delivery failures first, then the rest by count."""
+    rows = issue_summary(report)
+    return sorted(rows, key=lambda r: (r["code"] not in FAILURE_CODES, -r["count"], r["code"]))
+
+
+def render_summary(report: ReportLike, *, width: int = 80, color: bool = False,
+                   html_path: str | None = None) -> str:
+    """The end-of-run summary of `sync` and `demo`: one screen at 80 columns.
+
+    Status, counts per entity, issues by code (failures first), and where the full
+    report is. The field-coverage table stays in `report show` and the HTML.
+    """
+    report = as_report(report)
+    console = _console(max(40, width), color)
+    status = str(report.status or "unknown")
+    style = _STATUS_STYLES.get(report.status, "bold red")  # type: ignore[call-overload]
+    title = Text(f"Run {report.run_id or '?'}  ", style="bold")
+    title.append(status.upper(), style=style)
+    title.append(f"  {report.mode or '?'}  {_fmt_seconds(report.duration_s)}")
+    console.print(title)
+    if report.error:
+        console.print(Text(f"error: {report.error}", style="red"))
+    if report.dry_run_note:
+        console.print(Text(report.dry_run_note, style="yellow"))
+    _summary_counts(console, report)
+    _summary_issues(console, report)
+    # Paths and commands are copied whole: never wrapped.
+    console.print(Text(f"full report: moesif-segment report show {report.run_id or 'latest'}"),
+                  soft_wrap=True)
+    if html_path:
+        console.print(Text(f"HTML report: {html_path}"), soft_wrap=True)
+    return _output(console)
+
+
+def _summary_counts(console: Console, report: RunReport) -> None:
+    entities = entity_counts(report)
+    if not entities:
+        console.print(Text("no records fetched"))
+        return
+    keys = ("fetched", "changed", "unchanged", "invalid") if report.dry_run else SUMMARY_COUNTS
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("")
+    for key in keys:
+        table.add_column("would send" if report.dry_run and key == "changed" else key,
+                         justify="right")
+    for name, counts in entities.items():
+        table.add_row(Text(name), *(_fmt_num(_num(counts.get(key))) for key in keys))
+    console.print(table)
+
+
+def _summary_issues(console: Console, report: RunReport) -> None:
+    rows = summary_issues(report)
+    if not rows:
+        console.print(Text("issues: none"))
+        return
+    total = sum(r["count"] for r in rows)
+    console.print(Text(f"issues: {total:,} (moesif-segment report issues "
+                       f"{report.run_id or 'latest'})"))
+    width = max(len(r["code"]) for r in rows[:SUMMARY_MAX_CODES])
+    for row in rows[:SUMMARY_MAX_CODES]:
+        style = "red" if row["code"] in FAILURE_CODES else ""
+        line = Text(f"  {row['code']:<{width}} {row['count']:>8,}", style=style)
+        if row["examples"]:
+            line.append("  e.g. " + ", ".join(row["examples"][:2]), style="dim")
+        line.truncate(console.width, overflow="ellipsis")
+        console.print(line, no_wrap=True)
+    if len(rows) > SUMMARY_MAX_CODES:
+        console.print(Text(f"  ... and {len(rows) - SUMMARY_MAX_CODES} more codes"))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -604,6 +694,8 @@ def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
         fields[name] = entry
     codes_a = {s["code"]: s["count"] for s in issue_summary(a)}
     codes_b = {s["code"]: s["count"] for s in issue_summary(b)}
+    resolved = _resolved_codes(a, b, codes_a, codes_b)
+    gone = _gone_fields(fields_a, fields_b)
     return {
         "a": _ident(a),
         "b": _ident(b),
@@ -612,15 +704,50 @@ def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
         "messages": _count_deltas(a.messages, b.messages, MESSAGE_KEYS),
         "fields": fields,
         "fields_added": [f for f in fields_b if f not in fields_a],
-        "fields_removed": [f for f in fields_a if f not in fields_b],
+        "fields_removed": gone,
+        "fields_not_mapped": [f for f in fields_a if f not in fields_b and f not in gone],
         "issues": {
             "new": {c: n for c, n in codes_b.items() if c not in codes_a},
-            "resolved": {c: n for c, n in codes_a.items() if c not in codes_b},
+            "resolved": resolved,
+            "not_seen": {c: n for c, n in codes_a.items()
+                         if c not in codes_b and c not in resolved},
             "changed": {c: _delta(codes_a[c], codes_b[c]) for c in codes_b
                         if c in codes_a and codes_a[c] != codes_b[c]},
         },
         "duration_s": _delta(a.duration_s, b.duration_s),
     }
+
+
+def _saw_everything(report: RunReport) -> bool:
+    """A full run that finished fetched every record: an absent issue was not seen again."""
+    return str(report.mode) == "full" and report.status in (Status.SUCCESS, Status.PARTIAL)
+
+
+def _resolved_codes(a: RunReport, b: RunReport, codes_a: dict[str, int],
+                    codes_b: dict[str, int]) -> dict[str, int]:
+    """Codes of run `a` absent from run `b` whose records `b` saw again without them.
+
+    A record is known to be seen again when `b` was a finished full run, or when `b`
+    reported it under another code. An incremental run that did not fetch a record says
+    nothing about it: such codes are "not seen", not "resolved".
+    """
+    gone = {c: n for c, n in codes_a.items() if c not in codes_b}
+    if _saw_everything(b):
+        return gone
+    seen = {(i.entity, i.id) for i in b.issues if i.id}
+    resolved: dict[str, int] = {}
+    for issue in a.issues:
+        code = str(issue.code)
+        if code in gone and issue.id and (issue.entity, issue.id) in seen:
+            resolved[code] = resolved.get(code, 0) + 1
+    return resolved
+
+
+def _gone_fields(fields_a: dict[str, Any], fields_b: dict[str, Any]) -> list[str]:
+    """Fields of run `a` that run `b` left out although it mapped records of that kind
+    (identify/group); a field missing only because `b` mapped no such record is not gone."""
+    mapped = {name.partition(".")[0] for name, row in fields_b.items() if row.get("total")}
+    return [f for f in fields_a if f not in fields_b and f.partition(".")[0] in mapped]
 
 
 def _signed(value: Any, suffix: str = "") -> str:
@@ -695,16 +822,23 @@ def _diff_fields(console: Console, d: dict[str, Any]) -> None:
     if added:
         console.print(Text("fields new in the second run: " + ", ".join(map(str, added))))
     if removed:
-        console.print(Text("fields gone in the second run: " + ", ".join(map(str, removed))))
+        console.print(Text("fields gone in the second run (its records lacked them): "
+                           + ", ".join(map(str, removed))))
+    not_mapped = _list(d.get("fields_not_mapped"))
+    if not_mapped:
+        console.print(Text("fields not mapped in the second run (no such records): "
+                           + ", ".join(map(str, not_mapped))))
 
 
 def _diff_issues(console: Console, issues: dict[str, Any]) -> None:
     new, resolved = _dict(issues.get("new")), _dict(issues.get("resolved"))
+    not_seen = _dict(issues.get("not_seen"))
     changed = _dict(issues.get("changed"))
-    if not (new or resolved or changed):
+    if not (new or resolved or changed or not_seen):
         console.print(Text("Issue codes: no change"))
         return
-    for label, codes in (("new issue codes", new), ("resolved issue codes", resolved)):
+    for label, codes in (("new issue codes", new), ("resolved issue codes", resolved),
+                         ("issue codes absent, records not fetched again", not_seen)):
         if codes:
             console.print(Text(f"{label}: " + ", ".join(f"{c} ({n:,})" for c, n in
                                                         codes.items())))

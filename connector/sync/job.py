@@ -477,11 +477,15 @@ class SyncRun:
         after Segment confirmed. `outcomes` is filled in when the page is committed.
         """
         counts = self.report.entities[entity]
+        try:
+            self.flush_pending()
+        except ConnectorError:
+            counts["changed"] -= len(sendable)  # mapped, never sent: the next run sends it
+            raise
         out = [m for c in sendable for m in c.messages]
         for m in out:
             self.report.messages[m.message["type"]]["sent"] += 1
         counts["sent"] += len(sendable)
-        self.flush_pending()
         future = self._sender.submit(self._send, out)
         self._pending = (future, entity, sendable, cursor, outcomes)
 
@@ -550,8 +554,15 @@ class SyncRun:
             m.message["messageId"] in result.delivered for m in c.messages)}
         for c in sendable:
             for m in c.messages:
-                if m.message["messageId"] in result.delivered:
-                    self.report.messages[m.message["type"]]["delivered"] += 1
+                key = "delivered" if m.message["messageId"] in result.delivered else "failed"
+                self.report.messages[m.message["type"]][key] += 1
+        # Sent but never confirmed counts as failed, so changed = delivered + failed holds
+        # in a failed run too (the report only: no attempt is counted in the state).
+        for c in sendable:
+            if c.id not in hashes:
+                self.report.entities[entity]["failed"] += 1
+                self.report.issue(entity, c.id, "DELIVERY_FAILED", "sent but not confirmed "
+                                  "before the run stopped; the next run sends it again")
         if hashes:
             with Timer(self.report.phases, "store"):
                 self.state.commit_page(PageCommit(entity=entity, hashes=hashes,

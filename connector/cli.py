@@ -192,12 +192,30 @@ def _brief(report: RunReport, entity: str) -> str:
 # --- check ---------------------------------------------------------------------------------
 @app.command()
 @command_boundary
-def check() -> None:
-    """Check settings and connectivity before the first run; exit 0 only if all pass."""
-    from connector.checks import run_checks
+def check(
+    what: str = typer.Argument("all", metavar="[all|sync|forward]",
+                               help="What to check: all (what the settings say will run), "
+                                    "sync or forward."),
+    wso2_config: Path | None = typer.Option(None, "--wso2-config",
+                                            help="API Manager's deployment.toml, as given "
+                                                 "to `forward`."),
+) -> None:
+    """Check the settings and peers of what will run; exit 0 only if all pass, else 2.
 
+    sync: the keys, Moesif, Segment, the state directory, the mappings, SYNC_INTERVAL or
+    SYNC_CRON. forward: MOESIF_APPLICATION_ID (or deployment.toml's moesifKey), the
+    Collector accepting it, apim_events.toml. Unknown connector-like variables in the
+    environment or .env are warned about, with the closest known name.
+    """
+    from connector.checks import Scope, run_scoped_checks
+
+    try:
+        scope = Scope(what)
+    except ValueError:
+        _fail(f"check: unknown target {what!r} (use all, sync or forward)")
     settings = _settings()
-    raise typer.Exit(int(run_checks(settings)))
+    _logging(settings, LogFormat.text, "ERROR")  # the table says it all; no retry chatter
+    raise typer.Exit(int(run_scoped_checks(settings, scope, wso2_config)))
 
 
 # --- demo / sandbox ------------------------------------------------------------------------

@@ -423,6 +423,15 @@ padding:12px;margin-bottom:14px}
 .pair h4{margin:0 0 6px;font-size:12px;color:var(--muted);text-transform:uppercase}
 @media (max-width:800px){.pair{grid-template-columns:1fr}}
 .muted{color:var(--muted)}
+.strip{background:var(--card);border:1px solid var(--line);border-left:4px solid var(--warn);
+border-radius:8px;padding:8px 12px;margin:10px 0;display:flex;flex-wrap:wrap;gap:6px 10px;
+align-items:center}
+.strip.ok{border-left-color:var(--ok)}
+.chip{display:inline-block;border:1px solid var(--line);border-radius:999px;padding:1px 8px;
+font-size:12px;color:var(--ink);text-decoration:none;background:var(--code)}
+.chip.bad{border-color:var(--bad);color:var(--bad)}.chip.clean{color:var(--ok)}
+.legend.wide{flex-direction:column;gap:2px}
+details.key{margin:10px 0}details.key summary{cursor:pointer;color:var(--muted)}
 footer{color:var(--muted);font-size:12px;margin-top:30px}
 """
 
@@ -475,9 +484,10 @@ def render_html(report: ReportLike) -> str:
     run_id = _e(report.run_id or "?")
     sections = [
         _html_header(report),
+        _html_issue_strip(report),
         _html_outcomes(report),
+        _html_issues(report),  # what went wrong before the coverage detail
         _html_coverage(report),
-        _html_issues(report),
         _html_phases(report),
         _html_samples(report),
         _html_settings(report),
@@ -521,8 +531,8 @@ def _html_header(report: RunReport) -> str:
         parts.append(f'<div class="note error"><b>error:</b> {_e(report.error)}</div>')
     if report.dry_run_note:
         parts.append(f'<div class="note">{_e(report.dry_run_note)}</div>')
-    parts.append('<nav><a href="#outcomes">outcomes</a><a href="#coverage">field coverage</a>'
-                 '<a href="#issues">issues</a><a href="#phases">phases</a>'
+    parts.append('<nav><a href="#outcomes">outcomes</a><a href="#issues">issues</a>'
+                 '<a href="#coverage">field coverage</a><a href="#phases">phases</a>'
                  '<a href="#samples">samples</a><a href="#settings">settings</a></nav>')
     return "".join(parts)
 
@@ -560,7 +570,8 @@ def _html_outcomes(report: RunReport) -> str:
                                                 rows)
     body = ('<div class="cards">' + "".join(cards) + "</div>") if cards else \
         '<p class="muted">no entity counts recorded</p>'
-    return f'<section id="outcomes"><h2>Outcomes</h2>{body}{msg_html}</section>'
+    return (f'<section id="outcomes"><h2>Outcomes</h2>{body}{_html_legend()}{msg_html}'
+            "</section>")
 
 
 def _coverage_color(pct: float | None) -> str:
@@ -594,11 +605,16 @@ def _html_issues(report: RunReport) -> str:
                  f'<td class="n">{_e(_fmt_num(s["count"]))}</td>'
                  f'<td>{_e(", ".join(s["examples"]))}</td></tr>' for s in summary]
     issues = report.issues
+    anchors = _sample_anchors(report)
     detail_rows = []
     for issue in issues[:MAX_ISSUE_ROWS]:
         attempts = "" if issue.attempts is None else issue.attempts
+        ident = f"<code>{_e(issue.id)}</code>"
+        anchor = anchors.get((issue.entity, issue.id))
+        if anchor:
+            ident = f'<a href="#{anchor}" title="see its sample">{ident}</a>'
         detail_rows.append(
-            f'<tr><td>{_e(issue.entity)}</td><td><code>{_e(issue.id)}</code></td>'
+            f'<tr><td>{_e(issue.entity)}</td><td>{ident}</td>'
             f'<td><code>{_e(issue.code)}</code></td><td>{_e(issue.detail)}</td>'
             f'<td class="n">{_e(attempts)}</td></tr>')
     shown = (f'<p class="muted">showing the first {MAX_ISSUE_ROWS} of {len(issues):,} issues'
@@ -631,14 +647,78 @@ def _pretty(value: Any) -> str:
     return _e(json.dumps(scrub(value), indent=2, ensure_ascii=False, default=str))
 
 
+def _sample_anchors(report: RunReport) -> dict[tuple[str, str | None], str]:
+    """(entity, id) -> the HTML id of its sample (the first one)."""
+    anchors: dict[tuple[str, str | None], str] = {}
+    for i, sample in enumerate(report.samples):
+        anchors.setdefault((sample.entity, sample.id), f"sample-{i}")
+    return anchors
+
+
+def _issue_codes_by_record(report: RunReport) -> dict[tuple[str, str | None], list[str]]:
+    codes: dict[tuple[str, str | None], list[str]] = {}
+    for issue in report.issues:
+        listed = codes.setdefault((issue.entity, issue.id), [])
+        if str(issue.code) not in listed:
+            listed.append(str(issue.code))
+    return codes
+
+
+def _sample_messages(messages: list[Any]) -> str:
+    if not messages:
+        return '<p class="muted">nothing was sent for this record (see its issue)</p>'
+    return f"<pre>{_pretty(messages)}</pre>"
+
+
+_LEGEND = (
+    ("var(--ok)", "delivered", "Segment confirmed the record's messages"),
+    ("var(--info)", "would send", "dry run: what a real run would send"),
+    ("var(--idle)", "unchanged", "same as last delivered: not sent again"),
+    ("var(--warn)", "invalid", "could not be sent as it is (see its issue); not retried"),
+    ("var(--bad)", "failed", "refused, or sent but not confirmed; retried next run"),
+    ("#7a271a", "gave up", "refused SYNC_MAX_ATTEMPTS times: not retried"),
+)
+_TERMS = ("<b>present</b>: the field had a value · <b>missing</b>: no value in Moesif · "
+          "<b>converted</b>: the value was changed to the type Segment takes (e.g. a date to "
+          "ISO 8601, a number from text) · <b>trimmed</b>: dropped to fit Segment's 32 KB")
+
+
+def _html_legend() -> str:
+    items = "".join(f'<span><i class="dot" style="background:{color}"></i><b>{_e(name)}</b>'
+                    f" {_e(meaning)}</span>" for color, name, meaning in _LEGEND)
+    return (f'<details class="key" open><summary>What the colours and words mean'
+            f'</summary><div class="legend wide">{items}</div>'
+            f'<p class="muted">{_TERMS}</p></details>')
+
+
+def _html_issue_strip(report: RunReport) -> str:
+    """The issue count and the codes, first thing under the header."""
+    summary = summary_issues(report)
+    if not summary:
+        return '<div class="strip ok"><b>No issues</b> in this run.</div>'
+    total = sum(s["count"] for s in summary)
+    chips = "".join(
+        f'<a class="chip{" bad" if s["code"] in FAILURE_CODES else ""}" href="#issues">'
+        f'<code>{_e(s["code"])}</code> <b>{_e(_fmt_num(s["count"]))}</b></a>' for s in summary)
+    return (f'<div class="strip"><b>{_e(_fmt_num(total))} issue'
+            f'{"" if total == 1 else "s"}</b> {chips}</div>')
+
+
 def _html_samples(report: RunReport) -> str:
+    codes = _issue_codes_by_record(report)
+    order = sorted(enumerate(report.samples),
+                   key=lambda item: not codes.get((item[1].entity, item[1].id)))
     blocks = []
-    for sample in report.samples:
+    for i, sample in order:
+        found = codes.get((sample.entity, sample.id), [])
+        tags = "".join(f'<span class="chip{" bad" if c in FAILURE_CODES else ""}">'
+                       f"<code>{_e(c)}</code></span>" for c in found) or \
+            '<span class="chip clean">clean</span>'
         blocks.append(
-            f'<div class="sample"><h3>{_e(sample.entity)} '
-            f'<code>{_e(sample.id)}</code></h3><div class="pair">'
+            f'<div class="sample" id="sample-{i}"><h3>{_e(sample.entity)} '
+            f'<code>{_e(sample.id)}</code> {tags}</h3><div class="pair">'
             f'<div><h4>Moesif source record</h4><pre>{_pretty(sample.source)}</pre></div>'
-            f'<div><h4>Segment messages</h4><pre>{_pretty(sample.messages)}</pre></div>'
+            f'<div><h4>Segment messages</h4>{_sample_messages(sample.messages)}</div>'
             "</div></div>")
     body = "".join(blocks) or '<p class="muted">no samples in this report</p>'
     return f'<section id="samples"><h2>Sample mappings</h2>{body}</section>'

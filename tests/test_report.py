@@ -275,3 +275,26 @@ def test_summary_fits_80_columns_failures_first_and_says_where_the_report_is():
     assert "Field coverage" not in text
     assert f"moesif-segment report show {report['run_id']}" in text
     assert "HTML report: /very/long/" + "x" * 90 + ".html" in text  # never wrapped
+
+
+def test_html_puts_issues_first_links_ids_to_samples_and_explains_the_colours():
+    report = make_report(extra_issue="OVERSIZE")
+    report["samples"].append({"entity": "users", "id": "usr_bad0",
+                              "source": {"name": "x"}, "messages": []})
+    report["samples"].append({"entity": "users", "id": "usr_clean",
+                              "source": {"name": "y"}, "messages": [{"type": "identify"}]})
+    page = render_html(report)
+    strip = page.index('class="strip"')
+    assert strip < page.index('id="outcomes"') < page.index('id="issues"') \
+        < page.index('id="coverage"')
+    assert "253 issues" in page[strip:page.index('id="outcomes"')]
+    # the failure code is marked, the issue id links to its sample, which names the code
+    assert '<a class="chip bad" href="#issues"><code>DELIVERY_FAILED</code>' in page
+    anchor = page.index('<div class="sample" id="sample-1">')
+    assert '<a href="#sample-1" title="see its sample"><code>usr_bad0</code></a>' in page
+    assert "MISSING_ID" in page[anchor:anchor + 300]
+    assert "nothing was sent for this record" in page
+    assert page.index('id="sample-1"') < page.index('id="sample-2"')  # issues first
+    clean = page.index('id="sample-2"')
+    assert '<span class="chip clean">clean</span>' in page[clean:clean + 300]
+    assert "What the colours and words mean" in page and "<b>converted</b>" in page

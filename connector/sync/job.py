@@ -47,6 +47,7 @@ from connector.timeutil import parse_timestamp, to_iso
 log = logging.getLogger(__name__)
 
 SAMPLE_COUNT = 3
+ISSUE_SAMPLE_COUNT = 5  # records with issues sampled beside the clean ones, one per code
 MASK = "*****"
 
 Progress = Callable[..., None]
@@ -173,6 +174,9 @@ class SyncRun:
         # company's members are not re-sent or re-reported in the same run. Users that
         # were delivered need no entry: their stored hash already says "unchanged".
         self.settled: dict[str, str] = {}
+        self._clean_samples = 0
+        self._issues_seen = 0
+        self._sampled_codes: set[str] = set()
         self.all_users_pass = False
         self.joined_companies: dict[str, Any] = {}  # id -> version, from an all-users pass
         # company -> failure code of its members this run (DELIVERY_FAILED wins)
@@ -320,6 +324,7 @@ class SyncRun:
                     key = doc.get("user_id") or doc.get("_id")
                     if key:
                         outcomes[str(key)] = self.settled[str(key)] = "invalid"
+                    self._sample_issue(str(key) if key else None, doc, [])
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
@@ -346,6 +351,7 @@ class SyncRun:
                 else:
                     counts["invalid"] += 1
                     outcomes[c.id] = self.settled[c.id] = "invalid"
+                    self._sample_issue(c.id, c.doc, c.messages)
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
@@ -446,10 +452,34 @@ class SyncRun:
         for key in set(c.trimmed):
             self.report.coverage.add(self.mappings.event_id(key, TRIMMED))
 
-    def _sample(self, sendable: list[Candidate]) -> None:
-        for c in sendable:
-            if len(self.report.samples) >= SAMPLE_COUNT:
+    def _sample_issue(self, rid: str | None, doc: dict[str, Any],
+                      messages: list[OutMessage], code: str | None = None) -> None:
+        """Sample a record with an issue (the first of each code; by default the issue just
+        reported), so the report shows what went wrong beside what went right."""
+        if code is None:
+            last = self.report.issues[-1] if self.report.issues else None
+            if last is None or last.get("id") != rid:
                 return
+            code = str(last["code"])
+        if len(self._sampled_codes) >= ISSUE_SAMPLE_COUNT or code in self._sampled_codes:
+            return
+        self._sampled_codes.add(code)
+        self.report.samples.append({
+            "entity": "users", "id": rid, "source": mask_paths(doc, self.personal),
+            "messages": [self._mask_message(o.message) for o in messages]})
+
+    def _sample(self, sendable: list[Candidate]) -> None:
+        # Issues reported since the last page (mapping: BAD_TIMESTAMP, OVERSIZE_TRIMMED...)
+        recent = {i["id"]: i["code"] for i in self.report.issues[self._issues_seen:]
+                  if i.get("id")}
+        self._issues_seen = len(self.report.issues)
+        for c in sendable:
+            if c.id in recent:  # sent, with an issue: sampled as one
+                self._sample_issue(c.id, c.doc, c.messages, recent[c.id])
+                continue
+            if self._clean_samples >= SAMPLE_COUNT:
+                continue
+            self._clean_samples += 1
             self.report.samples.append({
                 "entity": "users", "id": c.id,
                 "source": mask_paths(c.doc, self.personal),
@@ -533,6 +563,10 @@ class SyncRun:
                 cursor=cursor))
         for rid, _, _ in failures:
             self.settled[rid] = "failed"
+        codes = {rid: code for rid, code, _ in failures}
+        for c in sendable:
+            if c.id in codes:
+                self._sample_issue(c.id, c.doc, c.messages, codes[c.id])
         counts["delivered"] += len(hashes)
         counts["failed"] += len(failures)
         for f in recorded:

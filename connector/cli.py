@@ -263,6 +263,13 @@ def forward(
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
     log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
     log_level: str = typer.Option("INFO", "--log-level"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port",
+                                            help="Serve /healthz and /metrics (backlog, "
+                                                 "oldest event age, delivered, "
+                                                 "dead-lettered, retried) on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for --metrics-port (0.0.0.0 in a "
+                                          "container)."),
 ) -> None:
     """Forward events: --from-log, --from-jsonl or --listen (see `forward status`)."""
     if ctx.invoked_subcommand is not None:
@@ -273,9 +280,20 @@ def forward(
     _logging(settings, log_format, log_level)
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
-    # run_forward installs the one signal helper itself (it is also called without the CLI).
-    code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                       wso2_config_path=wso2_config, once=once)
+    server = None
+    if metrics_port is not None:
+        from connector.forward_metrics import ForwardMetrics
+        from connector.metrics import serve_metrics
+
+        server = serve_metrics(ForwardMetrics(settings), metrics_port, metrics_host)
+        log.info("serving /healthz and /metrics on %s", server.url)
+    try:
+        # run_forward installs the one signal helper itself (also called without the CLI).
+        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
+                           wso2_config_path=wso2_config, once=once)
+    finally:
+        if server is not None:
+            server.stop()
     raise typer.Exit(code)
 
 

@@ -129,6 +129,8 @@ class _Runner:
         self.reports = ReportStore(self.reports_conn)
         self.in_run = threading.Event()
         self.overran = threading.Event()
+        if metrics is not None:  # a restart must not look stale to an alert
+            metrics.restore(self.reports.list(20))
 
     def close(self) -> None:
         self.lease_conn.close()
@@ -150,6 +152,8 @@ class _Runner:
         before = self.reports.latest_run_id()
         started = time.monotonic()
         self.in_run.set()
+        if self.metrics is not None:
+            self.metrics.run_started()
         try:
             with self.lease.keep_alive():
                 code = int(self.run_once_fn(self.stop_event))
@@ -165,6 +169,8 @@ class _Runner:
             return int(exit_code_for(exc))
         finally:
             self.in_run.clear()
+            if self.metrics is not None:
+                self.metrics.run_ended()
         log.info("sync run finished with exit code %d in %.1f s", code,
                  time.monotonic() - started)
         self._observe(before)

@@ -25,15 +25,39 @@ from connector.settings import ConfigError, Settings, load_settings
 from connector.signals import stop_on_signals
 from connector.sync.job import SyncOutcome
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="Sync Moesif users/companies into Segment; forward WSO2 APIM "
-                       "analytics events into Moesif.")
+                       "analytics events into Moesif.\n\nExit codes: 0 all good; 1 some "
+                       "deliveries failed or the run was interrupted (the next run "
+                       "retries); 2 a configuration or usage mistake (one `error:` line). "
+                       "Settings come from the environment or ./.env; see .env.example.")
 log = logging.getLogger("connector")
 
 
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (any case)."
+LOG_FORMAT_HELP = "text (readable lines) or json (one object a line, with the run id)."
+
+
+def _version(value: bool) -> None:
+    if value:
+        from connector import __version__
+
+        typer.echo(f"moesif-segment {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """The `moesif-segment` command (its help is the app's)."""
 
 
 def _settings() -> Settings:
@@ -54,6 +78,17 @@ def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
         setup_logging(level, fmt.value, settings.secrets())
     except ValueError:
         _fail(f"--log-level: unknown level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
+    _note_legacy_home(settings)
+
+
+def _note_legacy_home(settings: Settings) -> None:
+    from connector.settings import LEGACY_HOME
+
+    if "connector_home" not in settings.model_fields_set and settings.connector_home == \
+            LEGACY_HOME:
+        log.info("using the state in ./%s (found in the working directory); set "
+                 "CONNECTOR_HOME=%s to keep using it from anywhere", LEGACY_HOME,
+                 LEGACY_HOME.resolve())
 
 
 def _progress_callback(enabled: bool) -> SyncProgress:
@@ -69,9 +104,11 @@ def sync(
     full: bool = typer.Option(False, "--full", help="Ignore cursors and hashes; resend all."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Fetch, map and report; send nothing, move nothing."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="A progress bar on stderr when it is a terminal."),
 ) -> None:
     """One incremental sync run: Moesif users and companies -> Segment identify/group."""
     from connector.report import render_summary
@@ -144,9 +181,11 @@ def schedule(
     metrics_port: int | None = typer.Option(None, "--metrics-port",
                                             help="Serve /healthz and /metrics on this port."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="A progress bar on stderr when it is a terminal."),
 ) -> None:
     """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT)."""
     from connector.sync.job import run_sync
@@ -261,8 +300,9 @@ def forward(
     wso2_config: Path | None = typer.Option(None, "--wso2-config",
                                             help="API Manager's deployment.toml."),
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
     metrics_port: int | None = typer.Option(None, "--metrics-port",
                                             help="Serve /healthz and /metrics (backlog, "
                                                  "oldest event age, delivered, "

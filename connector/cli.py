@@ -120,9 +120,10 @@ def sync(
     mode = "dry-run" if dry_run else "full" if full else "incremental"
     stop = threading.Event()
     with stop_on_signals(stop, "finishing the page in hand"), \
-            _progress_callback(progress) as bar:
+            _progress_callback(progress and log_format is LogFormat.text) as bar:
         outcome = run_sync_locked(settings, mode, stop, bar)
     report = outcome.report
+    log_summary(report, int(outcome.exit_code))
     if outcome.exit_code == ExitCode.CONFIGURATION and report.error:
         _fail(report.error)  # a person must act: one line, not a report of zeros
     typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))
@@ -201,11 +202,10 @@ def schedule(
 
     def one_run(stop: threading.Event) -> int:
         # run_schedule holds the lease around this call.
-        with _progress_callback(progress) as bar:
+        with _progress_callback(progress and log_format is LogFormat.text) as bar:
             outcome = run_sync(settings, "incremental", stop, bar)
         r = outcome.report
-        log.info("run %s %s: users %s; companies %s", r.run_id, r.status,
-                 _brief(r, "users"), _brief(r, "companies"))
+        log_summary(r, int(outcome.exit_code))
         if r.error:
             # A stop asked for is routine; anything else is worth an operator's look.
             level = logging.INFO if r.status == Status.INTERRUPTED else logging.ERROR
@@ -218,6 +218,21 @@ def schedule(
     except ConfigError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+def log_summary(report: RunReport, exit_code: int) -> None:
+    """The run's summary as one log line: readable text, and in JSON logs structured
+    fields (status, duration, counts per entity and outcome, issues by code)."""
+    from connector.logsetup import fields, run_context
+
+    with run_context(report.run_id):
+        log.info("run %s %s: users %s; companies %s", report.run_id, report.status,
+                 _brief(report, "users"), _brief(report, "companies"),
+                 extra=fields(event="sync_finished", status=str(report.status),
+                              mode=str(report.mode), exit_code=exit_code,
+                              duration_s=report.duration_s, error=report.error,
+                              entities={k: v.model_dump() for k, v in report.entities.items()},
+                              issues=dict(report.issue_counts)))
 
 
 def _brief(report: RunReport, entity: str) -> str:

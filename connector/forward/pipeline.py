@@ -812,9 +812,16 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
         print(f"error: {exc.strerror or exc}", file=out)
         return ExitCode.CONFIGURATION
+    from connector.logsetup import new_run_id, run_context
+
     try:
-        with stop_on_signals(stop_event, "the in-flight send finishes, the rest stays spooled"):
+        # A forwarder run has a run id too: every line it logs (its threads' included,
+        # through the process-wide fallback) carries it.
+        with run_context(new_run_id("fwd-")), \
+                stop_on_signals(stop_event, "the in-flight send finishes, the rest stays spooled"):
             code = forwarder.run()
+            _report(out, code, forwarder.run_counters(), forwarder.spool.depth(),
+                    forwarder._fatal, log_only=True)
     finally:
         counters = forwarder.run_counters()
         backlog = forwarder.spool.depth()
@@ -853,7 +860,18 @@ def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | No
 
 
 def _report(out: Any, code: int, counters: dict[str, int], backlog: int,
-            fatal: BaseException | None) -> None:
+            fatal: BaseException | None, log_only: bool = False) -> None:
+    """The run's counters: a structured log line (inside the run's context), then, unless
+    logs are JSON lines (nothing plain on stderr then), one readable line on `out`."""
+    from connector.logsetup import fields, json_mode
+
+    if log_only:
+        log.info("forward finished with exit code %d", code, extra=fields(
+            event="forward_finished", exit_code=code, backlog=backlog,
+            error=None if fatal is None else str(fatal), **counters))
+        return
+    if json_mode() and out is sys.stderr:
+        return
     parts = " ".join(f"{name}={counters[name]}" for name in COUNTER_NAMES)
     print(f"forward: {parts} backlog={backlog} exit={code}", file=out)
     if fatal is not None:

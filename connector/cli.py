@@ -40,6 +40,7 @@ class LogFormat(StrEnum):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_ONCE_DEADLINE = 600.0  # a cron'd `forward --once` must end before the next one
 LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (any case)."
 LOG_FORMAT_HELP = "text (readable lines) or json (one object a line, with the run id)."
 
@@ -325,8 +326,16 @@ def forward(
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address for --metrics-port (0.0.0.0 in a "
                                           "container)."),
+    deadline: float = typer.Option(DEFAULT_ONCE_DEADLINE, "--deadline", min=0,
+                                   help="With --once: give up after this many seconds "
+                                        "(exit 1, the rest stays spooled for the next run); "
+                                        "0 for no deadline."),
 ) -> None:
-    """Forward events: --from-log, --from-jsonl or --listen (see `forward status`)."""
+    """Forward events: --from-log, --from-jsonl or --listen (see `forward status`).
+
+    Exit codes: 0 everything read was delivered or dead-lettered; 1 stopped early (a
+    signal, --deadline, an outage), the backlog kept; 2 a configuration mistake.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from connector.forward.pipeline import run_forward
@@ -342,14 +351,37 @@ def forward(
 
         server = serve_metrics(ForwardMetrics(settings), metrics_port, metrics_host)
         log.info("serving /healthz and /metrics on %s", server.url)
+    stop, expired = threading.Event(), threading.Event()
+    timer = _deadline_timer(deadline, stop, expired) if once else None
     try:
         # run_forward installs the one signal helper itself (also called without the CLI).
         code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                           wso2_config_path=wso2_config, once=once)
+                           wso2_config_path=wso2_config, once=once, stop_event=stop)
     finally:
+        if timer is not None:
+            timer.cancel()
         if server is not None:
             server.stop()
+    if expired.is_set():
+        _fail(f"forward --once: --deadline {deadline:g} s passed before everything was "
+              "delivered; the rest stays spooled for the next run", ExitCode.FAILED)
     raise typer.Exit(code)
+
+
+
+def _deadline_timer(seconds: float, stop: threading.Event,
+                    expired: threading.Event) -> threading.Timer | None:
+    if seconds <= 0:
+        return None
+
+    def expire() -> None:
+        expired.set()
+        stop.set()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 @forward_app.command("status")
@@ -397,6 +429,88 @@ def forward_status_cmd(
             table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
         console.print(table)
     console.print(f"state file: {status.get('state_file', '')}")
+
+
+dead_letters_app = typer.Typer(help="Inspect and replay the forwarder's dead letters.",
+                               no_args_is_help=True)
+forward_app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("list")
+@command_boundary
+def dead_letters_list(
+    reason: str | None = typer.Option(None, "--reason", "-r",
+                                      help="Only this reason code, e.g. BAD_JSON."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Newest first, at most this."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+) -> None:
+    """The newest dead letters: id, reason, where the event came from, why."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from connector.forward.dead_letters import list_letters
+    from connector.jsonutil import dumps
+
+    letters = list_letters(_settings(), reason, limit)
+    if json_out:
+        for letter in letters:
+            typer.echo(dumps(letter).decode())
+        return
+    if not letters:
+        typer.echo("no dead letters" + (f" with reason {reason.upper()}" if reason else ""))
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, kwargs in (("id", {"justify": "right"}), ("reason", {"no_wrap": True}),
+                         ("source / position", {"overflow": "fold"}),
+                         ("detail", {"overflow": "fold", "ratio": 1})):
+        table.add_column(name, **kwargs)  # type: ignore[arg-type]
+    for letter in letters:
+        table.add_row(str(letter["id"]), letter["reason_code"],
+                      f"{letter['source']} {letter['position']}", letter["detail"])
+    Console(highlight=False).print(table)
+
+
+@dead_letters_app.command("show")
+@command_boundary
+def dead_letters_show(letter_id: int = typer.Argument(..., help="A dead letter's id.")) -> None:
+    """One dead letter with its stored, masked content (JSON)."""
+    import orjson
+
+    from connector.forward.dead_letters import get_letter
+
+    letter = get_letter(_settings(), letter_id)
+    if letter is None:
+        _fail(f"no dead letter with id {letter_id} (see `moesif-segment forward dead-letters "
+              "list`)")
+    typer.echo(orjson.dumps(letter, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+@dead_letters_app.command("replay")
+@command_boundary
+def dead_letters_replay(
+    letter_ids: list[int] = typer.Argument(None, help="Dead-letter ids (or use --reason)."),
+    reason: str | None = typer.Option(None, "--reason", "-r",
+                                      help="Replay every dead letter of this reason code."),
+    wso2_config: Path | None = typer.Option(None, "--wso2-config",
+                                            help="API Manager's deployment.toml, as given "
+                                                 "to `forward`."),
+) -> None:
+    """Spool dead letters again after a mapping or configuration fix (the forwarder
+    delivers them). Exit 0 when all were spooled, 1 when some still fail."""
+    from connector.forward.dead_letters import replay
+
+    if not letter_ids and not reason:
+        _fail("say which dead letters: their ids, or --reason CODE")
+    result = replay(_settings(), list(letter_ids or []), reason, wso2_config)
+    typer.echo(f"spooled again: {len(result.spooled)}; still failing: "
+               f"{len(result.still_failing)}; not replayable (kept only as a fingerprint): "
+               f"{len(result.not_replayable)}")
+    for letter_id, why in result.still_failing.items():
+        typer.echo(f"  {letter_id}: {why}")
+    if result.spooled:
+        typer.echo("they are delivered by the running forwarder or the next `forward` run")
+    raise typer.Exit(int(ExitCode.FAILED if result.still_failing or result.not_replayable
+                         else ExitCode.OK))
 
 
 def _add_report_app() -> None:

@@ -288,14 +288,26 @@ def demo(
 
 
 @app.command()
+@command_boundary
 def sandbox(
-    users: int = typer.Option(1000), companies: int = typer.Option(100),
-    seed: int = typer.Option(7),
+    users: int = typer.Option(1000, help="Moesif users in the sandbox."),
+    companies: int = typer.Option(100, help="Moesif companies in the sandbox."),
+    seed: int = typer.Option(7, help="Seed of the generated data set."),
+    moesif_port: int = typer.Option(0, "--moesif-port", help="0: a free port."),
+    segment_port: int = typer.Option(0, "--segment-port", help="0: a free port."),
+    collector_port: int = typer.Option(0, "--collector-port", help="0: a free port."),
 ) -> None:
-    """Run the local Moesif and Segment sandboxes until stopped (prints their URLs)."""
+    """Run the local Moesif Management API, Segment and Moesif Collector sandboxes until
+    stopped; prints `export` lines to paste into another shell."""
     from connector.sandbox.serve import main as serve_main
 
-    serve_main(["--users", str(users), "--companies", str(companies), "--seed", str(seed)])
+    try:
+        serve_main(["--users", str(users), "--companies", str(companies), "--seed", str(seed),
+                    "--moesif-port", str(moesif_port), "--segment-port", str(segment_port),
+                    "--collector-port", str(collector_port), "--exports"])
+    except OSError as exc:
+        _fail(f"sandbox: cannot listen ({exc.strerror or exc}); choose other ports "
+              "with --moesif-port, --segment-port and --collector-port")
 
 
 # --- forward -------------------------------------------------------------------------------

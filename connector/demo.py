@@ -8,6 +8,7 @@ the HTML report. State lives in `<CONNECTOR_HOME>/demo`, wiped at each demo.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 import threading
@@ -75,5 +76,6 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                                        stop_event=threading.Event())
         typer.echo(f"Collector sandbox received {collector.unique_count} unique events "
                    f"(forward exit code {forward_code}).")
-    typer.echo(f"\nInspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
+    typer.echo(f"\nInspect it: CONNECTOR_HOME={shlex.quote(str(home.resolve()))} "
+               "moesif-segment report show latest")
     return int(max(outcome.exit_code, forward_code))

@@ -72,6 +72,20 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     fail(message, code)
 
 
+def _ensure_home(settings: Settings) -> None:
+    """CONNECTOR_HOME exists or can be created: else one line naming it, exit 2."""
+    from connector.store import check_home, state_error
+
+    home = settings.connector_home
+    check_home(home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise state_error(exc, settings.state_path) or ConfigError(
+            f"CONNECTOR_HOME ({home}) cannot be created ({exc.strerror or exc}); set "
+            "CONNECTOR_HOME to a directory this user can write") from None
+
+
 def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
     from connector.logsetup import setup_logging
 
@@ -149,6 +163,7 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     from connector.sync.job import failed_outcome, run_sync
 
     settings.require("moesif_management_api_key", "segment_write_key")
+    _ensure_home(settings)
     conn = connect(settings.state_path)
     try:
         # The lease renews from its own thread: give it its own connection, so a renewal
@@ -198,6 +213,7 @@ def schedule(
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
         build_trigger(settings)  # fail now, with the setting's name, not at the first tick
+        _ensure_home(settings)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
 
@@ -356,6 +372,7 @@ def forward(
     _logging(settings, log_format, log_level)
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
+    _ensure_home(settings)
     server = None
     if metrics_port is not None:
         from connector.forward_metrics import ForwardMetrics

@@ -53,3 +53,13 @@ def test_home_is_per_user_unless_an_old_local_one_exists(tmp_path, monkeypatch):
     (tmp_path / LEGACY_HOME / "state.sqlite3").write_bytes(b"")
     assert default_home() == LEGACY_HOME
     assert Settings(_env_file=None).connector_home == LEGACY_HOME
+
+
+def test_a_home_that_cannot_be_created_is_one_line_and_exit_2():
+    env = {"MOESIF_MANAGEMENT_API_KEY": "k", "SEGMENT_WRITE_KEY": "w",
+           "MOESIF_APPLICATION_ID": "a", "CONNECTOR_HOME": "/proc/moesif-segment-nope"}
+    for args in (["sync"], ["schedule", "--once"], ["forward", "--from-log", "/x", "--once"]):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: CONNECTOR_HOME (/proc/"), lines

@@ -197,7 +197,9 @@ def schedule(
                                              "running at launch."),
     metrics_port: int | None = typer.Option(None, "--metrics-port",
                                             help="Serve /healthz and /metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for --metrics-port (0.0.0.0 in a "
+                                          "container)."),
     log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
     log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
                                   autocompletion=lambda: list(LOG_LEVELS)),

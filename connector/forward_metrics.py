@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from connector.metrics import build_info
+from connector.metrics import RetryCollector, build_info
 from connector.settings import Settings
 
 PREFIX = "moesif_forward"
@@ -64,6 +64,7 @@ class ForwardMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_SpoolCollector(settings))
         build_info(self.registry)
+        self.registry.register(RetryCollector())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

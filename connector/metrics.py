@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -20,7 +20,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from connector.errors import ConfigError
 from connector.report_model import ENTITIES, FINISHED, Outcome, RunReport, Status
@@ -67,6 +69,7 @@ class Metrics:
                                  "1 while a sync run is running in this process.",
                                  registry=self.registry)
         build_info(self.registry)
+        self.registry.register(RetryCollector())
         # Export zeros from the start so rate() and alerts see every series.
         for status in RUN_STATUSES:
             self.runs.labels(status=status)
@@ -177,6 +180,21 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RetryCollector(Collector):
+    """`moesif_segment_http_retries_total{api, status}`: the retries of this process's
+    HTTP clients (moesif, segment, moesif_collector), 429s by their status."""
+
+    def collect(self) -> Iterator[Any]:
+        from connector.http.retry import retry_counts
+
+        family = CounterMetricFamily("moesif_segment_http_retries",
+                                     "HTTP retries by API and status (none: a timeout or "
+                                     "connection error).", labels=["api", "status"])
+        for (api, status), value in sorted(retry_counts().items()):
+            family.add_metric([api, status], value)
+        yield family
 
 
 def build_info(registry: CollectorRegistry) -> None:

@@ -90,3 +90,21 @@ def test_forwarder_serves_backlog_counters_and_health(tmp_path, settings_factory
     assert "moesif_forward_backlog_events 0.0" in text
     assert "moesif_forward_dead_letters_total" in text and "_created" not in text
     assert health.status_code == 200 and health.json()["backlog"] == 0
+
+
+def test_http_retries_and_429s_are_counted_by_api_and_status(settings_factory):
+    from connector.sandbox.serve import start_sync_sandbox
+    from connector.sync.job import run_sync
+    from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+
+    def retries_429() -> float:
+        s = samples(Metrics())
+        return s.get(("moesif_segment_http_retries_total",
+                      (("api", "segment"), ("status", "429"))), 0.0)
+
+    before = retries_429()
+    with start_sync_sandbox(30, 3, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+        sb.segment.inject(429, count=1)
+        settings = settings_factory(moesif_api_url=sb.moesif_url, segment_host=sb.segment_url)
+        assert run_sync(settings, "incremental").exit_code == 0
+    assert retries_429() == before + 1

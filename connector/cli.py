@@ -125,7 +125,13 @@ def sync(
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="A progress bar on stderr when it is a terminal."),
 ) -> None:
-    """One incremental sync run: Moesif users and companies -> Segment identify/group."""
+    """One incremental sync run: Moesif users and companies -> Segment identify/group.
+
+    Settings: MOESIF_MANAGEMENT_API_KEY and SEGMENT_WRITE_KEY (required), MOESIF_API_URL,
+    SEGMENT_HOST, CONNECTOR_HOME, MAPPINGS_DIR, MOESIF_*/SEGMENT_*/SYNC_* tuning (see
+    .env.example). Exit: 0 all delivered; 1 some deliveries failed or the run was
+    interrupted (the next run retries); 2 a configuration mistake.
+    """
     from connector.report import render_summary
 
     settings = _settings()
@@ -206,7 +212,12 @@ def schedule(
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="A progress bar on stderr when it is a terminal."),
 ) -> None:
-    """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT)."""
+    """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT).
+
+    Settings: those of `sync`, plus SYNC_INTERVAL or SYNC_CRON and LEASE_SECONDS. Exit: 0
+    after a stop (a routine SIGTERM included); with --once, the run's own exit code; 2 a
+    configuration mistake.
+    """
     from connector.sync.job import run_sync
     from connector.sync.schedule import build_trigger, run_schedule
 

@@ -62,3 +62,12 @@ def test_forward_json_logs_have_a_run_id_and_no_plain_counters_line(tmp_path):
     assert all(str(ln["run_id"]).startswith("fwd-") for ln in lines), lines
     done = next(ln for ln in lines if ln.get("event") == "forward_finished")
     assert done["delivered"] == collector.unique_count > 0 and done["backlog"] == 0
+
+
+def test_an_error_in_json_mode_is_a_json_line_with_the_prefix(tmp_path):
+    env = {"MOESIF_APPLICATION_ID": APP_ID, "CONNECTOR_HOME": str(tmp_path / "home")}
+    result = runner.invoke(app, ["forward", "--log-format", "json"], env=env)
+    assert result.exit_code == 2
+    (line,) = json_lines(result.stderr)
+    assert line["level"] == "ERROR" and line["msg"].startswith("error: say where events")
+    assert line["exit_code"] == 2

@@ -802,7 +802,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
         config = _check_start(settings, from_log, from_jsonl, listen, wso2_config_path, once,
                               client_options)
     except ConfigError as exc:
-        print(f"error: {exc}", file=out)
+        _error_line(out, str(exc))
         return ExitCode.CONFIGURATION
     stop_event = stop_event or threading.Event()
     try:
@@ -810,7 +810,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
                               listen=listen, once=once, stop_event=stop_event,
                               parse_workers=parse_workers, senders=senders, stdin=stdin)
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
-        print(f"error: {exc.strerror or exc}", file=out)
+        _error_line(out, str(exc.strerror or exc))
         return ExitCode.CONFIGURATION
     from connector.logsetup import new_run_id, run_context
 
@@ -828,6 +828,16 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
         forwarder.close()
     _report(out, code, counters, backlog, forwarder._fatal)
     return code
+
+
+def _error_line(out: Any, message: str) -> None:
+    """`error: ...` on `out`; a JSON log line instead when logs are JSON lines."""
+    from connector.logsetup import fields, json_mode
+
+    if json_mode() and out is sys.stderr:
+        log.error("error: %s", message, extra=fields(event="error"))
+    else:
+        print(f"error: {message}", file=out)
 
 
 def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | None,

@@ -8,6 +8,7 @@ the HTML report. State lives in `<CONNECTOR_HOME>/demo`, wiped at each demo.
 
 from __future__ import annotations
 
+import io
 import shlex
 import shutil
 import tempfile
@@ -66,16 +67,19 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
         typer.echo(render_summary(outcome.report, width=width,
                                   html_path=str(html_path.resolve())).rstrip("\n"))
 
-        typer.echo(f"\nForwarding a generated apim_metrics.log ({log_lines} lines) into the "
-                   f"Moesif Collector sandbox ({collector_server.url})")
+        typer.echo(f"\nForwarding a generated apim_metrics.log ({log_lines} lines)\n"
+                   f"  into the Moesif Collector sandbox ({collector_server.url})")
         with tempfile.TemporaryDirectory() as tmp:
             log_path = Path(tmp) / "apim_metrics.log"
             LogGenerator(seed=7).write(log_path, log_lines)
             forward_code = run_forward(settings, from_log=log_path, from_jsonl=None, listen=None,
                                        wso2_config_path=None, once=True,
-                                       stop_event=threading.Event())
+                                       stop_event=threading.Event(), out=io.StringIO())
         typer.echo(f"Collector sandbox received {collector.unique_count} unique events "
                    f"(forward exit code {forward_code}).")
-    typer.echo(f"\nInspect it: CONNECTOR_HOME={shlex.quote(str(home.resolve()))} "
-               "moesif-segment report show latest")
+    # Each line runs as printed (the demo's state is in its own home).
+    typer.echo(f"\nInspect it:\n  export CONNECTOR_HOME={shlex.quote(str(home.resolve()))}\n"
+               "  moesif-segment report show latest\n"
+               "  moesif-segment report issues latest\n"
+               "  moesif-segment forward dead-letters list")
     return int(max(outcome.exit_code, forward_code))

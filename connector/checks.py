@@ -10,12 +10,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 
 import requests
 from rich.console import Console
 from rich.table import Table
 
-from connector.errors import ExitCode
+from connector.errors import ConnectorError, ExitCode
 from connector.mapping import load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
 from connector.redaction import last4
@@ -168,3 +170,168 @@ def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:
             table.add_row(result.name, mark, result.detail)
     console.print(table)
     return ExitCode.OK if all_ok else ExitCode.CONFIGURATION
+
+
+# --- what a deployment runs: sync, forward, or both -----------------------------------------
+class Scope(StrEnum):
+    ALL = "all"          # whatever the settings say the deployment runs
+    SYNC = "sync"
+    FORWARD = "forward"
+
+
+@dataclass
+class CheckWarning:
+    """Worth a look, but nothing fails because of it (an unknown variable)."""
+
+    name: str
+    detail: str
+
+
+def check_schedule(settings: Settings) -> CheckResult:
+    """SYNC_INTERVAL / SYNC_CRON exactly as `schedule` reads them."""
+    from connector.sync.schedule import build_trigger
+
+    name = "schedule (SYNC_INTERVAL / SYNC_CRON)"
+    try:
+        trigger = build_trigger(settings)
+    except (ConfigError, ValueError) as exc:
+        return CheckResult(name, False, str(exc))
+    return CheckResult(name, True, f"valid: {trigger}")
+
+
+def check_application_id(settings: Settings, wso2_config: Path | None = None) -> CheckResult:
+    """MOESIF_APPLICATION_ID (or deployment.toml's moesifKey), and deployment.toml readable,
+    resolved exactly as `forward` resolves them."""
+    from connector.forward.pipeline import resolve_config
+
+    name = "MOESIF_APPLICATION_ID" + (f" and {wso2_config}" if wso2_config else "")
+    try:
+        config = resolve_config(settings, wso2_config)
+    except ConfigError as exc:
+        return CheckResult(name, False, str(exc))
+    return CheckResult(name, True, f"{last4(config.application_id.get_secret_value())}; "
+                                   f"Collector {config.collector_url}")
+
+
+def check_collector(settings: Settings, wso2_config: Path | None = None) -> CheckResult:
+    """The Collector reachable and accepting the application id (GET /v1/config, no event)."""
+    from connector.forward.pipeline import resolve_config
+    from connector.moesif.collector import CollectorClient
+
+    try:
+        config = resolve_config(settings, wso2_config)
+    except ConfigError:
+        return CheckResult("Moesif Collector", False,
+                           "skipped: no usable MOESIF_APPLICATION_ID")
+    name = f"Moesif Collector at {config.collector_url}"
+    client = CollectorClient(config.collector_url, config.application_id, timeout=10.0,
+                             retry_forever=False, max_attempts=2, backoff_initial=0.2,
+                             backoff_max=1.0)
+    try:
+        client.check(max_attempts=2)
+    except ConnectorError as exc:
+        return CheckResult(name, False, str(exc))
+    return CheckResult(name, True, "reachable, application id accepted")
+
+
+def check_event_mapping(settings: Settings) -> CheckResult:
+    """The forwarder's apim_events.toml compiles."""
+    from connector.forward.moesif_event import default_mapping_path, load_mapping
+
+    path = default_mapping_path()
+    try:
+        load_mapping(path)
+    except ConfigError as exc:
+        return CheckResult("event mapping", False, str(exc))
+    return CheckResult("event mapping", True, f"valid: {path}")
+
+
+def _known_variables() -> dict[str, str]:
+    """Environment names of every setting, upper-cased, mapped to themselves."""
+    names = {name.upper() for name in Settings.model_fields}
+    return {n: n for n in names}
+
+
+def _connector_like(name: str, prefixes: set[str]) -> bool:
+    return name.split("_", 1)[0] in prefixes and "_" in name
+
+
+def check_unknown_variables(settings: Settings,
+                            environ: dict[str, str] | None = None,
+                            env_file: Path | None = None) -> list[CheckWarning]:
+    """Variables in the environment or `.env` that look like the connector's but are not
+    (SYNC_INTERVALL, SEGMENT_WRITEKEY): they are silently ignored, so say so, with the
+    closest known name."""
+    import difflib
+
+    known = _known_variables()
+    prefixes = {n.split("_", 1)[0] for n in known}
+    found: dict[str, str] = {}
+    for name in (environ if environ is not None else os.environ):
+        found.setdefault(name.upper(), "environment")
+    path = env_file if env_file is not None else Path(".env")
+    if path.is_file():
+        from dotenv import dotenv_values
+
+        for name in dotenv_values(path):
+            found.setdefault(name.upper(), str(path))
+    warnings = []
+    for name, where in sorted(found.items()):
+        if name in known or not _connector_like(name, prefixes):
+            continue
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "not a setting of the connector"
+        warnings.append(CheckWarning(f"unknown variable {name}", f"({where}) ignored; {hint}"))
+    return warnings
+
+
+def _wanted(settings: Settings, scope: Scope) -> tuple[bool, bool]:
+    """(sync, forward): what to check. `all` checks what the settings say will run; with
+    nothing set it checks the sync, whose keys it then names as missing."""
+    if scope is Scope.SYNC:
+        return True, False
+    if scope is Scope.FORWARD:
+        return False, True
+    sync = any(_secret(v) for v in (settings.moesif_management_api_key,
+                                    settings.segment_write_key))
+    forward = bool(_secret(settings.moesif_application_id))
+    return sync or not forward, forward
+
+
+def scoped_checks(settings: Settings, scope: Scope = Scope.ALL,
+                  wso2_config: Path | None = None) -> list[CheckResult]:
+    """Every check the scope asks for, sync's (CHECKS and the schedule) and forward's."""
+    sync, forward = _wanted(settings, scope)
+    results: list[CheckResult] = []
+    if sync:
+        for check in CHECKS:
+            outcome = check(settings)
+            results += outcome if isinstance(outcome, list) else [outcome]
+        results.append(check_schedule(settings))
+    if forward:
+        results.append(check_application_id(settings, wso2_config))
+        results.append(check_collector(settings, wso2_config))
+        results.append(check_event_mapping(settings))
+        if not sync:
+            results.append(check_state_dir(settings))
+    return results
+
+
+def run_scoped_checks(settings: Settings, scope: Scope = Scope.ALL,
+                      wso2_config: Path | None = None,
+                      console: Console | None = None) -> ExitCode:
+    """`moesif-segment check [sync|forward]`: a table, then the warnings; exit 0 or 2."""
+    console = console or Console()
+    results = scoped_checks(settings, scope, wso2_config)
+    warnings = check_unknown_variables(settings)
+    table = Table(title=f"moesif-segment check ({scope.value})")
+    table.add_column("check", overflow="fold")
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for result in results:
+        mark = "[green]PASS[/green]" if result.ok else "[red]FAIL[/red]"
+        table.add_row(result.name, mark, result.detail)
+    for warning in warnings:
+        table.add_row(warning.name, "[yellow]WARN[/yellow]", warning.detail)
+    console.print(table)
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.CONFIGURATION

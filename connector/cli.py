@@ -25,15 +25,40 @@ from connector.settings import ConfigError, Settings, load_settings
 from connector.signals import stop_on_signals
 from connector.sync.job import SyncOutcome
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="Sync Moesif users/companies into Segment; forward WSO2 APIM "
-                       "analytics events into Moesif.")
+                       "analytics events into Moesif.\n\nExit codes: 0 all good; 1 some "
+                       "deliveries failed or the run was interrupted (the next run "
+                       "retries); 2 a configuration or usage mistake (one `error:` line). "
+                       "Settings come from the environment or ./.env; see .env.example.")
 log = logging.getLogger("connector")
 
 
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_ONCE_DEADLINE = 600.0  # a cron'd `forward --once` must end before the next one
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (any case)."
+LOG_FORMAT_HELP = "text (readable lines) or json (one object a line, with the run id)."
+
+
+def _version(value: bool) -> None:
+    if value:
+        from connector import __version__
+
+        typer.echo(f"moesif-segment {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """The `moesif-segment` command (its help is the app's)."""
 
 
 def _settings() -> Settings:
@@ -47,6 +72,20 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     fail(message, code)
 
 
+def _ensure_home(settings: Settings) -> None:
+    """CONNECTOR_HOME exists or can be created: else one line naming it, exit 2."""
+    from connector.store import check_home, state_error
+
+    home = settings.connector_home
+    check_home(home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise state_error(exc, settings.state_path) or ConfigError(
+            f"CONNECTOR_HOME ({home}) cannot be created ({exc.strerror or exc}); set "
+            "CONNECTOR_HOME to a directory this user can write") from None
+
+
 def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
     from connector.logsetup import setup_logging
 
@@ -54,6 +93,17 @@ def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
         setup_logging(level, fmt.value, settings.secrets())
     except ValueError:
         _fail(f"--log-level: unknown level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
+    _note_legacy_home(settings)
+
+
+def _note_legacy_home(settings: Settings) -> None:
+    from connector.settings import LEGACY_HOME
+
+    if "connector_home" not in settings.model_fields_set and settings.connector_home == \
+            LEGACY_HOME:
+        log.info("using the state in ./%s (found in the working directory); set "
+                 "CONNECTOR_HOME=%s to keep using it from anywhere", LEGACY_HOME,
+                 LEGACY_HOME.resolve())
 
 
 def _progress_callback(enabled: bool) -> SyncProgress:
@@ -69,12 +119,20 @@ def sync(
     full: bool = typer.Option(False, "--full", help="Ignore cursors and hashes; resend all."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Fetch, map and report; send nothing, move nothing."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="A progress bar on stderr when it is a terminal."),
 ) -> None:
-    """One incremental sync run: Moesif users and companies -> Segment identify/group."""
-    from connector.report import render_text
+    """One incremental sync run: Moesif users and companies -> Segment identify/group.
+
+    Settings: MOESIF_MANAGEMENT_API_KEY and SEGMENT_WRITE_KEY (required), MOESIF_API_URL,
+    SEGMENT_HOST, CONNECTOR_HOME, MAPPINGS_DIR, MOESIF_*/SEGMENT_*/SYNC_* tuning (see
+    .env.example). Exit: 0 all delivered; 1 some deliveries failed or the run was
+    interrupted (the next run retries); 2 a configuration mistake.
+    """
+    from connector.report import render_summary
 
     settings = _settings()
     _logging(settings, log_format, log_level)
@@ -83,15 +141,23 @@ def sync(
     mode = "dry-run" if dry_run else "full" if full else "incremental"
     stop = threading.Event()
     with stop_on_signals(stop, "finishing the page in hand"), \
-            _progress_callback(progress) as bar:
+            _progress_callback(progress and log_format is LogFormat.text) as bar:
         outcome = run_sync_locked(settings, mode, stop, bar)
     report = outcome.report
+    log_summary(report, int(outcome.exit_code))
     if outcome.exit_code == ExitCode.CONFIGURATION and report.error:
         _fail(report.error)  # a person must act: one line, not a report of zeros
-    typer.echo(render_text(report))
+    typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))
     if report.error and report.status == Status.FAILED:
         typer.echo(f"error: {report.error}", err=True)
     raise typer.Exit(int(outcome.exit_code))
+
+
+def _terminal_width() -> int:
+    """The terminal's width (COLUMNS when set), at most 120: a summary reads best narrow."""
+    import shutil
+
+    return min(120, shutil.get_terminal_size((80, 24)).columns)
 
 
 def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
@@ -103,6 +169,7 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     from connector.sync.job import failed_outcome, run_sync
 
     settings.require("moesif_management_api_key", "segment_write_key")
+    _ensure_home(settings)
     conn = connect_state(settings)
     try:
         # The lease renews from its own thread: give it its own connection, so a renewal
@@ -136,12 +203,21 @@ def schedule(
                                              "running at launch."),
     metrics_port: int | None = typer.Option(None, "--metrics-port",
                                             help="Serve /healthz and /metrics on this port."),
-    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for --metrics-port (0.0.0.0 in a "
+                                          "container)."),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="A progress bar on stderr when it is a terminal."),
 ) -> None:
-    """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT)."""
+    """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT).
+
+    Settings: those of `sync`, plus SYNC_INTERVAL or SYNC_CRON and LEASE_SECONDS. Exit: 0
+    after a stop (a routine SIGTERM included); with --once, the run's own exit code; 2 a
+    configuration mistake.
+    """
     from connector.sync.job import run_sync
     from connector.sync.schedule import build_trigger, run_schedule
 
@@ -150,16 +226,16 @@ def schedule(
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
         build_trigger(settings)  # fail now, with the setting's name, not at the first tick
+        _ensure_home(settings)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
 
     def one_run(stop: threading.Event) -> int:
         # run_schedule holds the lease around this call.
-        with _progress_callback(progress) as bar:
+        with _progress_callback(progress and log_format is LogFormat.text) as bar:
             outcome = run_sync(settings, "incremental", stop, bar)
         r = outcome.report
-        log.info("run %s %s: users %s; companies %s", r.run_id, r.status,
-                 _brief(r, "users"), _brief(r, "companies"))
+        log_summary(r, int(outcome.exit_code))
         if r.error:
             # A stop asked for is routine; anything else is worth an operator's look.
             level = logging.INFO if r.status == Status.INTERRUPTED else logging.ERROR
@@ -174,6 +250,21 @@ def schedule(
     raise typer.Exit(code)
 
 
+def log_summary(report: RunReport, exit_code: int) -> None:
+    """The run's summary as one log line: readable text, and in JSON logs structured
+    fields (status, duration, counts per entity and outcome, issues by code)."""
+    from connector.logsetup import fields, run_context
+
+    with run_context(report.run_id):
+        log.info("run %s %s: users %s; companies %s", report.run_id, report.status,
+                 _brief(report, "users"), _brief(report, "companies"),
+                 extra=fields(event="sync_finished", status=str(report.status),
+                              mode=str(report.mode), exit_code=exit_code,
+                              duration_s=report.duration_s, error=report.error,
+                              entities={k: v.model_dump() for k, v in report.entities.items()},
+                              issues=dict(report.issue_counts)))
+
+
 def _brief(report: RunReport, entity: str) -> str:
     from connector.report_model import EntityCounts
 
@@ -185,12 +276,30 @@ def _brief(report: RunReport, entity: str) -> str:
 # --- check ---------------------------------------------------------------------------------
 @app.command()
 @command_boundary
-def check() -> None:
-    """Check settings and connectivity before the first run; exit 0 only if all pass."""
-    from connector.checks import run_checks
+def check(
+    what: str = typer.Argument("all", metavar="[all|sync|forward]",
+                               help="What to check: all (what the settings say will run), "
+                                    "sync or forward."),
+    wso2_config: Path | None = typer.Option(None, "--wso2-config",
+                                            help="API Manager's deployment.toml, as given "
+                                                 "to `forward`."),
+) -> None:
+    """Check the settings and peers of what will run; exit 0 only if all pass, else 2.
 
+    sync: the keys, Moesif, Segment, the state directory, the mappings, SYNC_INTERVAL or
+    SYNC_CRON. forward: MOESIF_APPLICATION_ID (or deployment.toml's moesifKey), the
+    Collector accepting it, apim_events.toml. Unknown connector-like variables in the
+    environment or .env are warned about, with the closest known name.
+    """
+    from connector.checks import Scope, run_scoped_checks
+
+    try:
+        scope = Scope(what)
+    except ValueError:
+        _fail(f"check: unknown target {what!r} (use all, sync or forward)")
     settings = _settings()
-    raise typer.Exit(int(run_checks(settings)))
+    _logging(settings, LogFormat.text, "ERROR")  # the table says it all; no retry chatter
+    raise typer.Exit(int(run_scoped_checks(settings, scope, wso2_config)))
 
 
 # --- demo / sandbox ------------------------------------------------------------------------
@@ -208,14 +317,26 @@ def demo(
 
 
 @app.command()
+@command_boundary
 def sandbox(
-    users: int = typer.Option(1000), companies: int = typer.Option(100),
-    seed: int = typer.Option(7),
+    users: int = typer.Option(1000, help="Moesif users in the sandbox."),
+    companies: int = typer.Option(100, help="Moesif companies in the sandbox."),
+    seed: int = typer.Option(7, help="Seed of the generated data set."),
+    moesif_port: int = typer.Option(0, "--moesif-port", help="0: a free port."),
+    segment_port: int = typer.Option(0, "--segment-port", help="0: a free port."),
+    collector_port: int = typer.Option(0, "--collector-port", help="0: a free port."),
 ) -> None:
-    """Run the local Moesif and Segment sandboxes until stopped (prints their URLs)."""
+    """Run the local Moesif Management API, Segment and Moesif Collector sandboxes until
+    stopped; prints `export` lines to paste into another shell."""
     from connector.sandbox.serve import main as serve_main
 
-    serve_main(["--users", str(users), "--companies", str(companies), "--seed", str(seed)])
+    try:
+        serve_main(["--users", str(users), "--companies", str(companies), "--seed", str(seed),
+                    "--moesif-port", str(moesif_port), "--segment-port", str(segment_port),
+                    "--collector-port", str(collector_port), "--exports"])
+    except OSError as exc:
+        _fail(f"sandbox: cannot listen ({exc.strerror or exc}); choose other ports "
+              "with --moesif-port, --segment-port and --collector-port")
 
 
 # --- forward -------------------------------------------------------------------------------
@@ -236,8 +357,20 @@ def forward(
     wso2_config: Path | None = typer.Option(None, "--wso2-config",
                                             help="API Manager's deployment.toml."),
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format"),
-    log_level: str = typer.Option("INFO", "--log-level"),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
+    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                                  autocompletion=lambda: list(LOG_LEVELS)),
+    metrics_port: int | None = typer.Option(None, "--metrics-port",
+                                            help="Serve /healthz and /metrics (backlog, "
+                                                 "oldest event age, delivered, "
+                                                 "dead-lettered, retried) on this port."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for --metrics-port (0.0.0.0 in a "
+                                          "container)."),
+    deadline: float = typer.Option(DEFAULT_ONCE_DEADLINE, "--deadline", min=0,
+                                   help="With --once: give up after this many seconds "
+                                        "(exit 1, the rest stays spooled for the next run); "
+                                        "0 for no deadline."),
     to_nats: str | None = typer.Option(None, "--to-nats",
                                        help="Publish --from-log's events to JetStream."),
     subject: str | None = typer.Option(None, "--subject", help="e.g. apim.analytics.<node>"),
@@ -246,7 +379,11 @@ def forward(
     stream: str = typer.Option("APIM_ANALYTICS", "--stream"),
     durable: str = typer.Option("moesif", "--durable"),
 ) -> None:
-    """Forward events: --from-log, --from-jsonl or --listen (see `forward status`)."""
+    """Forward events: --from-log, --from-jsonl or --listen (see `forward status`).
+
+    Exit codes: 0 everything read was delivered or dead-lettered; 1 stopped early (a
+    signal, --deadline, an outage), the backlog kept; 2 a configuration mistake.
+    """
     if ctx.invoked_subcommand is not None:
         return
     from connector.forward.pipeline import run_forward
@@ -261,10 +398,45 @@ def forward(
                                   wso2_config_path=wso2_config, once=once))
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
-    # run_forward installs the one signal helper itself (it is also called without the CLI).
-    code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                       wso2_config_path=wso2_config, once=once)
+    _ensure_home(settings)
+    server = None
+    if metrics_port is not None:
+        from connector.forward_metrics import ForwardMetrics
+        from connector.metrics import serve_metrics
+
+        server = serve_metrics(ForwardMetrics(settings), metrics_port, metrics_host)
+        log.info("serving /healthz and /metrics on %s", server.url)
+    stop, expired = threading.Event(), threading.Event()
+    timer = _deadline_timer(deadline, stop, expired) if once else None
+    try:
+        # run_forward installs the one signal helper itself (also called without the CLI).
+        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
+                           wso2_config_path=wso2_config, once=once, stop_event=stop)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if server is not None:
+            server.stop()
+    if expired.is_set():
+        _fail(f"forward --once: --deadline {deadline:g} s passed before everything was "
+              "delivered; the rest stays spooled for the next run", ExitCode.FAILED)
     raise typer.Exit(code)
+
+
+
+def _deadline_timer(seconds: float, stop: threading.Event,
+                    expired: threading.Event) -> threading.Timer | None:
+    if seconds <= 0:
+        return None
+
+    def expire() -> None:
+        expired.set()
+        stop.set()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 @forward_app.command("status")
@@ -320,6 +492,88 @@ def forward_status_cmd(
             table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
         console.print(table)
     console.print(f"state file: {status.get('state_file', '')}")
+
+
+dead_letters_app = typer.Typer(help="Inspect and replay the forwarder's dead letters.",
+                               no_args_is_help=True)
+forward_app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("list")
+@command_boundary
+def dead_letters_list(
+    reason: str | None = typer.Option(None, "--reason", "-r",
+                                      help="Only this reason code, e.g. BAD_JSON."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="Newest first, at most this."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+) -> None:
+    """The newest dead letters: id, reason, where the event came from, why."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from connector.forward.dead_letters import list_letters
+    from connector.jsonutil import dumps
+
+    letters = list_letters(_settings(), reason, limit)
+    if json_out:
+        for letter in letters:
+            typer.echo(dumps(letter).decode())
+        return
+    if not letters:
+        typer.echo("no dead letters" + (f" with reason {reason.upper()}" if reason else ""))
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, kwargs in (("id", {"justify": "right"}), ("reason", {"no_wrap": True}),
+                         ("source / position", {"overflow": "fold"}),
+                         ("detail", {"overflow": "fold", "ratio": 1})):
+        table.add_column(name, **kwargs)  # type: ignore[arg-type]
+    for letter in letters:
+        table.add_row(str(letter["id"]), letter["reason_code"],
+                      f"{letter['source']} {letter['position']}", letter["detail"])
+    Console(highlight=False).print(table)
+
+
+@dead_letters_app.command("show")
+@command_boundary
+def dead_letters_show(letter_id: int = typer.Argument(..., help="A dead letter's id.")) -> None:
+    """One dead letter with its stored, masked content (JSON)."""
+    import orjson
+
+    from connector.forward.dead_letters import get_letter
+
+    letter = get_letter(_settings(), letter_id)
+    if letter is None:
+        _fail(f"no dead letter with id {letter_id} (see `moesif-segment forward dead-letters "
+              "list`)")
+    typer.echo(orjson.dumps(letter, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+@dead_letters_app.command("replay")
+@command_boundary
+def dead_letters_replay(
+    letter_ids: list[int] = typer.Argument(None, help="Dead-letter ids (or use --reason)."),
+    reason: str | None = typer.Option(None, "--reason", "-r",
+                                      help="Replay every dead letter of this reason code."),
+    wso2_config: Path | None = typer.Option(None, "--wso2-config",
+                                            help="API Manager's deployment.toml, as given "
+                                                 "to `forward`."),
+) -> None:
+    """Spool dead letters again after a mapping or configuration fix (the forwarder
+    delivers them). Exit 0 when all were spooled, 1 when some still fail."""
+    from connector.forward.dead_letters import replay
+
+    if not letter_ids and not reason:
+        _fail("say which dead letters: their ids, or --reason CODE")
+    result = replay(_settings(), list(letter_ids or []), reason, wso2_config)
+    typer.echo(f"spooled again: {len(result.spooled)}; still failing: "
+               f"{len(result.still_failing)}; not replayable (kept only as a fingerprint): "
+               f"{len(result.not_replayable)}")
+    for letter_id, why in result.still_failing.items():
+        typer.echo(f"  {letter_id}: {why}")
+    if result.spooled:
+        typer.echo("they are delivered by the running forwarder or the next `forward` run")
+    raise typer.Exit(int(ExitCode.FAILED if result.still_failing or result.not_replayable
+                         else ExitCode.OK))
 
 
 def _add_report_app() -> None:

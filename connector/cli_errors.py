@@ -26,8 +26,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
-    """One line, one prefix for every command, then the exit code."""
-    typer.echo(f"error: {message}", err=True)
+    """One line, one prefix for every command, then the exit code. With JSON logs the
+    line is a JSON log line too (nothing plain on stderr then)."""
+    from connector.logsetup import fields, json_mode
+
+    if json_mode():
+        log.error("error: %s", message, extra=fields(event="error", exit_code=int(code)))
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(int(code))
 
 

@@ -8,6 +8,8 @@ the HTML report. State lives in `<CONNECTOR_HOME>/demo`, wiped at each demo.
 
 from __future__ import annotations
 
+import io
+import shlex
 import shutil
 import tempfile
 import threading
@@ -75,7 +77,7 @@ def _drift_and_alert(sandbox, settings: Settings, users: int):  # noqa: ANN001, 
 def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> int:
     from connector.forward.pipeline import run_forward
     from connector.logsetup import setup_logging
-    from connector.report import render_html, render_text
+    from connector.report import render_html, render_summary
     from connector.sandbox.apim_log import LogGenerator
     from connector.sandbox.moesif_collector import MoesifCollectorSandbox
     from connector.sandbox.serve import start_sync_sandbox
@@ -94,22 +96,27 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                                  collector_server.url)
         typer.echo(f"Syncing Moesif ({sandbox.moesif_url}) -> Segment ({sandbox.segment_url})")
         outcome = run_sync(settings, "incremental")
-        typer.echo(render_text(outcome.report))
         outcome = _drift_and_alert(sandbox, settings, users)
         html_path = home / "reports" / f"{outcome.report.run_id}.html"
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(outcome.report), encoding="utf-8")
+        width = min(120, shutil.get_terminal_size((80, 24)).columns)
+        typer.echo(render_summary(outcome.report, width=width,
+                                  html_path=str(html_path.resolve())).rstrip("\n"))
 
-        typer.echo(f"\nForwarding a generated apim_metrics.log ({log_lines} lines) into the "
-                   f"Moesif Collector sandbox ({collector_server.url})")
+        typer.echo(f"\nForwarding a generated apim_metrics.log ({log_lines} lines)\n"
+                   f"  into the Moesif Collector sandbox ({collector_server.url})")
         with tempfile.TemporaryDirectory() as tmp:
             log_path = Path(tmp) / "apim_metrics.log"
             LogGenerator(seed=7).write(log_path, log_lines)
             forward_code = run_forward(settings, from_log=log_path, from_jsonl=None, listen=None,
                                        wso2_config_path=None, once=True,
-                                       stop_event=threading.Event())
+                                       stop_event=threading.Event(), out=io.StringIO())
         typer.echo(f"Collector sandbox received {collector.unique_count} unique events "
                    f"(forward exit code {forward_code}).")
-    typer.echo(f"\nHTML report: {html_path.resolve()}")
-    typer.echo(f"Inspect it: CONNECTOR_HOME={home} moesif-segment report show latest")
+    # Each line runs as printed (the demo's state is in its own home).
+    typer.echo(f"\nInspect it:\n  export CONNECTOR_HOME={shlex.quote(str(home.resolve()))}\n"
+               "  moesif-segment report show latest\n"
+               "  moesif-segment report issues latest\n"
+               "  moesif-segment forward dead-letters list")
     return int(max(outcome.exit_code, forward_code))

@@ -79,7 +79,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(TextFormatter):
-    """One JSON object per line: ts, level, logger, run_id, msg (and exc when there is one)."""
+    """One JSON object per line: ts, level, logger, run_id, msg (and exc when there is one),
+    plus the structured fields a line carries (`log.info(..., extra=fields(...))`)."""
 
     def format(self, record: logging.LogRecord) -> str:
         millis = int(record.msecs)
@@ -91,10 +92,35 @@ class JsonFormatter(TextFormatter):
             "run_id": getattr(record, "run_id", None),
             "msg": record.getMessage(),
         }
+        for key, value in (getattr(record, FIELDS_ATTR, None) or {}).items():
+            payload.setdefault(key, value)
         exc = self._exception_text(record)
         if exc:
             payload["exc"] = exc
         return orjson.dumps(payload, default=str).decode()
+
+
+FIELDS_ATTR = "fields"
+
+
+def fields(**values: object) -> dict[str, object]:
+    """`extra=` for a log line whose values JSON logs carry as their own keys (the text
+    format shows only the message)."""
+    return {FIELDS_ATTR: values}
+
+
+def json_mode() -> bool:
+    """Whether the connector's handler writes JSON lines (then nothing else may write plain
+    text to stderr)."""
+    return any(getattr(h, _HANDLER_MARK, False) and isinstance(h.formatter, JsonFormatter)
+               for h in logging.getLogger().handlers)
+
+
+def new_run_id(prefix: str = "") -> str:
+    """`20261122T053000Z-1a2b3c`-style id (UTC start time and random hex)."""
+    import secrets
+
+    return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
 
 
 def setup_logging(level: str | int = "INFO", fmt: str = "text",

@@ -6,17 +6,31 @@ test or a process can hold several without "duplicated timeseries" errors.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
+from connector.errors import ConfigError
 from connector.report_model import ENTITIES, FINISHED, Outcome, RunReport, Status
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
 from connector.timeutil import parse_timestamp
+
+# `*_created` series double the output and no dashboard or alert of ours reads them.
+disable_created_metrics()
 
 RUN_STATUSES = tuple(s.value for s in Status if s in FINISHED)
 RECORD_OUTCOMES = tuple(o.value for o in Outcome)
@@ -49,6 +63,17 @@ class Metrics:
                                  "Open connector alerts by rule and severity (1 = open), as "
                                  "of the last run's report.", ["rule", "severity"],
                                  registry=self.registry)
+        self.messages = Counter("moesif_segment_messages_total",
+                                "Segment messages by type (identify, group) and outcome "
+                                "(sent, delivered, failed).", ["type", "outcome"],
+                                registry=self.registry)
+        self.issues = Counter("moesif_segment_issues_total", "Report issues by code.",
+                              ["code"], registry=self.registry)
+        self.in_progress = Gauge("moesif_segment_run_in_progress",
+                                 "1 while a sync run is running in this process.",
+                                 registry=self.registry)
+        build_info(self.registry)
+        self.registry.register(RetryCollector())
         # Export zeros from the start so rate() and alerts see every series.
         for status in RUN_STATUSES:
             self.runs.labels(status=status)
@@ -77,6 +102,13 @@ class Metrics:
                 value = counts.outcome(outcome)
                 if value > 0:
                     self.records.labels(entity=entity, outcome=outcome.value).inc(value)
+        for kind, message_counts in report.messages.items():
+            for outcome, value in message_counts.model_dump().items():
+                if isinstance(value, int) and value > 0:
+                    self.messages.labels(type=kind, outcome=outcome).inc(value)
+        for code, value in report.issue_counts.items():
+            if value > 0:
+                self.issues.labels(code=str(code)).inc(value)
         if report.duration_s is not None and report.duration_s >= 0:
             self.duration.observe(report.duration_s)
         self._record_end(status, finished, report.run_id, report.error)
@@ -90,6 +122,26 @@ class Metrics:
         for alert in report.alerts.get("open") or []:
             self.alerts_open.labels(rule=str(alert.get("rule")),
                                     severity=str(alert.get("severity"))).set(1)
+
+    def restore(self, runs: list[Any]) -> None:
+        """Last run and last success from the stored runs (newest first), so a restart
+        does not look stale to an alert on last_success_timestamp_seconds."""
+        finished = [r for r in runs if r.status in FINISHED and _epoch(r.finished_at)]
+        if not finished:
+            return
+        last = finished[0]
+        self._record_end(str(last.status), _epoch(last.finished_at) or 0.0, last.run_id, None)
+        success = next((r for r in finished if r.status == Status.SUCCESS), None)
+        if success is not None:
+            with self._lock:
+                self.last_success_at = _epoch(success.finished_at)
+                self.last_success.set(self.last_success_at or 0.0)
+
+    def run_started(self) -> None:
+        self.in_progress.set(1)
+
+    def run_ended(self) -> None:
+        self.in_progress.set(0)
 
     def observe_crash(self, reason: str, duration_s: float | None = None) -> None:
         """A run that ended without a report (an exception escaped it)."""
@@ -151,6 +203,32 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class RetryCollector(Collector):
+    """`moesif_segment_http_retries_total{api, status}`: the retries of this process's
+    HTTP clients (moesif, segment, moesif_collector), 429s by their status."""
+
+    def collect(self) -> Iterator[Any]:
+        from connector.http.retry import retry_counts
+
+        family = CounterMetricFamily("moesif_segment_http_retries",
+                                     "HTTP retries by API and status (none: a timeout or "
+                                     "connection error).", labels=["api", "status"])
+        for (api, status), value in sorted(retry_counts().items()):
+            family.add_metric([api, status], value)
+        yield family
+
+
+def build_info(registry: CollectorRegistry) -> None:
+    """`moesif_segment_build_info{version=...} 1`: which build a scrape came from."""
+    import platform
+
+    from connector import __version__
+
+    Gauge("moesif_segment_build_info", "The connector's version (value is always 1).",
+          ["version", "python"], registry=registry).labels(
+        version=__version__, python=platform.python_version()).set(1)
+
+
 def _epoch(value: Any) -> float | None:
     try:
         return parse_timestamp(value).timestamp() if value else None
@@ -175,6 +253,16 @@ class _MetricsHandler(JsonHandler):
             self.send_json(404, {"error": "not found", "paths": ["/healthz", "/metrics"]})
 
 
-def serve_metrics(metrics: Metrics, port: int, host: str = "127.0.0.1") -> SandboxServer:
-    """Serve `/metrics` and `/healthz` in a background thread; `.stop()` to end, `.url`."""
-    return SandboxServer(_MetricsHandler, metrics, host=host, port=port).start()
+def serve_metrics(metrics: Any, port: int, host: str = "127.0.0.1") -> SandboxServer:
+    """Serve `/metrics` and `/healthz` in a background thread; `.stop()` to end, `.url`.
+
+    `metrics` is anything with `exposition()` and `health()` (the sync's or the
+    forwarder's). A port that cannot be bound is a usage mistake (ConfigError, exit 2).
+    """
+    try:
+        return SandboxServer(_MetricsHandler, metrics, host=host, port=port).start()
+    except OSError as exc:
+        reason = "already in use" if exc.errno == errno.EADDRINUSE else \
+            (exc.strerror or type(exc).__name__)
+        raise ConfigError(f"--metrics-port {port} on --metrics-host {host}: {reason}; "
+                          "choose another port") from None

@@ -185,8 +185,8 @@ def render_text(report: ReportLike, *, width: int = 120, color: bool = False) ->
     console = _console(width, color)
     _text_header(console, report)
     _text_entities(console, report)
+    _text_issues(console, report)  # what went wrong before the coverage detail
     _text_fields(console, report)
-    _text_issues(console, report)
     report_sections.text_schema(console, report)
     report_sections.text_alerts(console, report)
     _text_phases(console, report)
@@ -242,13 +242,24 @@ def _text_fields(console: Console, report: RunReport) -> None:
     if not rows:
         console.print(Text("Field coverage: no fields recorded"))
         return
-    table = Table(title="Field coverage", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("field", no_wrap=True)  # a field path is read whole
+    # Wide terminals get "count (pct)" cells; narrow ones the percentages and one count
+    # column, so the field path keeps most of the width.
+    wide = console.width >= 110
+    table = Table(title="Field coverage", box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=None if wide else "percentages of the records mapped",
+                  caption_justify="left")
+    table.add_column("field", overflow="fold", ratio=1)
+    if not wide:
+        table.add_column("records", justify="right", no_wrap=True)
     for key in FIELD_KEYS:
-        table.add_column(key, justify="right")
+        table.add_column(key, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(Text(row["field"]),
-                      *(_count_pct(row[k], row[f"{k}_pct"]) for k in FIELD_KEYS))
+        if wide:
+            cells = [_count_pct(row[k], row[f"{k}_pct"]) for k in FIELD_KEYS]
+        else:
+            cells = [Text(_fmt_num(row["total"]))] + [Text(_fmt_pct(row[f"{k}_pct"]))
+                                                     for k in FIELD_KEYS]
+        table.add_row(Text(row["field"]), *cells)
     console.print(table)
 
 
@@ -281,6 +292,85 @@ def _text_phases(console: Console, report: RunReport) -> None:
         parts = [f"{k.replace('_per_s', '')}/s {_fmt_num(float(_num(v)))}"
                  for k, v in report.throughput.model_dump().items()]
         console.print(Text("Throughput: " + "  ".join(parts)))
+
+
+# --------------------------------------------------------------------------- summary
+
+# Codes that mean a record did not arrive come first: they are what an operator acts on.
+FAILURE_CODES = ("DELIVERY_FAILED", "GAVE_UP", "REJECTED", "OVERSIZE", "METRICS_UNAVAILABLE")
+SUMMARY_COUNTS = ("fetched", "delivered", "failed", "unchanged", "invalid")
+SUMMARY_MAX_CODES = 8
+
+
+def summary_issues(report: ReportLike) -> list[dict[str, Any]]:
+    """`issue_summary`, delivery failures first, then the rest by count."""
+    rows = issue_summary(report)
+    return sorted(rows, key=lambda r: (r["code"] not in FAILURE_CODES, -r["count"], r["code"]))
+
+
+def render_summary(report: ReportLike, *, width: int = 80, color: bool = False,
+                   html_path: str | None = None) -> str:
+    """The end-of-run summary of `sync` and `demo`: one screen at 80 columns.
+
+    Status, counts per entity, issues by code (failures first), and where the full
+    report is. The field-coverage table stays in `report show` and the HTML.
+    """
+    report = as_report(report)
+    console = _console(max(40, width), color)
+    status = str(report.status or "unknown")
+    style = _STATUS_STYLES.get(report.status, "bold red")  # type: ignore[call-overload]
+    title = Text(f"Run {report.run_id or '?'}  ", style="bold")
+    title.append(status.upper(), style=style)
+    title.append(f"  {report.mode or '?'}  {_fmt_seconds(report.duration_s)}")
+    console.print(title)
+    if report.error:
+        console.print(Text(f"error: {report.error}", style="red"))
+    if report.dry_run_note:
+        console.print(Text(report.dry_run_note, style="yellow"))
+    _summary_counts(console, report)
+    _summary_issues(console, report)
+    # Paths and commands are copied whole: never wrapped.
+    console.print(Text(f"full report: moesif-segment report show {report.run_id or 'latest'}"),
+                  soft_wrap=True)
+    if html_path:
+        console.print(Text(f"HTML report: {html_path}"), soft_wrap=True)
+    return _output(console)
+
+
+def _summary_counts(console: Console, report: RunReport) -> None:
+    entities = entity_counts(report)
+    if not entities:
+        console.print(Text("no records fetched"))
+        return
+    keys = ("fetched", "changed", "unchanged", "invalid") if report.dry_run else SUMMARY_COUNTS
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("")
+    for key in keys:
+        table.add_column("would send" if report.dry_run and key == "changed" else key,
+                         justify="right")
+    for name, counts in entities.items():
+        table.add_row(Text(name), *(_fmt_num(_num(counts.get(key))) for key in keys))
+    console.print(table)
+
+
+def _summary_issues(console: Console, report: RunReport) -> None:
+    rows = summary_issues(report)
+    if not rows:
+        console.print(Text("issues: none"))
+        return
+    total = sum(r["count"] for r in rows)
+    console.print(Text(f"issues: {total:,} (moesif-segment report issues "
+                       f"{report.run_id or 'latest'})"))
+    width = max(len(r["code"]) for r in rows[:SUMMARY_MAX_CODES])
+    for row in rows[:SUMMARY_MAX_CODES]:
+        style = "red" if row["code"] in FAILURE_CODES else ""
+        line = Text(f"  {row['code']:<{width}} {row['count']:>8,}", style=style)
+        if row["examples"]:
+            line.append("  e.g. " + ", ".join(row["examples"][:2]), style="dim")
+        line.truncate(console.width, overflow="ellipsis")
+        console.print(line, no_wrap=True)
+    if len(rows) > SUMMARY_MAX_CODES:
+        console.print(Text(f"  ... and {len(rows) - SUMMARY_MAX_CODES} more codes"))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -336,6 +426,15 @@ padding:12px;margin-bottom:14px}
 .pair h4{margin:0 0 6px;font-size:12px;color:var(--muted);text-transform:uppercase}
 @media (max-width:800px){.pair{grid-template-columns:1fr}}
 .muted{color:var(--muted)}
+.strip{background:var(--card);border:1px solid var(--line);border-left:4px solid var(--warn);
+border-radius:8px;padding:8px 12px;margin:10px 0;display:flex;flex-wrap:wrap;gap:6px 10px;
+align-items:center}
+.strip.ok{border-left-color:var(--ok)}
+.chip{display:inline-block;border:1px solid var(--line);border-radius:999px;padding:1px 8px;
+font-size:12px;color:var(--ink);text-decoration:none;background:var(--code)}
+.chip.bad{border-color:var(--bad);color:var(--bad)}.chip.clean{color:var(--ok)}
+.legend.wide{flex-direction:column;gap:2px}
+details.key{margin:10px 0}details.key summary{cursor:pointer;color:var(--muted)}
 footer{color:var(--muted);font-size:12px;margin-top:30px}
 """
 
@@ -388,9 +487,10 @@ def render_html(report: ReportLike) -> str:
     run_id = _e(report.run_id or "?")
     sections = [
         _html_header(report),
+        _html_issue_strip(report),
         _html_outcomes(report),
+        _html_issues(report),  # what went wrong before the coverage detail
         _html_coverage(report),
-        _html_issues(report),
         report_sections.html_alerts(report),
         report_sections.html_schema(report),
         _html_phases(report),
@@ -436,8 +536,8 @@ def _html_header(report: RunReport) -> str:
         parts.append(f'<div class="note error"><b>error:</b> {_e(report.error)}</div>')
     if report.dry_run_note:
         parts.append(f'<div class="note">{_e(report.dry_run_note)}</div>')
-    parts.append('<nav><a href="#outcomes">outcomes</a><a href="#coverage">field coverage</a>'
-                 '<a href="#issues">issues</a><a href="#phases">phases</a>'
+    parts.append('<nav><a href="#outcomes">outcomes</a><a href="#issues">issues</a>'
+                 '<a href="#coverage">field coverage</a><a href="#phases">phases</a>'
                  '<a href="#samples">samples</a><a href="#settings">settings</a></nav>')
     return "".join(parts)
 
@@ -475,7 +575,8 @@ def _html_outcomes(report: RunReport) -> str:
                                                 rows)
     body = ('<div class="cards">' + "".join(cards) + "</div>") if cards else \
         '<p class="muted">no entity counts recorded</p>'
-    return f'<section id="outcomes"><h2>Outcomes</h2>{body}{msg_html}</section>'
+    return (f'<section id="outcomes"><h2>Outcomes</h2>{body}{_html_legend()}{msg_html}'
+            "</section>")
 
 
 def _coverage_color(pct: float | None) -> str:
@@ -509,11 +610,16 @@ def _html_issues(report: RunReport) -> str:
                  f'<td class="n">{_e(_fmt_num(s["count"]))}</td>'
                  f'<td>{_e(", ".join(s["examples"]))}</td></tr>' for s in summary]
     issues = report.issues
+    anchors = _sample_anchors(report)
     detail_rows = []
     for issue in issues[:MAX_ISSUE_ROWS]:
         attempts = "" if issue.attempts is None else issue.attempts
+        ident = f"<code>{_e(issue.id)}</code>"
+        anchor = anchors.get((issue.entity, issue.id))
+        if anchor:
+            ident = f'<a href="#{anchor}" title="see its sample">{ident}</a>'
         detail_rows.append(
-            f'<tr><td>{_e(issue.entity)}</td><td><code>{_e(issue.id)}</code></td>'
+            f'<tr><td>{_e(issue.entity)}</td><td>{ident}</td>'
             f'<td><code>{_e(issue.code)}</code></td><td>{_e(issue.detail)}</td>'
             f'<td class="n">{_e(attempts)}</td></tr>')
     shown = (f'<p class="muted">showing the first {MAX_ISSUE_ROWS} of {len(issues):,} issues'
@@ -546,14 +652,78 @@ def _pretty(value: Any) -> str:
     return _e(json.dumps(scrub(value), indent=2, ensure_ascii=False, default=str))
 
 
+def _sample_anchors(report: RunReport) -> dict[tuple[str, str | None], str]:
+    """(entity, id) -> the HTML id of its sample (the first one)."""
+    anchors: dict[tuple[str, str | None], str] = {}
+    for i, sample in enumerate(report.samples):
+        anchors.setdefault((sample.entity, sample.id), f"sample-{i}")
+    return anchors
+
+
+def _issue_codes_by_record(report: RunReport) -> dict[tuple[str, str | None], list[str]]:
+    codes: dict[tuple[str, str | None], list[str]] = {}
+    for issue in report.issues:
+        listed = codes.setdefault((issue.entity, issue.id), [])
+        if str(issue.code) not in listed:
+            listed.append(str(issue.code))
+    return codes
+
+
+def _sample_messages(messages: list[Any]) -> str:
+    if not messages:
+        return '<p class="muted">nothing was sent for this record (see its issue)</p>'
+    return f"<pre>{_pretty(messages)}</pre>"
+
+
+_LEGEND = (
+    ("var(--ok)", "delivered", "Segment confirmed the record's messages"),
+    ("var(--info)", "would send", "dry run: what a real run would send"),
+    ("var(--idle)", "unchanged", "same as last delivered: not sent again"),
+    ("var(--warn)", "invalid", "could not be sent as it is (see its issue); not retried"),
+    ("var(--bad)", "failed", "refused, or sent but not confirmed; retried next run"),
+    ("#7a271a", "gave up", "refused SYNC_MAX_ATTEMPTS times: not retried"),
+)
+_TERMS = ("<b>present</b>: the field had a value · <b>missing</b>: no value in Moesif · "
+          "<b>converted</b>: the value was changed to the type Segment takes (e.g. a date to "
+          "ISO 8601, a number from text) · <b>trimmed</b>: dropped to fit Segment's 32 KB")
+
+
+def _html_legend() -> str:
+    items = "".join(f'<span><i class="dot" style="background:{color}"></i><b>{_e(name)}</b>'
+                    f" {_e(meaning)}</span>" for color, name, meaning in _LEGEND)
+    return (f'<details class="key" open><summary>What the colours and words mean'
+            f'</summary><div class="legend wide">{items}</div>'
+            f'<p class="muted">{_TERMS}</p></details>')
+
+
+def _html_issue_strip(report: RunReport) -> str:
+    """The issue count and the codes, first thing under the header."""
+    summary = summary_issues(report)
+    if not summary:
+        return '<div class="strip ok"><b>No issues</b> in this run.</div>'
+    total = sum(s["count"] for s in summary)
+    chips = "".join(
+        f'<a class="chip{" bad" if s["code"] in FAILURE_CODES else ""}" href="#issues">'
+        f'<code>{_e(s["code"])}</code> <b>{_e(_fmt_num(s["count"]))}</b></a>' for s in summary)
+    return (f'<div class="strip"><b>{_e(_fmt_num(total))} issue'
+            f'{"" if total == 1 else "s"}</b> {chips}</div>')
+
+
 def _html_samples(report: RunReport) -> str:
+    codes = _issue_codes_by_record(report)
+    order = sorted(enumerate(report.samples),
+                   key=lambda item: not codes.get((item[1].entity, item[1].id)))
     blocks = []
-    for sample in report.samples:
+    for i, sample in order:
+        found = codes.get((sample.entity, sample.id), [])
+        tags = "".join(f'<span class="chip{" bad" if c in FAILURE_CODES else ""}">'
+                       f"<code>{_e(c)}</code></span>" for c in found) or \
+            '<span class="chip clean">clean</span>'
         blocks.append(
-            f'<div class="sample"><h3>{_e(sample.entity)} '
-            f'<code>{_e(sample.id)}</code></h3><div class="pair">'
+            f'<div class="sample" id="sample-{i}"><h3>{_e(sample.entity)} '
+            f'<code>{_e(sample.id)}</code> {tags}</h3><div class="pair">'
             f'<div><h4>Moesif source record</h4><pre>{_pretty(sample.source)}</pre></div>'
-            f'<div><h4>Segment messages</h4><pre>{_pretty(sample.messages)}</pre></div>'
+            f'<div><h4>Segment messages</h4>{_sample_messages(sample.messages)}</div>'
             "</div></div>")
     body = "".join(blocks) or '<p class="muted">no samples in this report</p>'
     return f'<section id="samples"><h2>Sample mappings</h2>{body}</section>'
@@ -609,6 +779,8 @@ def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
         fields[name] = entry
     codes_a = {s["code"]: s["count"] for s in issue_summary(a)}
     codes_b = {s["code"]: s["count"] for s in issue_summary(b)}
+    resolved = _resolved_codes(a, b, codes_a, codes_b)
+    gone = _gone_fields(fields_a, fields_b)
     return {
         "a": _ident(a),
         "b": _ident(b),
@@ -617,16 +789,51 @@ def diff_reports(a: ReportLike, b: ReportLike) -> dict[str, Any]:
         "messages": _count_deltas(a.messages, b.messages, MESSAGE_KEYS),
         "fields": fields,
         "fields_added": [f for f in fields_b if f not in fields_a],
-        "fields_removed": [f for f in fields_a if f not in fields_b],
+        "fields_removed": gone,
+        "fields_not_mapped": [f for f in fields_a if f not in fields_b and f not in gone],
         "issues": {
             "new": {c: n for c, n in codes_b.items() if c not in codes_a},
-            "resolved": {c: n for c, n in codes_a.items() if c not in codes_b},
+            "resolved": resolved,
+            "not_seen": {c: n for c, n in codes_a.items()
+                         if c not in codes_b and c not in resolved},
             "changed": {c: _delta(codes_a[c], codes_b[c]) for c in codes_b
                         if c in codes_a and codes_a[c] != codes_b[c]},
         },
         "duration_s": _delta(a.duration_s, b.duration_s),
         "schema": report_sections.diff_schema(a, b),
     }
+
+
+def _saw_everything(report: RunReport) -> bool:
+    """A full run that finished fetched every record: an absent issue was not seen again."""
+    return str(report.mode) == "full" and report.status in (Status.SUCCESS, Status.PARTIAL)
+
+
+def _resolved_codes(a: RunReport, b: RunReport, codes_a: dict[str, int],
+                    codes_b: dict[str, int]) -> dict[str, int]:
+    """Codes of run `a` absent from run `b` whose records `b` saw again without them.
+
+    A record is known to be seen again when `b` was a finished full run, or when `b`
+    reported it under another code. An incremental run that did not fetch a record says
+    nothing about it: such codes are "not seen", not "resolved".
+    """
+    gone = {c: n for c, n in codes_a.items() if c not in codes_b}
+    if _saw_everything(b):
+        return gone
+    seen = {(i.entity, i.id) for i in b.issues if i.id}
+    resolved: dict[str, int] = {}
+    for issue in a.issues:
+        code = str(issue.code)
+        if code in gone and issue.id and (issue.entity, issue.id) in seen:
+            resolved[code] = resolved.get(code, 0) + 1
+    return resolved
+
+
+def _gone_fields(fields_a: dict[str, Any], fields_b: dict[str, Any]) -> list[str]:
+    """Fields of run `a` that run `b` left out although it mapped records of that kind
+    (identify/group); a field missing only because `b` mapped no such record is not gone."""
+    mapped = {name.partition(".")[0] for name, row in fields_b.items() if row.get("total")}
+    return [f for f in fields_a if f not in fields_b and f.partition(".")[0] in mapped]
 
 
 def _signed(value: Any, suffix: str = "") -> str:
@@ -702,16 +909,23 @@ def _diff_fields(console: Console, d: dict[str, Any]) -> None:
     if added:
         console.print(Text("fields new in the second run: " + ", ".join(map(str, added))))
     if removed:
-        console.print(Text("fields gone in the second run: " + ", ".join(map(str, removed))))
+        console.print(Text("fields gone in the second run (its records lacked them): "
+                           + ", ".join(map(str, removed))))
+    not_mapped = _list(d.get("fields_not_mapped"))
+    if not_mapped:
+        console.print(Text("fields not mapped in the second run (no such records): "
+                           + ", ".join(map(str, not_mapped))))
 
 
 def _diff_issues(console: Console, issues: dict[str, Any]) -> None:
     new, resolved = _dict(issues.get("new")), _dict(issues.get("resolved"))
+    not_seen = _dict(issues.get("not_seen"))
     changed = _dict(issues.get("changed"))
-    if not (new or resolved or changed):
+    if not (new or resolved or changed or not_seen):
         console.print(Text("Issue codes: no change"))
         return
-    for label, codes in (("new issue codes", new), ("resolved issue codes", resolved)):
+    for label, codes in (("new issue codes", new), ("resolved issue codes", resolved),
+                         ("issue codes absent, records not fetched again", not_seen)):
         if codes:
             console.print(Text(f"{label}: " + ", ".join(f"{c} ({n:,})" for c, n in
                                                         codes.items())))

@@ -89,9 +89,8 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
 
 
 def _stdout_console() -> Console:
-    console = Console(highlight=False)
-    # Piped output: wide enough that run ids never wrap.
-    return console if console.is_terminal else Console(width=160, highlight=False)
+    # The terminal's width (or COLUMNS when piped; rich's default of 80 otherwise).
+    return Console(highlight=False)
 
 
 def _short_time(value: Any) -> str:
@@ -125,6 +124,23 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
         typer.echo(f"no runs recorded yet in {settings.connector_home}")
         return
     extra = sorted({e for run in runs for e in run.entities} - set(MAIN_ENTITIES))
+    console = _stdout_console()
+    if console.width >= WIDE_LIST:
+        console.print(_wide_list(runs, extra))
+    else:
+        _stacked_list(console, runs, extra)
+
+
+WIDE_LIST = 130  # below this, `report list` stacks each run's counts under its line
+_STATUS_STYLES = {Status.SUCCESS: "green", Status.PARTIAL: "yellow", Status.FAILED: "bold red",
+                  Status.INTERRUPTED: "magenta", Status.RUNNING: "cyan"}
+
+
+def _status_text(status: Any) -> Text:
+    return Text(str(status), style=_STATUS_STYLES.get(status, ""))
+
+
+def _wide_list(runs: list[Any], extra: list[str]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, caption="counts: fetched/delivered/failed")
     table.add_column("run id", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
@@ -133,15 +149,28 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
     table.add_column("status")
     for entity in (*MAIN_ENTITIES, *extra):
         table.add_column(f"{entity} f/d/fail", justify="right", no_wrap=True)
-    styles = {Status.SUCCESS: "green", Status.PARTIAL: "yellow", Status.FAILED: "red",
-              Status.INTERRUPTED: "magenta", Status.RUNNING: "cyan"}
     for run in runs:
-        status = str(run.status)
         table.add_row(Text(run.run_id), _short_time(run.started_at),
                       _duration(run.duration_s), Text(str(run.mode or "–")),
-                      Text(status, style=styles.get(run.status, "")),  # type: ignore[call-overload]
+                      _status_text(run.status),
                       *(_triple(run.entities.get(e)) for e in (*MAIN_ENTITIES, *extra)))
-    _stdout_console().print(table)
+    return table
+
+
+def _stacked_list(console: Console, runs: list[Any], extra: list[str]) -> None:
+    """Two lines a run: id, status, mode, duration; then its counts (fits 80 columns)."""
+    id_width = max(len("run id"), *(len(run.run_id) for run in runs))
+    console.print(Text(f"{'run id':<{id_width}}  {'status':<11} {'mode':<11} {'duration':>9}",
+                       style="bold"), no_wrap=True, crop=True)
+    for run in runs:
+        line = Text(f"{run.run_id:<{id_width}}  ")
+        line.append(f"{str(run.status):<11}", style=_STATUS_STYLES.get(run.status, ""))
+        line.append(f" {str(run.mode or '–'):<11} {_duration(run.duration_s):>9}")
+        console.print(line, no_wrap=True, crop=True)
+        counts = [f"{e} {_triple(run.entities.get(e))}" for e in (*MAIN_ENTITIES, *extra)
+                  if e in run.entities or e in MAIN_ENTITIES]
+        console.print(Text("  " + "  ".join(counts), style="dim"))
+    console.print(Text("counts: fetched/delivered/failed", style="dim"))
 
 
 def _safe_name(run_id: str) -> str:
@@ -194,3 +223,47 @@ def diff(
         color = sys.stdout.isatty()
         typer.echo(render_diff_text(result, width=_stdout_console().width, color=color)
                    .rstrip("\n"))
+
+
+@report_app.command("issues")
+@command_boundary
+def issues(
+    run_id: str = typer.Argument("latest", help="A run id, a unique prefix of one, or latest."),
+    code: list[str] = typer.Option([], "--code", "-c",
+                                   help="Only this issue code (repeat for more), "
+                                        "e.g. --code REJECTED."),
+    entity: str | None = typer.Option(None, "--entity", "-e",
+                                      help="Only this entity: users or companies."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="Show at most this many."),
+    json_out: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+) -> None:
+    """A run's issues with their detail, filtered by code and entity."""
+    with _open_store() as (settings, store):
+        report = _load(store, settings, run_id)
+    codes = {c.upper() for c in code}
+    picked = [i for i in report.issues
+              if (not codes or str(i.code) in codes) and (entity is None or i.entity == entity)]
+    if json_out:
+        for issue in picked[:limit]:
+            typer.echo(orjson.dumps(issue.model_dump(mode="json")).decode())
+        return
+    console = _stdout_console()
+    if not picked:
+        console.print(Text(f"no issues in run {report.run_id} match"
+                           if codes or entity else f"no issues in run {report.run_id}"))
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("entity", no_wrap=True)
+    table.add_column("id", overflow="fold")
+    table.add_column("code", no_wrap=True)
+    table.add_column("detail", overflow="fold", ratio=1)
+    table.add_column("tries", justify="right", no_wrap=True)
+    for issue in picked[:limit]:
+        table.add_row(Text(issue.entity), Text(str(issue.id or "–")), Text(str(issue.code)),
+                      Text(issue.detail), "" if issue.attempts is None else str(issue.attempts))
+    console.print(table)
+    shown = min(limit, len(picked))
+    note = f"{shown:,} of {len(picked):,} matching issues"
+    if report.issues_truncated:
+        note += " (the run kept only its first issues; counts by code are in `report show`)"
+    console.print(Text(note, style="dim"))

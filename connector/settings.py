@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     sync_max_attempts: int = Field(5, ge=1)
 
     # --- where state, reports and mappings live ---
-    connector_home: Path = Path("./.moesif-segment")
+    connector_home: Path = Field(default_factory=lambda: default_home())
     mappings_dir: Path | None = None
     report_keep_runs: int = Field(50, ge=1)
 
@@ -160,6 +160,20 @@ def check_url(value: str) -> str:
     except (requests.RequestException, ValueError, UnicodeError) as exc:
         raise ValueError(f"not a usable URL ({type(exc).__name__})") from None
     return text
+
+
+LEGACY_HOME = Path(".moesif-segment")
+
+
+def default_home() -> Path:
+    """CONNECTOR_HOME when it is not set: the per-user data directory (the same from cron,
+    systemd or any working directory), unless an older `./.moesif-segment` is in the
+    working directory: that one is still used (the CLI notes it)."""
+    if (LEGACY_HOME / "state.sqlite3").is_file():
+        return LEGACY_HOME
+    from platformdirs import user_data_path
+
+    return user_data_path("moesif-segment", appauthor=False)
 
 
 def _has_value(value: object) -> bool:

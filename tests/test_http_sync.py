@@ -114,6 +114,8 @@ def test_outage_ends_the_run_early_without_counting_attempts(sandbox, settings):
     assert not rows(settings, "SELECT * FROM failed_record")
     assert not rows(settings, "SELECT * FROM sync_cursor")
     assert stored(settings, report["run_id"])["error"] == report["error"]
+    users = report["entities"]["users"]  # the counts add up in a failed run too
+    assert users["failed"] > 0 and users["changed"] == users["delivered"] + users["failed"]
     assert_healed(sandbox, settings, report)
 
 
@@ -123,7 +125,10 @@ def test_outage_mid_page_commits_what_segment_confirmed(sandbox, settings):
     outcome = run_sync(two)
     assert outcome.exit_code == 1 and "Segment unavailable" in outcome.report["error"]
     committed = rows(settings, "SELECT id FROM record_hash WHERE entity='users'")
-    assert committed and outcome.report["entities"]["users"]["delivered"] == len(committed)
+    users = outcome.report["entities"]["users"]
+    assert committed and users["delivered"] == len(committed)
+    assert users["changed"] == users["delivered"] + users["failed"] and users["failed"] > 0
+    assert outcome.report["issue_counts"]["DELIVERY_FAILED"] == users["failed"]
     assert {r[0] for r in committed} <= delivered_users(sandbox)
     assert not rows(settings, "SELECT * FROM failed_record")
     assert not rows(settings, "SELECT * FROM sync_cursor")

@@ -203,13 +203,20 @@ def test_diff_reports_counts_coverage_issue_codes_and_status():
     assert d["fields"]["identify.traits.email"]["present_pct"]["delta"] == 50.0
     assert d["fields_added"] == ["identify.traits.plan"]
     assert d["issues"]["new"] == {"OVERSIZE": 1}
-    assert d["issues"]["resolved"] == {"MISSING_ID": 2}
+    # An incremental run that did not fetch those records again says nothing about them.
+    assert d["issues"]["resolved"] == {}
+    assert d["issues"]["not_seen"] == {"MISSING_ID": 2}
     json.dumps(d)  # serialisable for --format json
     text = render_diff_text(d)
     assert "partial → success" in text
     assert "identify.traits.email" in text and "+50.0 pts" in text
     assert "new issue codes: OVERSIZE (1)" in text
-    assert "resolved issue codes: MISSING_ID (2)" in text
+    assert "issue codes absent, records not fetched again: MISSING_ID (2)" in text
+    # A finished full run saw every record: what is absent was resolved.
+    b["mode"] = "full"
+    full = diff_reports(a, b)
+    assert full["issues"]["resolved"] == {"MISSING_ID": 2} and not full["issues"]["not_seen"]
+    assert "resolved issue codes: MISSING_ID (2)" in render_diff_text(full)
     assert "identify.traits.name" not in text  # did not move
 
 
@@ -225,3 +232,69 @@ def test_diff_of_identical_reports_says_nothing_moved():
 def test_diff_tolerates_empty_reports():
     text = render_diff_text(diff_reports({}, make_report()))
     assert "fetched" in text
+
+
+def test_diff_resolves_an_issue_only_for_a_record_seen_again():
+    a = make_report("run-a")
+    b = make_report("run-b")
+    b["issues"] = [{"entity": "users", "id": "usr_bad0", "code": "BAD_TIMESTAMP",
+                    "detail": "x", "attempts": 1}]
+    b["issue_counts"] = {"BAD_TIMESTAMP": 1}
+    d = diff_reports(a, b)
+    assert d["issues"]["resolved"] == {"MISSING_ID": 1}  # usr_bad0 seen, usr_bad1 not
+    assert d["issues"]["not_seen"] == {"DELIVERY_FAILED": 250}
+
+
+def test_diff_calls_a_field_gone_only_when_such_records_were_mapped():
+    a = make_report("run-a")
+    b = make_report("run-b")
+    del b["fields"]["identify.traits.email"]
+    for name in [f for f in b["fields"] if f.startswith("group.")]:
+        del b["fields"][name]
+    d = diff_reports(a, b)
+    assert d["fields_removed"] == ["identify.traits.email"]
+    assert set(d["fields_not_mapped"]) == set(GROUP_FIELDS)
+    text = render_diff_text(d, width=80)
+    assert "fields gone in the second run (its records lacked them): " \
+           "identify.traits.email" in text
+
+
+def test_summary_fits_80_columns_failures_first_and_says_where_the_report_is():
+    from connector.report import render_summary
+
+    report = make_report(extra_issue="OVERSIZE")
+    text = render_summary(report, width=80, html_path="/very/long/" + "x" * 90 + ".html")
+    lines = text.splitlines()
+    assert len(lines) <= 25
+    assert all(len(ln) <= 80 for ln in lines if not ln.startswith("HTML report:"))
+    assert "PARTIAL" in lines[0]
+    users = next(ln for ln in lines if ln.startswith("users"))
+    assert users.split()[1:4] == ["100", "93", "2"]  # fetched, delivered, failed
+    codes = [ln.split()[0] for ln in lines if ln.startswith("  ") and ln.split()[0].isupper()]
+    assert codes[:3] == ["DELIVERY_FAILED", "OVERSIZE", "MISSING_ID"]
+    assert "Field coverage" not in text
+    assert f"moesif-segment report show {report['run_id']}" in text
+    assert "HTML report: /very/long/" + "x" * 90 + ".html" in text  # never wrapped
+
+
+def test_html_puts_issues_first_links_ids_to_samples_and_explains_the_colours():
+    report = make_report(extra_issue="OVERSIZE")
+    report["samples"].append({"entity": "users", "id": "usr_bad0",
+                              "source": {"name": "x"}, "messages": []})
+    report["samples"].append({"entity": "users", "id": "usr_clean",
+                              "source": {"name": "y"}, "messages": [{"type": "identify"}]})
+    page = render_html(report)
+    strip = page.index('class="strip"')
+    assert strip < page.index('id="outcomes"') < page.index('id="issues"') \
+        < page.index('id="coverage"')
+    assert "253 issues" in page[strip:page.index('id="outcomes"')]
+    # the failure code is marked, the issue id links to its sample, which names the code
+    assert '<a class="chip bad" href="#issues"><code>DELIVERY_FAILED</code>' in page
+    anchor = page.index('<div class="sample" id="sample-1">')
+    assert '<a href="#sample-1" title="see its sample"><code>usr_bad0</code></a>' in page
+    assert "MISSING_ID" in page[anchor:anchor + 300]
+    assert "nothing was sent for this record" in page
+    assert page.index('id="sample-1"') < page.index('id="sample-2"')  # issues first
+    clean = page.index('id="sample-2"')
+    assert '<span class="chip clean">clean</span>' in page[clean:clean + 300]
+    assert "What the colours and words mean" in page and "<b>converted</b>" in page

@@ -98,8 +98,8 @@ def reports(home):
 runner = CliRunner()
 
 
-def invoke(*args: str):
-    return runner.invoke(report_app, list(args))
+def invoke(*args: str, columns: int = 160):
+    return runner.invoke(report_app, list(args), env={"COLUMNS": str(columns)})
 
 
 def test_list_shows_runs_newest_first_with_counts(reports):
@@ -114,6 +114,40 @@ def test_list_shows_runs_newest_first_with_counts(reports):
     assert "2026-11-22 05:00:00" in row and "4.2 s" in row and "incremental" in row
     assert "running" in next(ln for ln in lines if "runnin" in ln)
     assert "dry-run" in next(ln for ln in lines if RUN_3 in ln)
+
+
+def test_list_at_80_columns_keeps_status_mode_duration_and_counts(reports):
+    result = invoke("list", columns=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    i = next(i for i, ln in enumerate(lines) if RUN_1 in ln)
+    assert "partial" in lines[i] and "incremental" in lines[i] and "4.2 s" in lines[i]
+    assert "users 120/104/6" in lines[i + 1] and "companies 12/12/0" in lines[i + 1]
+
+
+def test_issues_lists_detail_filtered_by_code_and_entity(reports):
+    result = invoke("issues", RUN_1, "--code", "missing_id", columns=80)
+    assert result.exit_code == 0, result.output
+    assert "usr_a" in result.stdout and "usr_b" in result.stdout
+    assert "DELIVERY_FAILED" not in result.stdout
+    assert max(len(ln) for ln in result.stdout.splitlines()) <= 80
+    lines = invoke("issues", RUN_1, "--entity", "users", "--json").stdout.splitlines()
+    assert sorted(json.loads(ln)["id"] for ln in lines) == ["usr_a", "usr_b", "usr_c"]
+    assert "no issues" in invoke("issues", RUN_1, "--entity", "companies").stdout
+    assert "match" in invoke("issues", RUN_1, "--code", "NOPE").stdout
+    assert invoke("issues", "no-such-run").exit_code == 2
+
+
+def test_show_text_fits_80_columns(reports):
+    result = invoke("show", RUN_1, columns=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    email = next(ln for ln in lines if "identify.traits.email" in ln)
+    assert "50.0%" in email
+    issues_at = next(i for i, ln in enumerate(lines) if ln.startswith("Issues"))
+    assert issues_at < next(i for i, ln in enumerate(lines) if "Field coverage" in ln)
 
 
 def test_list_limit_and_empty_home(reports, home):
@@ -212,7 +246,9 @@ def test_diff_text_and_json(reports):
     assert "partial → success" in out
     assert "identify.traits.email" in out and "+50.0 pts" in out
     assert "new issue codes: BAD_TIMESTAMP (1), OVERSIZE_TRIMMED (1)" in out
-    assert "resolved issue codes: MISSING_ID (2), DELIVERY_FAILED (1)" in out
+    # RUN_2 is incremental: the records behind those codes were not fetched again.
+    assert ("issue codes absent, records not fetched again: MISSING_ID (2), "
+            "DELIVERY_FAILED (1)") in out
     data = json.loads(invoke("diff", RUN_1, RUN_2, "--format", "json").stdout)
     assert data["entities"]["users"]["failed"] == {"a": 6, "b": 0, "delta": -6}
     assert data["status"]["changed"] is True

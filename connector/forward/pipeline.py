@@ -806,7 +806,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
         config = _check_start(settings, from_log, from_jsonl, listen, wso2_config_path, once,
                               client_options)
     except ConfigError as exc:
-        print(f"error: {exc}", file=out)
+        _error_line(out, str(exc))
         return ExitCode.CONFIGURATION
     stop_event = stop_event or threading.Event()
     try:
@@ -814,17 +814,34 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
                               listen=listen, once=once, stop_event=stop_event,
                               parse_workers=parse_workers, senders=senders, stdin=stdin)
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
-        print(f"error: {exc.strerror or exc}", file=out)
+        _error_line(out, str(exc.strerror or exc))
         return ExitCode.CONFIGURATION
+    from connector.logsetup import new_run_id, run_context
+
     try:
-        with stop_on_signals(stop_event, "the in-flight send finishes, the rest stays spooled"):
+        # A forwarder run has a run id too: every line it logs (its threads' included,
+        # through the process-wide fallback) carries it.
+        with run_context(new_run_id("fwd-")), \
+                stop_on_signals(stop_event, "the in-flight send finishes, the rest stays spooled"):
             code = forwarder.run()
+            _report(out, code, forwarder.run_counters(), forwarder.spool.depth(),
+                    forwarder._fatal, log_only=True)
     finally:
         counters = forwarder.run_counters()
         backlog = forwarder.spool.depth()
         forwarder.close()
     _report(out, code, counters, backlog, forwarder._fatal)
     return code
+
+
+def _error_line(out: Any, message: str) -> None:
+    """`error: ...` on `out`; a JSON log line instead when logs are JSON lines."""
+    from connector.logsetup import fields, json_mode
+
+    if json_mode() and out is sys.stderr:
+        log.error("error: %s", message, extra=fields(event="error"))
+    else:
+        print(f"error: {message}", file=out)
 
 
 def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | None,
@@ -857,7 +874,18 @@ def _check_start(settings: Settings, from_log: Path | None, from_jsonl: str | No
 
 
 def _report(out: Any, code: int, counters: dict[str, int], backlog: int,
-            fatal: BaseException | None) -> None:
+            fatal: BaseException | None, log_only: bool = False) -> None:
+    """The run's counters: a structured log line (inside the run's context), then, unless
+    logs are JSON lines (nothing plain on stderr then), one readable line on `out`."""
+    from connector.logsetup import fields, json_mode
+
+    if log_only:
+        log.info("forward finished with exit code %d", code, extra=fields(
+            event="forward_finished", exit_code=code, backlog=backlog,
+            error=None if fatal is None else str(fatal), **counters))
+        return
+    if json_mode() and out is sys.stderr:
+        return
     parts = " ".join(f"{name}={counters[name]}" for name in COUNTER_NAMES)
     print(f"forward: {parts} backlog={backlog} exit={code}", file=out)
     if fatal is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,13 +106,39 @@ def is_retryable(exc: BaseException) -> bool:
 
 def build_retrying(*, wait: Wait, stop: Callable[[RetryCallState], bool],
                    before_sleep: Callable[[RetryCallState], None] | None = None,
-                   sleep: Callable[[float], Any] | None = None) -> Retrying:
-    """The one tenacity wiring: retry `RetryableError`s, re-raise the last one."""
+                   sleep: Callable[[float], Any] | None = None,
+                   api: str = "http") -> Retrying:
+    """The one tenacity wiring: retry `RetryableError`s, re-raise the last one. Every
+    retry is counted under `api` and the HTTP status (`retry_counts`, for metrics)."""
     kwargs: dict[str, Any] = {}
     if sleep is not None:
         kwargs["sleep"] = sleep
+
+    def counted(state: RetryCallState) -> None:
+        _count_retry(api, state)
+        if before_sleep is not None:
+            before_sleep(state)
+
     return Retrying(retry=retry_if_exception(is_retryable), wait=wait, stop=stop,
-                    before_sleep=before_sleep, reraise=True, **kwargs)
+                    before_sleep=counted, reraise=True, **kwargs)
+
+
+_retry_counts: dict[tuple[str, str], int] = {}
+_retry_lock = threading.Lock()
+
+
+def _count_retry(api: str, state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    status = getattr(exc, "status", None)
+    key = (api, str(status) if status else "none")  # "none": a timeout or connection error
+    with _retry_lock:
+        _retry_counts[key] = _retry_counts.get(key, 0) + 1
+
+
+def retry_counts() -> dict[tuple[str, str], int]:
+    """Retries so far in this process by (api, HTTP status or "none"); 429s included."""
+    with _retry_lock:
+        return dict(_retry_counts)
 
 
 def attempts_made(retrying: Retrying) -> int:

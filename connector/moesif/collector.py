@@ -213,7 +213,8 @@ class CollectorClient:
         # and so do we for what differs per call (attempt limit, stop event).
         self._call = threading.local()
         self._retrying = build_retrying(wait=self._wait_for, stop=self._stop,
-                                        before_sleep=self._before_sleep, sleep=self._sleep)
+                                        before_sleep=self._before_sleep, sleep=self._sleep,
+                                        api="moesif_collector")
 
     def __repr__(self) -> str:
         return f"CollectorClient(base_url={self.base_url!r}, application_id=SecretStr('**'))"

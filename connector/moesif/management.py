@@ -202,7 +202,7 @@ class MoesifManagementClient:
         # one per call forms a reference cycle holding the response until the cyclic
         # GC runs, which the sync job deliberately runs rarely.
         self._retrying = build_retrying(wait=self.backoff, stop=StopPolicy(max_retries),
-                                        before_sleep=self._count_retry)
+                                        before_sleep=self._count_retry, api="moesif")
         self._secrets = [api_key.get_secret_value()]
 
     # --- low level -------------------------------------------------------------------

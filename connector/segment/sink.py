@@ -189,7 +189,7 @@ class SegmentSink:
         # batch forms a reference cycle that keeps the batch alive until a GC pass.
         self._retrying = build_retrying(wait=self.backoff,
                                         stop=stop_after_attempt(max_retries + 1),
-                                        before_sleep=self._before_sleep)
+                                        before_sleep=self._before_sleep, api="segment")
         self._session = requests.Session()
         basic = base64.b64encode(f"{write_key.get_secret_value()}:".encode()).decode()
         self._headers = {"Content-Type": "application/json",

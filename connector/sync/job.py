@@ -65,6 +65,7 @@ from connector.timeutil import parse_timestamp, to_iso
 log = logging.getLogger(__name__)
 
 SAMPLE_COUNT = 3
+ISSUE_SAMPLE_COUNT = 5  # records with issues sampled beside the clean ones, one per code
 MASK = "*****"
 
 Progress = Callable[..., None]
@@ -251,6 +252,9 @@ class SyncRun:
         # company's members are not re-sent or re-reported in the same run. Users that
         # were delivered need no entry: their stored hash already says "unchanged".
         self.settled: dict[str, str] = {}
+        self._clean_samples = 0
+        self._issues_seen = 0
+        self._sampled_codes: set[str] = set()
         self.all_users_pass = False
         self.joined_companies: dict[str, Any] = {}  # id -> version, from an all-users pass
         # company -> failure code of its members this run (DELIVERY_FAILED wins)
@@ -442,6 +446,7 @@ class SyncRun:
                     self._count_left_out(counts, key)
                     if key:
                         outcomes[key] = self.settled[key] = "invalid"
+                    self._sample_issue(key, doc, [])
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
@@ -469,6 +474,7 @@ class SyncRun:
                 else:
                     self._count_left_out(counts, c.id)
                     outcomes[c.id] = self.settled[c.id] = "invalid"
+                    self._sample_issue(c.id, c.doc, c.messages)
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
@@ -656,20 +662,44 @@ class SyncRun:
         for key in set(c.trimmed):
             self.report.coverage.add(self.mappings.event_id(key, TRIMMED))
 
-    def _sample(self, sendable: list[Candidate]) -> None:
-        for c in sendable:
-            if len(self.report.samples) >= SAMPLE_COUNT:
+    def _sample_issue(self, rid: str | None, doc: dict[str, Any],
+                      messages: list[OutMessage], code: str | None = None) -> None:
+        """Sample a record with an issue (the first of each code; by default the issue just
+        reported), so the report shows what went wrong beside what went right."""
+        if code is None:
+            last = self.report.issues[-1] if self.report.issues else None
+            if last is None or last.get("id") != rid:
                 return
+            code = str(last["code"])
+        if len(self._sampled_codes) >= ISSUE_SAMPLE_COUNT or code in self._sampled_codes:
+            return
+        self._sampled_codes.add(code)
+        self._add_sample(rid, doc, messages)
+
+    def _sample(self, sendable: list[Candidate]) -> None:
+        # Issues reported since the last page (mapping: BAD_TIMESTAMP, OVERSIZE_TRIMMED...)
+        recent = {i["id"]: i["code"] for i in self.report.issues[self._issues_seen:]
+                  if i.get("id")}
+        self._issues_seen = len(self.report.issues)
+        for c in sendable:
+            if c.id in recent:  # sent, with an issue: sampled as one
+                self._sample_issue(c.id, c.doc, c.messages, recent[c.id])
+                continue
+            if self._clean_samples >= SAMPLE_COUNT:
+                continue
+            self._clean_samples += 1
+            self._add_sample(c.id, c.doc, c.messages)
+
+    def _add_sample(self, rid: str | None, doc: dict[str, Any],
+                    messages: list[OutMessage]) -> None:
+        try:
             # The source may hold what JSON cannot carry (it was left out of the messages).
-            source = c.doc if encodable(c.doc) else sanitise(c.doc, "")[0]
-            try:
-                self.report.samples.append({
-                    "entity": "users", "id": c.id,
-                    "source": mask_paths(source, self.personal),
-                    "messages": [self._mask_message(o.message) for o in c.messages],
-                })
-            except Exception as exc:  # noqa: BLE001 - a sample is optional, never the run's end
-                _log_unforeseen("sampling a record for the report", exc)
+            source = doc if encodable(doc) else sanitise(doc, "")[0]
+            self.report.samples.append({
+                "entity": "users", "id": rid, "source": mask_paths(source, self.personal),
+                "messages": [self._mask_message(o.message) for o in messages]})
+        except Exception as exc:  # noqa: BLE001 - a sample is optional, never the run's end
+            _log_unforeseen("sampling a record for the report", exc)
 
     def _mask_message(self, message: dict[str, Any]) -> dict[str, Any]:
         personal = {r.target for section in ("identify", "group")
@@ -692,11 +722,15 @@ class SyncRun:
         after Segment confirmed. `outcomes` is filled in when the page is committed.
         """
         counts = self.report.entities[entity]
+        try:
+            self.flush_pending()
+        except ConnectorError:
+            counts["changed"] -= len(sendable)  # mapped, never sent: the next run sends it
+            raise
         out = [m for c in sendable for m in c.messages]
         for m in out:
             self.report.messages[m.message["type"]]["sent"] += 1
         counts["sent"] += len(sendable)
-        self.flush_pending()
         future = self._sender.submit(self._send, out)
         self._pending = (future, entity, sendable, cursor, outcomes)
 
@@ -744,6 +778,10 @@ class SyncRun:
                 cursor=cursor))
         for rid, _, _ in failures:
             self.settled[rid] = "failed"
+        codes = {rid: code for rid, code, _ in failures}
+        for c in sendable:
+            if c.id in codes:
+                self._sample_issue(c.id, c.doc, c.messages, codes[c.id])
         counts["delivered"] += len(hashes)
         counts["failed"] += len(failures)
         for f in recorded:
@@ -765,8 +803,15 @@ class SyncRun:
             m.message["messageId"] in result.delivered for m in c.messages)}
         for c in sendable:
             for m in c.messages:
-                if m.message["messageId"] in result.delivered:
-                    self.report.messages[m.message["type"]]["delivered"] += 1
+                key = "delivered" if m.message["messageId"] in result.delivered else "failed"
+                self.report.messages[m.message["type"]][key] += 1
+        # Sent but never confirmed counts as failed, so changed = delivered + failed holds
+        # in a failed run too (the report only: no attempt is counted in the state).
+        for c in sendable:
+            if c.id not in hashes:
+                self.report.entities[entity]["failed"] += 1
+                self.report.issue(entity, c.id, "DELIVERY_FAILED", "sent but not confirmed "
+                                  "before the run stopped; the next run sends it again")
         if hashes:
             with Timer(self.report.phases, "store"):
                 self.state.commit_page(PageCommit(entity=entity, hashes=hashes,

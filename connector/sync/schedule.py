@@ -138,6 +138,8 @@ class _Runner:
             raise
         self.in_run = threading.Event()
         self.overran = threading.Event()
+        if metrics is not None:  # a restart must not look stale to an alert
+            metrics.restore(self.reports.list(20))
         self._closed = threading.Event()
         self._renewer: threading.Thread | None = None
         self.role = "standby"  # until the lease is ours
@@ -197,6 +199,8 @@ class _Runner:
         before = self.reports.latest_run_id()
         started = time.monotonic()
         self.in_run.set()
+        if self.metrics is not None:
+            self.metrics.run_started()
         try:
             with self.lease.keep_alive():
                 code = int(self.run_once_fn(self.stop_event))
@@ -212,6 +216,8 @@ class _Runner:
             return int(exit_code_for(exc))
         finally:
             self.in_run.clear()
+            if self.metrics is not None:
+                self.metrics.run_ended()
         log.info("sync run finished with exit code %d in %.1f s", code,
                  time.monotonic() - started)
         self._observe(before)

@@ -12,6 +12,7 @@ import io
 import shlex
 import shutil
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 
@@ -41,11 +42,17 @@ def demo_settings(home: Path, moesif_url: str, segment_url: str, collector_url: 
 DEMO_ALERT_SECRET = "demo-alert-secret"
 
 
+def _wrap(text: str) -> str:
+    """Demo lines fit an 80-column terminal (URLs and paths are never broken)."""
+    return "\n".join(textwrap.fill(part, width=80, break_long_words=False,
+                                    break_on_hyphens=False, subsequent_indent="    ")
+                      for part in text.split("\n"))
+
+
 def _drift_and_alert(sandbox, settings: Settings, users: int):  # noqa: ANN001, ANN202
     """Issue 9 in the demo: some Moesif users gain a metadata field; a second run reports
     the drift and, with SCHEMA_DRIFT_POLICY=alert, sends a signed `schema_added` alert to
     a receiver the demo starts. Returns the second run's outcome (its report is saved)."""
-    from connector.report import render_text
     from connector.sandbox.alert_receiver import AlertReceiver
     from connector.sync.job import run_sync
 
@@ -60,15 +67,22 @@ def _drift_and_alert(sandbox, settings: Settings, users: int):  # noqa: ANN001, 
         alerting = settings.model_copy(update={
             "alert_webhook_url": server.url, "schema_drift_policy": "alert",
             "alert_webhook_secret": SecretStr(DEMO_ALERT_SECRET)})
-        typer.echo("\nSome Moesif users gained metadata.beta_program; syncing again with "
-                   f"SCHEMA_DRIFT_POLICY=alert and an alert receiver at {server.url}")
+        typer.echo(_wrap("\nSome Moesif users gained metadata.beta_program; syncing again "
+                         "with SCHEMA_DRIFT_POLICY=alert and an alert receiver at "
+                         f"{server.url}"))
         outcome = run_sync(alerting, "incremental")
         receiver.wait_for(1, timeout=settings.alert_webhook_max_seconds)
-    typer.echo(render_text(outcome.report))
+    schema = outcome.report.schema_section or {}
+    typer.echo("Schema drift in that run (see `report show latest`):")
+    for kind in ("added", "type_changed", "vanished"):
+        for item in schema.get(kind) or []:
+            typer.echo(_wrap(f"  schema {kind}: {item.get('entity')}.{item.get('path')} "
+                             f"({', '.join(item.get('types') or [])}) in "
+                             f"{item.get('records')} of {item.get('of_records')} records"))
     for got in receiver.received:
         signed = "signature verified" if got.verified else "signature NOT verified"
-        typer.echo(f"Alert receiver got {got.payload.get('event')} ({signed}): "
-                   f"{got.payload.get('text')}")
+        typer.echo(_wrap(f"Alert receiver got {got.payload.get('event')} ({signed}): "
+                         f"{got.payload.get('text')}"))
     if not receiver.received:
         typer.echo("Alert receiver got nothing (see `moesif-segment alerts list`)")
     return outcome
@@ -96,6 +110,10 @@ def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> 
                                  collector_server.url)
         typer.echo(f"Syncing Moesif ({sandbox.moesif_url}) -> Segment ({sandbox.segment_url})")
         outcome = run_sync(settings, "incremental")
+        first = outcome.report.entities
+        typer.echo(_wrap(f"First run {outcome.report.run_id} {outcome.report.status}: "
+                         + "; ".join(f"{e} {c.fetched} fetched, {c.delivered} delivered, "
+                                     f"{c.invalid} invalid" for e, c in first.items())))
         outcome = _drift_and_alert(sandbox, settings, users)
         html_path = home / "reports" / f"{outcome.report.run_id}.html"
         html_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,21 @@ def parse_timestamp(value: object) -> datetime:
     record's odd value (`NaN`, `1e300`, a year-1 date with an offset) is that record's
     problem and never an unexpected OverflowError or OSError."""
     try:
-        return _parse(value).astimezone(UTC)
+        parsed = _parse(value)
     except ValueError:
         raise
     except (OverflowError, OSError, TypeError, ArithmeticError):
         raise ValueError(f"not a timestamp: {_show(value)}") from None
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, OSError, ArithmeticError):
+        # A valid timestamp whose time-zone shift leaves year 1..9999 in UTC.
+        raise TimestampOutOfRange(f"out of range in UTC: {_show(value)}") from None
+
+
+class TimestampOutOfRange(ValueError):
+    """A well-formed timestamp that `datetime` cannot hold once in UTC (a BAD_VALUE, not
+    a BAD_TYPE, for the forwarder)."""
 
 
 def _show(value: object) -> str:

@@ -39,7 +39,7 @@ from connector.forward.errors import (
     UNKNOWN_KIND,
     MalformedEvent,
 )
-from connector.timeutil import parse_timestamp
+from connector.timeutil import TimestampOutOfRange, parse_timestamp
 
 EventKind = Literal["response", "faulty"]
 KINDS: tuple[str, ...] = ("response", "faulty")
@@ -187,7 +187,10 @@ class _OutOfRange(Exception):
 
 
 def _parse_utc(value: str | int | float) -> datetime:
-    when = parse_timestamp(value)
+    try:
+        when = parse_timestamp(value)
+    except TimestampOutOfRange:
+        raise _OutOfRange from None
     try:
         # In UTC now: a time-zone shift past year 1 or 9999 must fail here, on this
         # event, not later while encoding it.

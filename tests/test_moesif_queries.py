@@ -53,6 +53,31 @@ def test_by_id_query_that_found_every_id_asks_no_empty_page(sandbox):
     assert requests_of(sandbox) - before == 1  # not 2: 25 ids cannot match a 26th record
 
 
+def test_a_total_of_matches_seen_ends_paging_without_the_empty_page(sandbox):
+    c = client(sandbox)
+    before = requests_of(sandbox)
+    pages = list(c.iter_modified("users", since=None, until=None, page_size=100))
+    assert sum(len(p.hits) for p in pages) == 300 and pages[-1].exact_total
+    assert requests_of(sandbox) - before == 3
+
+
+def test_a_lower_bound_total_still_pages_to_the_empty_page(sandbox, monkeypatch):
+    """Elasticsearch's {"value": n, "relation": "gte"} is no exact count."""
+    c = client(sandbox)
+    real = c._search_post
+
+    def bounded(kind, body, params):
+        data = real(kind, body, params)
+        data["hits"]["total"] = {"value": 100, "relation": "gte"}
+        return data
+
+    monkeypatch.setattr(c, "_search_post", bounded)
+    before = requests_of(sandbox)
+    pages = list(c.iter_modified("users", since=None, until=None, page_size=100))
+    assert sum(len(p.hits) for p in pages) == 300 and not pages[-1].exact_total
+    assert requests_of(sandbox) - before == 4
+
+
 def test_by_id_query_with_missing_ids_still_pages_to_the_end(sandbox):
     c = client(sandbox)
     ids = [sandbox.dataset.company_id(i) for i in range(5)] + ["cmp_nope_1", "cmp_nope_2"]
@@ -107,8 +132,9 @@ def test_a_limited_client_never_meets_the_servers_429(sandbox):
         pages = list(c.iter_modified("users", since=None, until=None, page_size=20))
     assert sum(len(p.hits) for p in pages) == 300
     stats = moesif.stats()["counters"]
-    assert stats.get("status_429", 0) == 0 and stats["requests"] == 16
-    assert len(clock.slept) == 3  # 16 queries: 4 minutes
+    # 15 pages, no confirming empty page (hits.total says all were seen): 3 minutes
+    assert stats.get("status_429", 0) == 0 and stats["requests"] == 15
+    assert len(clock.slept) == 2
 
 
 @pytest.mark.parametrize("kind", ["users", "companies"])

@@ -117,6 +117,7 @@ MANAGEMENT_POLICY = HttpPolicy(
 class Page:
     hits: list[dict[str, Any]]
     total: int
+    exact_total: bool = False  # `total` is the exact count of matches (not a lower bound)
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -307,9 +308,17 @@ class MoesifManagementClient:
         data = self._search_post(kind, body, params) or {}
         hits = data.get("hits") or {}
         total = hits.get("total", 0)
-        if isinstance(total, dict):  # newer Elasticsearch shape {"value": n}
+        # Moesif documents `hits.total` as a plain integer; Elasticsearch's newer shape
+        # {"value": n, "relation": "eq"|"gte"} is exact only with "eq".
+        exact = isinstance(total, int) and not isinstance(total, bool)
+        if isinstance(total, dict):
+            exact = total.get("relation", "eq") == "eq"
             total = total.get("value", 0)
-        page = Page(hits=list(hits.get("hits") or []), total=int(total or 0))
+        try:
+            total = int(total or 0)
+        except (TypeError, ValueError):
+            total, exact = 0, False
+        page = Page(hits=list(hits.get("hits") or []), total=total, exact_total=exact)
         if kind in ALTERNATE_SEARCH_PATHS and "metrics/" in self.search_paths[kind]:
             for hit in page.hits:  # the records as the plain path sends them
                 source = hit.get("_source")
@@ -406,6 +415,11 @@ class MoesifManagementClient:
             yield page
             seen += len(page.hits)
             if at_most is not None and seen >= at_most:
+                return
+            # Every match seen: the empty page would only confirm it. A record written
+            # into the range behind the paging position raises `total` past what can be
+            # seen, which costs the one empty page, never a record.
+            if page.exact_total and 0 < page.total <= seen:
                 return
             sort = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
             if not sort:

@@ -429,7 +429,8 @@ class SyncRun:
             todo = [d for d in docs if (cid := _id_text(d.get("company_id"))) is not None
                     and (cid in self.loaded_companies or not self._members_carry(cid, d))]
             if todo:
-                self.process_companies(todo, cursor=None, problems=problems)
+                self._report_decode_problems("companies", todo, problems)
+                self.process_companies(todo, cursor=None)
             if self.stop_event.is_set():
                 return
         if self.companies_cursor and not self.dry_run:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from connector.errors import LeaseLost
 from connector.lease import Lease, describe_holder
@@ -199,3 +202,17 @@ def test_company_cache_round_trip_keeps_every_value(conn):
     cache.put({"c7": {"company_id": "c7", "modified_time": "2026-02-01T00:00:00Z"}})
     assert cache.get_many(["c7"])["c7"]["modified_time"] == "2026-02-01T00:00:00Z"
     assert cache.count() == len(docs)
+
+
+@settings_(max_examples=150, deadline=None)
+@given(doc=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids,
+                                                              max_size=3), max_leaves=12))
+def test_company_cache_decodes_exactly_what_it_encoded(doc):
+    """The fast path (orjson) is taken only where it reads what the standard library
+    wrote: same types, same values (NaN compared as NaN)."""
+    from connector.sync.state import _decode_doc, _encode_doc
+
+    back = _decode_doc(_encode_doc({"d": doc}))["d"]
+    assert repr(back) == repr(doc)

@@ -9,9 +9,12 @@ never ahead (records skipped).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from connector.lease import check_fence
 from connector.store import Transaction, ddl_step, migrate
@@ -181,6 +184,21 @@ def _encode_doc(doc: dict[str, Any]) -> str:
     return json.dumps(doc, ensure_ascii=True, allow_nan=True, separators=(",", ":"))
 
 
+# What orjson would read differently from the standard library (which wrote the text):
+# NaN/Infinity, integers past 64 bits (orjson makes them floats) and escaped surrogates.
+# A match only means the slower, exact parser is used (a long digit run in a string too).
+_NEEDS_STDLIB = re.compile(r"NaN|Infinity|\d{19,}|\\u[dD][89a-fA-F]")
+
+
+def _decode_doc(text: str) -> Any:
+    if _NEEDS_STDLIB.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 class CompanyCache:
     """Moesif company documents as last fetched, by id: a users page joins its companies
     from here instead of searching Moesif for them (issue 12 item 3).
@@ -218,7 +236,7 @@ class CompanyCache:
             marks = ",".join("?" * len(chunk))
             for cid, text in self.conn.execute(
                     f"SELECT id, doc FROM company_cache WHERE id IN ({marks})", tuple(chunk)):
-                found[cid] = json.loads(text)
+                found[cid] = _decode_doc(text)
         return found
 
     def count(self) -> int:

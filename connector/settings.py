@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     forward_nats_stream_max_bytes: int = Field(1 << 30, ge=1 << 20)
     forward_nats_stream_max_age_seconds: int = Field(7 * 86400, ge=60)
 
+    # --- Moesif query budget (issue 12) ---
+    # The 24-hour activity rollups (last24HourAggResults): one usermetrics query a page.
+    sync_user_metrics: bool = True
+    # Client-side limit per calendar minute, below Moesif's 500 so a sync never meets a 429.
+    moesif_queries_per_minute: int = Field(450, ge=1)
+
     @field_validator("state_url")
     @classmethod
     def _check_state_url(cls, value: str | None) -> str | None:

@@ -11,7 +11,10 @@ separate process:
   3. a naive baseline sending the same messages: page with `requests`, same mapping,
      segment-analytics-python's Client at its defaults (consumer thread), no diffing, no
      state.
-Prints users/s, messages/s and peak RSS of each, and the ratio to the baseline.
+Prints users/s, messages/s and peak RSS of each, and the ratio to the baseline, and the
+Moesif queries per 1,000 users of each connector run, counted by the sandbox (the full sync
+with the 24-hour metrics enrichment on, and again, in a fresh state home, with
+SYNC_USER_METRICS=false; `--skip-metrics-off` leaves that run out).
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]
     if proc.returncode not in (0,):
         print(f"  ! {' '.join(cmd[-3:])} exited {proc.returncode}")
     return elapsed, usage.ru_maxrss / 1024, text
+
+
+def moesif_queries(urls: dict) -> int:
+    """Management API requests the Moesif sandbox answered so far (its own counter)."""
+    stats = requests.get(urls["moesif_api_url"] + "/_sandbox/stats", timeout=10).json()
+    return int(stats.get("counters", {}).get("requests", 0))
+
+
+def per_1000(queries: int, users: int) -> str:
+    return f"{queries:,} Moesif queries, {queries * 1000 / max(users, 1):.2f} per 1,000 users"
 
 
 def segment_stats(urls: dict) -> dict:
@@ -127,6 +140,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--companies", type=int, default=10_000)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-metrics-off", action="store_true")
     args = parser.parse_args()
 
     print(f"seeding sandbox: {args.users:,} users, {args.companies:,} companies ...")
@@ -137,19 +151,33 @@ def main() -> None:
                SEGMENT_WRITE_KEY=WRITE_KEY, CONNECTOR_HOME=home, MOESIF_PAGE_SIZE="1000")
     cli = [sys.executable, "-m", "connector"]
     try:
+        q0 = moesif_queries(urls)
         secs, rss, _ = timed_child(cli + ["sync", "--full", "--no-progress"], env)
+        queries = moesif_queries(urls) - q0
         stats = segment_stats(urls)
         ours = args.users / secs
         print(f"  connector delivered {stats.get('received_count', 0):,} messages "
               f"({stats.get('unique_message_ids', stats.get('received_count', 0)):,} unique)")
         print(f"connector full sync : {secs:7.2f} s  {ours:9,.0f} users/s  "
               f"{stats.get('received_count', 0) / secs:9,.0f} messages/s  peak RSS {rss:6.1f} MB")
+        print(f"  metrics on : {per_1000(queries, args.users)}")
         reset_segment(urls)
+        q0 = moesif_queries(urls)
         secs2, rss2, _ = timed_child(cli + ["sync", "--no-progress"], env)
+        queries2 = moesif_queries(urls) - q0
         stats2 = segment_stats(urls)
         print(f"no-change re-run    : {secs2:7.2f} s  sent {stats2.get('received_count', 0)} "
               f"messages  peak RSS {rss2:6.1f} MB  ({secs / max(secs2, 1e-9):.0f}x faster "
-              "than the full run)")
+              f"than the full run), {queries2:,} Moesif queries")
+        if not args.skip_metrics_off:
+            reset_segment(urls)
+            env_off = dict(env, CONNECTOR_HOME=tempfile.mkdtemp(prefix="bench-sync-off-"),
+                           SYNC_USER_METRICS="false")
+            q0 = moesif_queries(urls)
+            secs4, _, _ = timed_child(cli + ["sync", "--full", "--no-progress"], env_off)
+            queries4 = moesif_queries(urls) - q0
+            print(f"full sync, metrics off: {secs4:7.2f} s  {args.users / secs4:9,.0f} users/s")
+            print(f"  metrics off: {per_1000(queries4, args.users)}")
         if not args.skip_baseline:
             reset_segment(urls)
             secs3, rss3, out = timed_child([sys.executable, __file__, "--baseline-worker"], env)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from connector.errors import LeaseLost
 from connector.lease import Lease, describe_holder
@@ -176,3 +179,40 @@ def test_alerts_and_schema_inventory_on_both_backends(conn):
     schema_drift.save(conn, inventory, "r2")  # the upsert path
     earlier = schema_drift._earlier(conn)
     assert "users" in earlier and earlier["users"]
+
+
+def test_company_cache_round_trip_keeps_every_value(conn):
+    """Issue 12 item 3: companies kept between runs, exactly as fetched (NaN, big
+    integers, lone surrogates and non-ASCII text survive), replaced by a newer fetch."""
+    from connector.sync.state import CompanyCache
+
+    cache = CompanyCache(conn)
+    CompanyCache(conn)  # a second start migrates nothing twice
+    docs = {f"c{i}": {"company_id": f"c{i}", "modified_time": f"2026-01-01T00:00:{i % 60:02d}Z",
+                      "metadata": {"name": f"株式会社 {i}"}} for i in range(1200)}
+    docs["odd"] = {"company_id": "odd", "modified_time": 5, "n": float("nan"),
+                   "big": 10**40, "s": "\ud800x", "deep": [{"a": [1.5, None, True]}]}
+    cache.put(docs)
+    got = cache.get_many(list(docs) + ["nobody"])
+    assert set(got) == set(docs)
+    assert got["c7"] == docs["c7"]
+    odd = got["odd"]
+    assert odd["n"] != odd["n"] and odd["big"] == 10**40 and odd["s"] == "\ud800x"
+    assert odd["deep"] == docs["odd"]["deep"]
+    cache.put({"c7": {"company_id": "c7", "modified_time": "2026-02-01T00:00:00Z"}})
+    assert cache.get_many(["c7"])["c7"]["modified_time"] == "2026-02-01T00:00:00Z"
+    assert cache.count() == len(docs)
+
+
+@settings_(max_examples=150, deadline=None)
+@given(doc=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids,
+                                                              max_size=3), max_leaves=12))
+def test_company_cache_decodes_exactly_what_it_encoded(doc):
+    """The fast path (orjson) is taken only where it reads what the standard library
+    wrote: same types, same values (NaN compared as NaN)."""
+    from connector.sync.state import _decode_doc, _encode_doc
+
+    back = _decode_doc(_encode_doc({"d": doc}))["d"]
+    assert repr(back) == repr(doc)

@@ -40,6 +40,16 @@ SEARCH_PATHS = {
     "companies": "/v1/search/~/search/companies",
     "usermetrics": "/v1/search/~/search/usermetrics/users",
 }
+# Issue 12 item 4: Moesif's API reference lists the metrics search paths, its own apps call
+# the plain ones. The default (plain) is tried first; on a 404 the other one, and only when
+# both answer 404 is MOESIF_API_URL called wrong. The metrics paths need a time window
+# (for the metrics they add; the records found are the same).
+ALTERNATE_SEARCH_PATHS = {
+    "users": "/v1/search/~/search/usermetrics/users",
+    "companies": "/v1/search/~/search/companymetrics/companies",
+}
+METRICS_WINDOW = {"from": "-24h", "to": "now"}
+DEFAULT_QUERIES_PER_MINUTE = 450
 ID_FIELDS = {"users": "user_id", "companies": "company_id"}
 MAX_RETRY_AFTER = RETRY_AFTER_CAP
 SINGLE_RECORD_PATHS = ("/v1/search/~/users/", "/v1/search/~/companies/")
@@ -107,6 +117,7 @@ MANAGEMENT_POLICY = HttpPolicy(
 class Page:
     hits: list[dict[str, Any]]
     total: int
+    exact_total: bool = False  # `total` is the exact count of matches (not a lower bound)
 
     @property
     def sources(self) -> list[dict[str, Any]]:
@@ -164,6 +175,36 @@ class StopPolicy:
         return state.attempt_number >= self.max_retries + 1
 
 
+class QueryLimiter:
+    """At most `per_minute` requests per calendar minute (Moesif's fixed window, which
+    resets at the minute boundary): the request that would exceed it waits for the next
+    minute. Kept below Moesif's 500 so a sync alone never meets a 429 (other clients
+    sharing the key may still cause one: that stays retried)."""
+
+    def __init__(self, per_minute: int = DEFAULT_QUERIES_PER_MINUTE,
+                 clock: Any = time.time, sleep: Any = time.sleep) -> None:
+        self.per_minute = max(1, per_minute)
+        self.clock, self.sleep = clock, sleep
+        self._window = -1
+        self._count = 0
+        self.waited = 0.0  # seconds spent waiting for a window, for the report
+
+    def acquire(self) -> None:
+        while True:
+            now = self.clock()
+            window = int(now // 60)
+            if window != self._window:
+                self._window, self._count = window, 0
+            if self._count < self.per_minute:
+                self._count += 1
+                return
+            pause = seconds_to_next_minute(now) + 0.01
+            log.info("Moesif query budget of %d per minute used; waiting %.1f s for the "
+                     "next minute", self.per_minute, pause)
+            self.waited += pause
+            self.sleep(pause)
+
+
 def _derived_sort(hit: dict[str, Any], id_field: str) -> list[Any] | None:
     """The sort values of a hit whose server left `sort` out: [epoch ms, id]."""
     source = hit.get("_source") or {}
@@ -185,8 +226,12 @@ class MoesifManagementClient:
         max_retries: int = 8,
         backoff: BackoffPolicy | None = None,
         session: requests.Session | None = None,
+        limiter: QueryLimiter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
+        # kind -> the search path answering for it (issue 12 item 4: see ALTERNATE_SEARCH_PATHS)
+        self.search_paths = dict(SEARCH_PATHS)
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff or BackoffPolicy()
@@ -213,6 +258,8 @@ class MoesifManagementClient:
         return self._request("GET", path)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self.limiter is not None:
+            self.limiter.acquire()
         self.requests_made += 1
         try:
             # No redirects: a redirect means MOESIF_API_URL is not the API base (CONFIG).
@@ -258,12 +305,65 @@ class MoesifManagementClient:
     # --- searches ----------------------------------------------------------------------
     def search(self, kind: str, body: dict[str, Any],
                params: dict[str, str] | None = None) -> Page:
-        data = self.post(SEARCH_PATHS[kind], body, params) or {}
+        data = self._search_post(kind, body, params) or {}
         hits = data.get("hits") or {}
         total = hits.get("total", 0)
-        if isinstance(total, dict):  # newer Elasticsearch shape {"value": n}
+        # Moesif documents `hits.total` as a plain integer; Elasticsearch's newer shape
+        # {"value": n, "relation": "eq"|"gte"} is exact only with "eq".
+        exact = isinstance(total, int) and not isinstance(total, bool)
+        if isinstance(total, dict):
+            exact = total.get("relation", "eq") == "eq"
             total = total.get("value", 0)
-        return Page(hits=list(hits.get("hits") or []), total=int(total or 0))
+        try:
+            total = int(total or 0)
+        except (TypeError, ValueError):
+            total, exact = 0, False
+        page = Page(hits=list(hits.get("hits") or []), total=total, exact_total=exact)
+        if kind in ALTERNATE_SEARCH_PATHS and "metrics/" in self.search_paths[kind]:
+            for hit in page.hits:  # the records as the plain path sends them
+                source = hit.get("_source")
+                if isinstance(source, dict):
+                    source.pop("metrics", None)
+        return page
+
+    def _search_post(self, kind: str, body: dict[str, Any],
+                     params: dict[str, str] | None) -> Any:
+        """POST a search on the path in use for `kind`; on a 404 switch (once) to the
+        other documented path (ALTERNATE_SEARCH_PATHS) before calling it a configuration
+        error."""
+        path = self.search_paths[kind]
+        try:
+            return self.post(path, body, self._window_for(path, params))
+        except MoesifEndpointError as exc:
+            other = self._other_path(kind, path)
+            if exc.status != 404 or other is None:
+                raise
+            try:
+                data = self.post(other, body, self._window_for(other, params))
+            except MoesifEndpointError as again:
+                if again.status != 404:
+                    raise
+                raise MoesifEndpointError(
+                    f"{exc} (the other documented path, {other}, answered 404 too)",
+                    exc.status) from None
+            log.warning("Moesif answered 404 on %s; searching %s on %s from now on",
+                        path, kind, other)
+            self.search_paths[kind] = other
+            return data
+
+    @staticmethod
+    def _other_path(kind: str, path: str) -> str | None:
+        if kind not in ALTERNATE_SEARCH_PATHS:
+            return None
+        return SEARCH_PATHS[kind] if path == ALTERNATE_SEARCH_PATHS[kind] else \
+            ALTERNATE_SEARCH_PATHS[kind]
+
+    @staticmethod
+    def _window_for(path: str, params: dict[str, str] | None) -> dict[str, str] | None:
+        """The metrics paths require a time window (for the metrics only)."""
+        if params is None and "metrics/" in path:
+            return dict(METRICS_WINDOW)
+        return params
 
     def iter_modified(self, entity: str, *, since: datetime | None, until: datetime | None,
                       page_size: int) -> Iterator[Page]:
@@ -281,15 +381,24 @@ class MoesifManagementClient:
     def fetch_by_ids(self, entity: str, ids: list[str], *, field: str | None = None,
                      page_size: int = 1000) -> Iterator[Page]:
         """Every record whose `field` (default: the entity id) is one of `ids`."""
+        by_own_id = field is None or field == ID_FIELDS[entity]
         field = field or ID_FIELDS[entity]
         unique = sorted(set(ids))
         for start in range(0, len(unique), page_size):
             chunk = unique[start:start + page_size]
             query = {"bool": {"filter": [{"terms": {f"{field}.raw": chunk}}]}}
-            yield from self._iter_query(entity, query, page_size)
+            # A terms query on N distinct ids of the record's own (unique) id field cannot
+            # match more than N records: once N came back, nothing is left to page for,
+            # and the empty page that would confirm it is not asked for. Fewer than N is
+            # not proof (a server cap on `size` could shorten the page): keep paging.
+            yield from self._iter_query(entity, query, page_size,
+                                        at_most=len(chunk) if by_own_id else None)
 
-    def _iter_query(self, entity: str, query: dict[str, Any], page_size: int) -> Iterator[Page]:
-        """Keyset paging: sort on (modified_time, id), `search_after` the last hit's sort."""
+    def _iter_query(self, entity: str, query: dict[str, Any], page_size: int,
+                    at_most: int | None = None) -> Iterator[Page]:
+        """Keyset paging: sort on (modified_time, id), `search_after` the last hit's sort.
+        `at_most`: the query cannot match more records than this (paging ends there)."""
+        seen = 0
         id_field = ID_FIELDS[entity]
         body: dict[str, Any] = {
             "size": page_size,
@@ -304,6 +413,14 @@ class MoesifManagementClient:
             if not page.hits:
                 return
             yield page
+            seen += len(page.hits)
+            if at_most is not None and seen >= at_most:
+                return
+            # Every match seen: the empty page would only confirm it. A record written
+            # into the range behind the paging position raises `total` past what can be
+            # seen, which costs the one empty page, never a record.
+            if page.exact_total and 0 < page.total <= seen:
+                return
             sort = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
             if not sort:
                 raise MoesifError("Moesif returned hits without sort values; cannot page")

@@ -265,6 +265,9 @@ class MoesifManagementSandbox:
         self._window_count = 0
         self._closing = threading.Event()
         self._corrupt_marker: bytes | None = None
+        # Search paths answering 404 as if this Moesif did not have them (issue 12 item 4:
+        # the plain and the metrics search paths), e.g. {"search/users"}.
+        self.missing_paths: set[str] = set()
 
     def server(self, host: str = "127.0.0.1", port: int = 0) -> SandboxServer:
         """A (not yet started) server; use it as a context manager or call `.start()`."""
@@ -412,6 +415,12 @@ class MoesifManagementSandbox:
     def _route(self, method: str, path: str, params: dict[str, list[str]], body: Any,
                ) -> tuple[int, Any]:
         rest = path[len(SEARCH_PREFIX):] if path.startswith(SEARCH_PREFIX) else None
+        if rest in self.missing_paths:
+            return 404, {"message": f"no such endpoint: {method} {path}"}
+        if method == "POST" and rest == "search/companymetrics/companies":
+            if not params.get("from") or not params.get("to"):
+                return 400, {"message": "query parameters 'from' and 'to' are required"}
+            return 200, self._search("companies", body)
         if method == "POST" and rest == "search/users":
             return 200, self._search("users", body)
         if method == "POST" and rest == "search/companies":
@@ -503,6 +512,8 @@ class MoesifManagementSandbox:
     def _admin_fault(self, body: dict[str, Any]) -> dict[str, Any]:
         if "rate_limit_per_minute" in body:
             self.rate_limit_per_minute = body["rate_limit_per_minute"]
+        if "missing_paths" in body:  # e.g. ["search/users"]: answered 404
+            self.missing_paths = set(body["missing_paths"] or [])
         if body.get("clear"):
             self.clear_faults()
         if body.get("delay_seconds") is not None:

@@ -185,6 +185,7 @@ class SegmentSink:
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
+        self._templates: dict[tuple[str, tuple[type, ...]], dict[str, Any]] = {}
         # One Retrying for the sink's life (per-call state is thread-local): a new one per
         # batch forms a reference cycle that keeps the batch alive until a GC pass.
         self._retrying = build_retrying(wait=self.backoff,
@@ -200,7 +201,58 @@ class SegmentSink:
     # --- shaping ------------------------------------------------------------------------
     def shape(self, kind: str, body: dict[str, Any], timestamp: datetime | None,
               message_id: str) -> dict[str, Any]:
-        """The finished message as the library would send it.
+        """The finished message as the library would send it, without its per-call cost.
+
+        The library stays the authority on the envelope: it shapes one message per kind
+        (and per id type) once, and that message is the template (key order, `integrations`,
+        `anonymousId`, `context.library`). The values it would format for each message are
+        formatted here exactly as `Client._enqueue` does for the types we pass: an aware
+        `timestamp` as `isoformat(timespec="milliseconds")` (guess_timezone leaves aware
+        datetimes alone), `userId` through `stringify_id` (an int becomes text), `groupId`
+        and `messageId` as given (clean() keeps text and ints). Anything else (no
+        timestamp: the library stamps "now"; a naive one: the library guesses its zone; an
+        id of another type) goes through the library itself. `shape_with_library` is the
+        reference, and tests compare both byte for byte over the sandbox data set.
+        """
+        template = self._template(kind, body, timestamp)
+        if template is None:
+            return self.shape_with_library(kind, body, timestamp, message_id)
+        msg = dict(template)
+        msg["timestamp"] = timestamp.isoformat(timespec="milliseconds")  # type: ignore[union-attr]
+        user_id = body.get("userId")
+        msg["userId"] = user_id if type(user_id) is str else str(user_id)
+        if kind == "group":
+            msg["groupId"] = body.get("groupId")
+        msg["messageId"] = message_id
+        msg["traits"] = body.get("traits") or {}
+        library = template["context"]["library"]
+        context = body.get("context")
+        msg["context"] = {**context, "library": dict(library)} if context else \
+            {"library": dict(library)}
+        return msg
+
+    def _template(self, kind: str, body: dict[str, Any],
+                  timestamp: datetime | None) -> dict[str, Any] | None:
+        """The library's envelope for this kind and these id types (None: not a case the
+        template reproduces exactly; the library shapes that message itself)."""
+        if timestamp is None or timestamp.tzinfo is None or kind not in ("identify", "group"):
+            return None
+        types = tuple(type(body.get(k)) for k in ("userId", "groupId")[:1 + (kind == "group")])
+        if any(t not in (str, int) for t in types):
+            return None
+        if not body.get("userId"):
+            return None  # the library's `require` refuses it: let it say so
+        key = (kind, types)
+        template = self._templates.get(key)
+        if template is None:
+            sample = {"userId": types[0](1), "groupId": types[-1](1)}
+            template = self.shape_with_library(kind, sample, timestamp, "m")
+            self._templates[key] = template
+        return template
+
+    def shape_with_library(self, kind: str, body: dict[str, Any], timestamp: datetime | None,
+                           message_id: str) -> dict[str, Any]:
+        """The message as the library shapes it, call by call (the reference).
 
         The library builds and validates the envelope (type, ids, timestamp, messageId,
         context.library). Our traits and context are plain JSON values already (they come

@@ -42,7 +42,7 @@ from connector.mapping import (
     load_mappings,
     sanitise,
 )
-from connector.moesif.management import MoesifError, MoesifManagementClient
+from connector.moesif.management import MoesifError, MoesifManagementClient, QueryLimiter
 from connector.redaction import redact
 from connector.report_model import ENTITIES, Mode, RunReport, Status
 from connector.report_model import ReportBuilder as Report  # the builder SyncRun fills in
@@ -59,7 +59,7 @@ from connector.segment.sink import (
 from connector.settings import ConfigError, Settings
 from connector.store import connect_state, state_error, state_errors
 from connector.sync.prefetch import Prefetcher
-from connector.sync.state import PageCommit, SyncState
+from connector.sync.state import CompanyCache, PageCommit, SyncState
 from connector.timeutil import parse_timestamp, to_iso
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,15 @@ class SyncRun:
         self.report.coverage = Coverage(mappings.event_names)
         self.moesif = MoesifManagementClient(
             settings.moesif_api_url, settings.moesif_management_api_key,  # type: ignore[arg-type]
-            timeout=settings.moesif_timeout_seconds, max_retries=settings.moesif_max_retries)
+            timeout=settings.moesif_timeout_seconds, max_retries=settings.moesif_max_retries,
+            limiter=QueryLimiter(settings.moesif_queries_per_minute))
+        # Issue 12 item 3: companies come first, into the state store; users pages join
+        # their companies from there (see load_companies and resolve_companies).
+        self.company_cache = CompanyCache(conn)
+        self.loaded_companies: set[str] = set()  # changed since the cursor, this run
+        self.companies_cursor: str | None = None  # where the companies pass ended
+        self.idless_companies: list[dict[str, Any]] = []  # reported by resolve_companies
+        self.absent_companies: set[str] = set()  # ids Moesif did not find this run
         self.sink = SegmentSink(
             settings.segment_write_key, settings.segment_host,  # type: ignore[arg-type]
             batch_messages=settings.segment_batch_messages,
@@ -279,13 +287,22 @@ class SyncRun:
     def run(self) -> SyncOutcome:
         started = self.report.started
         try:
-            for entity in ENTITIES:
+            # Companies first (kept in the state store), then users joining them from
+            # there, then the companies again by id to settle their hashes and re-send
+            # members that carried an older version (ENTITIES keeps the report's order).
+            steps: list[tuple[str, Callable[[], None]]] = [
+                ("companies", lambda: self.load_companies(until=started)),
+                ("users", lambda: self.sync_entity("users", until=started)),
+                ("companies", self.resolve_companies),
+            ]
+            for entity, step in steps:
                 if self.stop_event.is_set():
                     break
-                self.sync_entity(entity, until=started)
+                step()
                 self.flush_pending()
-                self.retry_failures(entity)
-                self.flush_pending()
+                if step is not steps[0][1]:
+                    self.retry_failures(entity)
+                    self.flush_pending()
         except ConnectorError as exc:
             # Configuration (exit 2), an outage that ended the run early or a Moesif failure
             # (exit 1): what Segment confirmed is committed, the rest waits for the next run
@@ -333,6 +350,7 @@ class SyncRun:
                 self.report.phases["fetch"] += time.perf_counter() - waited
                 self.progress("total", entity=entity, total=page.total)
                 if entity == "users":
+                    self._join_companies(page)
                     self.process_users(page, cursor=page.cursor)
                 else:
                     self.process_companies(page.docs, cursor=page.cursor)
@@ -343,6 +361,86 @@ class SyncRun:
         finally:
             prefetch.close()
 
+    # --- companies first (issue 12 item 3) ------------------------------------------------
+    def load_companies(self, until: datetime) -> None:
+        """The companies changed since the cursor, into the state store: the users pass
+        joins them from there (no company search per users page). Their hashes and the
+        member re-sends are settled by resolve_companies, after the users pass."""
+        since = self._since("companies")
+        pages = self.moesif.iter_modified("companies", since=since, until=until,
+                                          page_size=self.settings.moesif_page_size)
+        for page in pages:
+            t0 = time.perf_counter()
+            self._drain_decode_problems()  # reported when resolve_companies fetches again
+            docs: dict[str, dict[str, Any]] = {}
+            for doc in page.sources:
+                cid = _id_text(doc.get("company_id"))
+                if cid is None:
+                    self.idless_companies.append(doc)
+                else:
+                    docs[cid] = doc
+            self.company_cache.put(docs)
+            self.loaded_companies.update(docs)
+            self.companies_cursor = self._page_cursor(page.sources) or self.companies_cursor
+            self.report.phases["fetch"] += time.perf_counter() - t0
+            self.progress("total", entity="companies", total=page.total)
+            if self.stop_event.is_set():
+                return
+
+    def _join_companies(self, joined: Joined) -> None:
+        """A users page's companies, from the state store; by id from Moesif only the
+        ones it does not hold (then kept too)."""
+        wanted = {cid for d in joined.docs if (cid := _id_text(d.get("company_id")))
+                  and cid not in joined.companies}
+        if not wanted:
+            return
+        t0 = time.perf_counter()
+        found = self.company_cache.get_many(sorted(wanted))
+        missing = sorted(wanted - found.keys() - self.absent_companies)
+        if missing:
+            fetched: dict[str, dict[str, Any]] = {}
+            for page in self.moesif.fetch_by_ids("companies", missing,
+                                                 page_size=self.settings.moesif_page_size):
+                for doc in page.sources:
+                    if cid := _id_text(doc.get("company_id")):
+                        fetched[cid] = doc
+            self.company_cache.put(fetched)
+            self.absent_companies.update(set(missing) - fetched.keys())
+            found.update(fetched)
+            joined.problems.extend(self._drain_decode_problems())
+        joined.companies.update(found)
+        if self.all_users_pass:
+            for cid, doc in found.items():
+                self.joined_companies[cid] = doc.get("modified_time")
+        self.report.phases["fetch"] += time.perf_counter() - t0
+
+    def resolve_companies(self) -> None:
+        """The changed companies and those this run's users joined, fetched again by id:
+        hashes are stored for the version fetched now, and members that carried another
+        version (a company written during the run, or kept from an earlier run and
+        changed with a modified_time in the past) are re-sent with it. A joined company
+        whose members all carry exactly the version fetched now needs nothing."""
+        if self.idless_companies:  # reported as invalid; they cannot be fetched by id
+            self.process_companies(self.idless_companies, cursor=None)
+            self.idless_companies = []
+        ids = sorted(self.loaded_companies | self.member_versions.keys())
+        for page in self.moesif.fetch_by_ids("companies", ids,
+                                             page_size=self.settings.moesif_page_size):
+            problems = self._drain_decode_problems()
+            docs = page.sources
+            self.company_cache.put({cid: d for d in docs
+                                    if (cid := _id_text(d.get("company_id")))})
+            todo = [d for d in docs if (cid := _id_text(d.get("company_id"))) is not None
+                    and (cid in self.loaded_companies or not self._members_carry(cid, d))]
+            if todo:
+                self._report_decode_problems("companies", todo, problems)
+                self.process_companies(todo, cursor=None)
+            if self.stop_event.is_set():
+                return
+        if self.companies_cursor and not self.dry_run:
+            self.state.commit_page(PageCommit("companies", {}, [], [],
+                                              cursor=self.companies_cursor))
+
     def _page_cursor(self, docs: list[dict[str, Any]]) -> str | None:
         for doc in reversed(docs):
             try:
@@ -352,8 +450,10 @@ class SyncRun:
         return None
 
     def _joined(self, pages: Iterator[Any]) -> Iterator[Joined]:
+        """Users pages with their metrics (in the prefetch thread); their companies are
+        joined on the run's thread, which owns the state store's connection."""
         for page in pages:
-            yield self._join(page.sources, total=page.total)
+            yield self._join(page.sources, total=page.total, companies=False)
 
     def _plain(self, pages: Iterator[Any]) -> Iterator[Joined]:
         for page in pages:
@@ -362,23 +462,13 @@ class SyncRun:
                          self._drain_decode_problems())
 
     def _join(self, docs: list[dict[str, Any]], total: int = 0,
-              known: dict[str, dict[str, Any]] | None = None) -> Joined:
-        """Fetch the page's companies (one search) and 24-hour metrics (one search)."""
-        companies = dict(known or {})
-        wanted = {cid for d in docs if (cid := _id_text(d.get("company_id")))
-                  and cid not in companies}
-        if wanted:
-            for page in self.moesif.fetch_by_ids("companies", sorted(wanted),
-                                                 page_size=self.settings.moesif_page_size):
-                for doc in page.sources:
-                    cid = _id_text(doc.get("company_id"))
-                    if cid:
-                        companies[cid] = doc
-                        if self.all_users_pass:
-                            self.joined_companies[cid] = doc.get("modified_time")
+              known: dict[str, dict[str, Any]] | None = None,
+              companies: bool = True) -> Joined:
+        """The page's 24-hour metrics (one search, unless SYNC_USER_METRICS is off) and,
+        with `companies`, its companies (`known`, then the state store, then Moesif)."""
         user_ids = [uid for d in docs if (uid := _id_text(d.get("user_id")))]
         metrics: dict[str, dict[str, Any]] = {}
-        if not self.metrics_unavailable:
+        if not self.metrics_unavailable and self.settings.sync_user_metrics:
             try:
                 metrics = self.moesif.user_metrics(user_ids)
             except MoesifError as exc:  # optional enrichment: never the reason a run fails
@@ -386,8 +476,11 @@ class SyncRun:
                 self.report.issue("users", None, "METRICS_UNAVAILABLE",
                                   f"24-hour metrics search failed, sending without "
                                   f"last24HourAggResults for the rest of the run: {exc}")
-        return Joined(docs, companies, metrics, self._page_cursor(docs), total,
-                      self._drain_decode_problems())
+        joined = Joined(docs, dict(known or {}), metrics, self._page_cursor(docs), total,
+                        self._drain_decode_problems())
+        if companies:
+            self._join_companies(joined)
+        return joined
 
     def _drain_decode_problems(self) -> list[str]:
         found = []

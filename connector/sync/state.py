@@ -8,9 +8,13 @@ never ahead (records skipped).
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from connector.lease import check_fence
 from connector.store import Transaction, ddl_step, migrate
@@ -160,3 +164,80 @@ class SyncState:
         with Transaction(self.conn) as conn:
             for table in ("sync_cursor", "record_hash", "failed_record"):
                 conn.execute(f"DELETE FROM {table}")
+
+
+# --- issue 12 item 3: companies kept between runs ----------------------------------------------
+COMPANY_CACHE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS company_cache (
+        id TEXT PRIMARY KEY,
+        version TEXT,
+        doc TEXT NOT NULL,
+        fetched_at TEXT NOT NULL) WITHOUT ROWID""",
+)
+COMPANY_CACHE_MIGRATIONS = (ddl_step(*COMPANY_CACHE_SCHEMA),)
+
+
+def _encode_doc(doc: dict[str, Any]) -> str:
+    """The standard library's JSON, because it gives back exactly what it was given:
+    NaN and infinities, integers of any size and lone surrogates all survive the round
+    trip (orjson writes NaN as null and refuses the other two)."""
+    return json.dumps(doc, ensure_ascii=True, allow_nan=True, separators=(",", ":"))
+
+
+# What orjson would read differently from the standard library (which wrote the text):
+# NaN/Infinity, integers past 64 bits (orjson makes them floats) and escaped surrogates.
+# A match only means the slower, exact parser is used (a long digit run in a string too).
+_NEEDS_STDLIB = re.compile(r"NaN|Infinity|\d{19,}|\\u[dD][89a-fA-F]")
+
+
+def _decode_doc(text: str) -> Any:
+    if _NEEDS_STDLIB.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+class CompanyCache:
+    """Moesif company documents as last fetched, by id: a users page joins its companies
+    from here instead of searching Moesif for them (issue 12 item 3).
+
+    The documents themselves are kept, not their mapped form: mapping them again costs
+    little next to a query and stays right when the mapping files change. A document is
+    replaced whenever a newer fetch of it comes in (the companies pass, a by-id fetch).
+    Not delivery state: writing it moves no cursor and marks nothing delivered.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        migrate(conn, "company_cache", COMPANY_CACHE_MIGRATIONS)
+
+    def put(self, docs: dict[str, dict[str, Any]]) -> None:
+        if not docs:
+            return
+        now = utcnow().isoformat(timespec="microseconds")
+        rows = []
+        for cid, doc in docs.items():
+            version = doc.get("modified_time")
+            rows.append((cid, version if isinstance(version, str) else None,
+                         _encode_doc(doc), now))
+        with Transaction(self.conn) as conn:
+            conn.executemany(
+                "INSERT INTO company_cache (id, version, doc, fetched_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
+                "doc = excluded.doc, fetched_at = excluded.fetched_at", rows)
+
+    def get_many(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(ids)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for cid, text in self.conn.execute(
+                    f"SELECT id, doc FROM company_cache WHERE id IN ({marks})", tuple(chunk)):
+                found[cid] = _decode_doc(text)
+        return found
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM company_cache").fetchone()[0])

@@ -120,6 +120,21 @@ def test_limiter_waits_for_the_next_calendar_minute():
     assert int(clock.now // 60) == 11
 
 
+def test_a_stop_cuts_the_limiters_wait_short():
+    """SIGTERM during a wait for the next minute's budget stops at once (Interrupted),
+    instead of sleeping out the rest of the minute."""
+    import threading
+
+    from connector.errors import Interrupted
+
+    stop = threading.Event()
+    stop.set()
+    limiter = QueryLimiter(1, clock=FakeClock(600.0 + 1), stop_event=stop)
+    limiter.acquire()
+    with pytest.raises(Interrupted):
+        limiter.acquire()  # would wait ~59 s; the set stop event ends it at once
+
+
 def test_a_limited_client_never_meets_the_servers_429(sandbox):
     """Sandbox and limiter share one (fake) calendar: 5 queries a minute each."""
     clock = FakeClock(1_000_020.0)

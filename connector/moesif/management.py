@@ -9,8 +9,9 @@ or subscription is wrong and retrying cannot help.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from connector.errors import (
     ConnectorError,
     DestinationUnavailable,
     EndpointError,
+    Interrupted,
     RefusedError,
     RetryableError,
 )
@@ -175,6 +177,17 @@ class StopPolicy:
         return state.attempt_number >= self.max_retries + 1
 
 
+def interruptible_sleep(stop_event: threading.Event | None) -> Callable[[float], None]:
+    """A wait (rate budget, backoff) that a stop request cuts short with `Interrupted`."""
+    def sleep(seconds: float) -> None:
+        if stop_event is None:
+            time.sleep(seconds)
+        elif stop_event.wait(seconds):
+            raise Interrupted("stopped while waiting for Moesif")
+
+    return sleep
+
+
 class QueryLimiter:
     """At most `per_minute` requests per calendar minute (Moesif's fixed window, which
     resets at the minute boundary): the request that would exceed it waits for the next
@@ -182,9 +195,12 @@ class QueryLimiter:
     sharing the key may still cause one: that stays retried)."""
 
     def __init__(self, per_minute: int = DEFAULT_QUERIES_PER_MINUTE,
-                 clock: Any = time.time, sleep: Any = time.sleep) -> None:
+                 clock: Any = time.time, sleep: Any = None,
+                 stop_event: threading.Event | None = None) -> None:
         self.per_minute = max(1, per_minute)
-        self.clock, self.sleep = clock, sleep
+        self.clock = clock
+        # A SIGTERM must not wait out the rest of the minute: the wait is cut short.
+        self.sleep = sleep or interruptible_sleep(stop_event)
         self._window = -1
         self._count = 0
         self.waited = 0.0  # seconds spent waiting for a window, for the report
@@ -227,6 +243,7 @@ class MoesifManagementClient:
         backoff: BackoffPolicy | None = None,
         session: requests.Session | None = None,
         limiter: QueryLimiter | None = None,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
@@ -247,7 +264,8 @@ class MoesifManagementClient:
         # one per call forms a reference cycle holding the response until the cyclic
         # GC runs, which the sync job deliberately runs rarely.
         self._retrying = build_retrying(wait=self.backoff, stop=StopPolicy(max_retries),
-                                        before_sleep=self._count_retry, api="moesif")
+                                        before_sleep=self._count_retry, api="moesif",
+                                        sleep=interruptible_sleep(stop_event))
         self._secrets = [api_key.get_secret_value()]
 
     # --- low level -------------------------------------------------------------------

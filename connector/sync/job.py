@@ -28,6 +28,7 @@ from connector.errors import (
     ConnectorError,
     DestinationUnavailable,
     ExitCode,
+    Interrupted,
     IssueCode,
     exit_code_for,
 )
@@ -233,7 +234,9 @@ class SyncRun:
         self.moesif = MoesifManagementClient(
             settings.moesif_api_url, settings.moesif_management_api_key,  # type: ignore[arg-type]
             timeout=settings.moesif_timeout_seconds, max_retries=settings.moesif_max_retries,
-            limiter=QueryLimiter(settings.moesif_queries_per_minute))
+            limiter=QueryLimiter(settings.moesif_queries_per_minute,
+                                 stop_event=self.stop_event),
+            stop_event=self.stop_event)
         # Issue 12 item 3: companies come first, into the state store; users pages join
         # their companies from there (see load_companies and resolve_companies).
         self.company_cache = CompanyCache(conn)
@@ -303,6 +306,9 @@ class SyncRun:
                 if step is not steps[0][1]:
                     self.retry_failures(entity)
                     self.flush_pending()
+        except Interrupted:
+            # A stop cut a wait short: commit what was confirmed, end as a stopped run.
+            self._commit_in_flight()
         except ConnectorError as exc:
             # Configuration (exit 2), an outage that ended the run early or a Moesif failure
             # (exit 1): what Segment confirmed is committed, the rest waits for the next run

@@ -588,7 +588,22 @@ def _set_path(message: dict[str, Any], path: tuple[str, ...], value: Any) -> Non
 # names and message nesting fixed at compile time. The behaviour is the rule-list
 # interpreter's, exactly (tests/test_mapping_engine_equivalence.py holds the old one).
 
-_PRESENT_TEST = "{v} is not MISSING and {v} is not None and {v} != '' and {v} != {{}} and {v} != []"
+# `_is_present`, with the plain JSON types decided by one type look-up: empty text,
+# objects and lists are absent, numbers and booleans present; anything else asks
+# `_is_present` itself.
+_ABSENT_TEST = ("raw is None or (type(raw) in EMPTYABLE and not raw) or "
+                "(type(raw) not in PLAIN and not _is_present(raw))")
+
+
+# Per type: when a value is returned unchanged by its converter (checked inline).
+_FAST_PATHS = {
+    "string": "type(raw) is str and raw.isascii()",
+    "object": "type(raw) is dict",
+    "int": "type(raw) is int and INT_MIN <= raw <= INT_MAX",
+    "float": "(type(raw) is int and INT_MIN <= raw <= INT_MAX) or "
+             "(type(raw) is float and raw - raw == 0.0)",
+    "bool": "type(raw) is bool",
+}
 
 
 class _SectionCompiler:
@@ -599,7 +614,9 @@ class _SectionCompiler:
         self.ns: dict[str, Any] = {
             "MISSING": MISSING, "ConversionProblem": ConversionProblem,
             "encodable": encodable, "_clean_free": _clean_free, "isinstance": isinstance,
-            "dict": dict, "str": str, "type": type,
+            "dict": dict, "str": str, "type": type, "_is_present": _is_present,
+            "EMPTYABLE": frozenset({str, dict, list}), "INT_MIN": INT_MIN, "INT_MAX": INT_MAX,
+            "PLAIN": frozenset({str, dict, list, int, float, bool}),
         }
         self.nodes: dict[tuple[str, ...], str] = {}  # path of a parent -> local variable
         self.head: list[str] = []
@@ -637,13 +654,14 @@ class _SectionCompiler:
         root = parts[0] if parts[0].startswith("@") else "rec"
         if root != "rec":
             parts = parts[1:]
+        # An absent key reads as None: both are "no value".
         if not parts:  # a whole joined document
             out.append(f"{ind}raw = joins.get({root!r})")
         else:
             parent = self.node((root, *parts[:-1]))
-            out.append(f"{ind}raw = {parent}.get({parts[-1]!r}, MISSING) if {parent} is not "
-                       "None else MISSING")
-        out.append(f"{ind}if not ({_PRESENT_TEST.format(v='raw')}): raw = MISSING")
+            out.append(f"{ind}raw = {parent}.get({parts[-1]!r}) if {parent} is not None "
+                       "else None")
+        out.append(f"{ind}if {_ABSENT_TEST}: raw = MISSING")
 
     def convert(self, rule: FieldRule, index: int, out: list[str], ind: str) -> None:
         """Code run when `raw` is present: sets `val`/`ch` or leaves val MISSING."""
@@ -662,8 +680,9 @@ class _SectionCompiler:
         if rule.type == "any":
             out.append(f"{ind}val, ch = raw, False")
         else:
-            if rule.type == "string":  # the common case without a call
-                out.append(f"{ind}if type(raw) is str and raw.isascii():")
+            fast = _FAST_PATHS.get(rule.type)
+            if fast:  # the common case without a call
+                out.append(f"{ind}if {fast}:")
                 out.append(f"{ind}    val, ch = raw, False")
                 out.append(f"{ind}else:")
                 inner = ind + "    "
@@ -704,11 +723,19 @@ class _SectionCompiler:
         b.append(f"    if ch: fields.append({converted})")
 
     def container(self, path: tuple[str, ...]) -> str:
-        """Code for the message's sub-object at `path`, created (in place) on first use."""
+        """A local for the message's sub-object at `path`, made sure of (created where the
+        interpreter's `setdefault` created it, so keys keep their order) by lines added to
+        the current rule's `else:` block."""
         if not path:
             return "message"
         parent = self.container(path[:-1])
-        return f"{parent}.setdefault({path[-1]!r}, {{}})"
+        name = self.containers.get(path)
+        if name is None:
+            name = self.containers[path] = f"m{len(self.containers)}"
+            self.head.append(f"{name} = None")
+        self.body.append(f"    if {name} is None: {name} = {parent}.setdefault("
+                         f"{path[-1]!r}, {{}})")
+        return name
 
     def build(self) -> Callable[..., None]:
         for index, rule in enumerate(self.mappings.sections[self.section]):

@@ -106,3 +106,76 @@ def test_poison_values_map_alike(index, field, value, company_field, company_val
     joins["@metrics"] = metrics
     same("identify", doc, joins, {}, {})
     same("identify", doc, joins)
+
+
+# --- the forward path: Moesif events of the old and new event mappers ----------------------
+FORWARD_EVENTS = 2_500
+
+
+def forward_mappers(send_headers: bool, mask: Any) -> tuple[Any, Any]:
+    from connector.forward.moesif_event import EventMapper
+    from tests.legacy_moesif_event import EventMapper as OldEventMapper
+
+    secret = b"s" * 32
+    return (OldEventMapper(send_headers, mask, {"UNKNOWN"}, transaction_secret=secret),
+            EventMapper(send_headers, mask, {"UNKNOWN"}, transaction_secret=secret))
+
+
+def parse(line: str) -> Any:
+    from connector.forward.errors import MalformedEvent
+    from connector.forward.logline import parse_metrics_line
+    try:
+        return parse_metrics_line(line)
+    except MalformedEvent:  # a broken line: no event to map
+        return None
+
+
+def outcome(mapper: Any, raw: Any, kind: Any) -> str:
+    from connector.forward.errors import MalformedEvent
+    try:
+        return ordered(mapper.process(raw, kind))
+    except MalformedEvent as exc:
+        return f"malformed {exc.reason_code}: {exc.detail}"
+
+
+def test_every_generated_apim_event_maps_alike():
+    from connector.forward.masking import MaskConfig
+    from connector.sandbox.apim_log import LogGenerator
+
+    masks = [MaskConfig(), MaskConfig(rules={"userName": "EMAIL", "userIp": "IPV4",
+                                             "applicationOwner": "STRING"},
+                                      request_headers=["Authorization"])]
+    pairs = [forward_mappers(headers, mask) for headers in (False, True) for mask in masks]
+    seen = 0
+    for line in LogGenerator(seed=11, headers_ratio=0.5).lines(FORWARD_EVENTS):
+        parsed = parse(line)
+        if parsed is None:
+            continue
+        kind, raw = parsed
+        for old, new in pairs:
+            expected = outcome(old, raw, kind)
+            assert outcome(new, raw, kind) == expected
+        seen += 1
+    assert seen > FORWARD_EVENTS * 0.8
+
+
+EVENT_FIELDS = ["apiContext", "apiResourceTemplate", "apiMethod", "proxyResponseCode",
+                "targetResponseCode", "responseLatency", "userName", "applicationId",
+                "correlationId", "userIp", "userAgent", "requestTimestamp", "gatewayUrl",
+                "properties", "apiName", "apiVersion", "responseContentType"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(index=st.integers(0, 300), field=st.sampled_from(EVENT_FIELDS), value=POISON)
+def test_poison_apim_values_map_alike(index, field, value):
+    from connector.forward.masking import MaskConfig
+    from connector.sandbox.apim_log import LogGenerator
+
+    line = next(LogGenerator(seed=5).lines(1, start=index))
+    parsed = parse(line)
+    if parsed is None:
+        return
+    kind, raw = parsed
+    raw = {**raw, field: value}
+    old, new = forward_mappers(True, MaskConfig(rules={"userName": "EMAIL"}))
+    assert outcome(new, raw, kind) == outcome(old, raw, kind)

@@ -20,6 +20,11 @@ document (`@company.metadata.name`, `@metrics`), or a computed source:
 `{seconds_between = ["first_seen_time", "created"]}`.
 
 Missing values are omitted, never invented and never sent as null.
+
+Each section is compiled once, when the MappingSet is built, into one generated Python
+function per coverage prefix (see `_SectionCompiler`): the rule list is not interpreted per
+record. tests/test_mapping_engine_equivalence.py checks it against the interpreter it
+replaced (tests/legacy_mapping.py), record by record.
 """
 
 from __future__ import annotations

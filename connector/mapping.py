@@ -459,8 +459,8 @@ class MappingSet:
         self.event_names: list[tuple[str, int]] = []
         self._event_ids: dict[tuple[str, int], int] = {}
         self._functions: dict[tuple[str, str], Callable[..., None]] = {}
-        for section in sections:  # compiled once, at load
-            self._compiled(section, section)
+        for section in sections:  # compiled once, at load (sub-mappings too)
+            self._compile_tree(section, section)
 
     def event_id(self, key: str, slot: int) -> int:
         """A small int for (coverage key, slot), assigned on first use."""
@@ -497,6 +497,12 @@ class MappingSet:
         out = Applied({}, [], [], [])
         self._compiled(section, prefix or section)(record, joins, out, out.message, cache)
         return out
+
+    def _compile_tree(self, section: str, prefix: str) -> None:
+        self._compiled(section, prefix)
+        for rule in self.sections.get(section, []):  # no cycles: checked before
+            if rule.submapping:
+                self._compile_tree(rule.submapping, f"{prefix}.{rule.target}")
 
     def _compiled(self, section: str, prefix: str) -> Callable[..., None]:
         """The section's compiled function for this coverage prefix (built on first use)."""

@@ -505,7 +505,12 @@ class EventMapper:
         """Validate, strip the tenant suffix, mask and map one raw event map.
         Raises MalformedEvent for an invalid event."""
         kind, data, when = _validate(raw, kind)
-        return self._build(data, kind, when if self.mapping.time_is_request_timestamp else None)
+        if not self.mapping.time_is_request_timestamp:
+            return self._build(data, kind, None)
+        text = data.get("requestTimestamp")
+        # Already in the sent form (what WSO2 writes): the text is its own ISO rendering.
+        same = text if type(text) is str and _CANONICAL_TIME.fullmatch(text) else None
+        return self._build(data, kind, when, time_text=same)
 
     def to_moesif(
         self,
@@ -544,6 +549,7 @@ class EventMapper:
         when: datetime | None,
         *,
         already_masked: bool = False,
+        time_text: str | None = None,
     ) -> dict[str, Any]:
         plain = self._strip_suffix(data)
         if when is None:
@@ -554,7 +560,7 @@ class EventMapper:
         masked = plain if already_masked else self._masker.apply(plain)
 
         request: dict[str, Any] = {
-            "time": _iso(when),
+            "time": time_text or _iso(when),
             "uri": self._required(self._uri, masked, "request.uri"),
             "verb": self._required(self._verb, masked, "request.verb"),
             "headers": self._headers(
@@ -730,6 +736,10 @@ def uuid5(name: str) -> str:
 
 def _uuid_text(x: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+# `_iso`'s own output shape: a request time written so needs no formatting.
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 @lru_cache(maxsize=4096)

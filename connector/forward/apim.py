@@ -39,7 +39,7 @@ from connector.forward.errors import (
     UNKNOWN_KIND,
     MalformedEvent,
 )
-from connector.timeutil import parse_timestamp
+from connector import timeutil
 
 EventKind = Literal["response", "faulty"]
 KINDS: tuple[str, ...] = ("response", "faulty")
@@ -188,7 +188,12 @@ class _OutOfRange(Exception):
 
 
 def _parse_utc(value: str | int | float) -> datetime:
-    when = parse_timestamp(value)
+    try:
+        # timeutil's parser before its UTC step: parse_timestamp reports a shift out of
+        # range as "not a timestamp", and here it is a value out of range (BAD_VALUE).
+        when = timeutil._parse(value)  # noqa: SLF001
+    except (OverflowError, OSError, TypeError, ArithmeticError):
+        raise ValueError(_TIME_PROBLEM) from None
     try:
         # In UTC now: a time-zone shift past year 1 or 9999 must fail here, on this
         # event, not later while encoding it.

@@ -20,6 +20,11 @@ document (`@company.metadata.name`, `@metrics`), or a computed source:
 `{seconds_between = ["first_seen_time", "created"]}`.
 
 Missing values are omitted, never invented and never sent as null.
+
+Each section is compiled once, when the MappingSet is built, into one generated Python
+function per coverage prefix (see `_SectionCompiler`): the rule list is not interpreted per
+record. tests/test_mapping_engine_equivalence.py checks it against the interpreter it
+replaced (tests/legacy_mapping.py), record by record.
 """
 
 from __future__ import annotations
@@ -453,6 +458,9 @@ class MappingSet:
         self.files = files
         self.event_names: list[tuple[str, int]] = []
         self._event_ids: dict[tuple[str, int], int] = {}
+        self._functions: dict[tuple[str, str], Callable[..., None]] = {}
+        for section in sections:  # compiled once, at load (sub-mappings too)
+            self._compile_tree(section, section)
 
     def event_id(self, key: str, slot: int) -> int:
         """A small int for (coverage key, slot), assigned on first use."""
@@ -486,16 +494,29 @@ class MappingSet:
         results per source object, so a company shared by many users is mapped once; its
         problems are then reported once, not once per user.
         """
-        prefix = prefix or section
         out = Applied({}, [], [], [])
-        self._apply_into(section, record, joins, prefix, out, out.message, cache)
+        self._compiled(section, prefix or section)(record, joins, out, out.message, cache)
         return out
+
+    def _compile_tree(self, section: str, prefix: str) -> None:
+        self._compiled(section, prefix)
+        for rule in self.sections.get(section, []):  # no cycles: checked before
+            if rule.submapping:
+                self._compile_tree(rule.submapping, f"{prefix}.{rule.target}")
+
+    def _compiled(self, section: str, prefix: str) -> Callable[..., None]:
+        """The section's compiled function for this coverage prefix (built on first use)."""
+        fn = self._functions.get((section, prefix))
+        if fn is None:
+            fn = self._functions[(section, prefix)] = _compile_section(self, section, prefix)
+        return fn
 
     def _apply_sub(self, rule: FieldRule, raw: dict[str, Any], joins: dict[str, Any],
                    key: str, out: Applied, cache: dict[Any, Any] | None) -> dict[str, Any]:
+        sub = self._compiled(rule.submapping, key)  # type: ignore[arg-type]
         if cache is None:
             part = Applied({}, [], out.missing_required, out.fields)
-            self._apply_into(rule.submapping, raw, joins, key, part, part.message, None)
+            sub(raw, joins, part, part.message, None)
             out.issues.extend((code, f"{rule.target}.{detail}") for code, detail in part.issues)
             return part.message
         identity = _identity(raw)
@@ -503,7 +524,7 @@ class MappingSet:
         hit = cache.get(cache_key)
         if hit is None:
             part = Applied({}, [], [], [])
-            self._apply_into(rule.submapping, raw, joins, key, part, part.message, None)
+            sub(raw, joins, part, part.message, None)
             # An id()-keyed entry keeps its object alive, so the id cannot be reused.
             keep = raw if isinstance(identity, int) else None
             hit = cache[cache_key] = (part.message, part.fields, keep)
@@ -514,41 +535,7 @@ class MappingSet:
     def _apply_into(self, section: str, record: dict[str, Any], joins: dict[str, Any],
                     prefix: str, out: Applied, message: dict[str, Any],
                     cache: dict[Any, Any] | None = None) -> None:
-        for rule in self.sections[section]:
-            key, present_id, missing_id, converted_id = self._rule_events(rule, prefix)
-            value, converted = MISSING, False
-            for getter in rule.sources:
-                raw = getter(record, joins)
-                if raw is MISSING:
-                    continue
-                if rule.submapping:
-                    if not isinstance(raw, dict):
-                        out.issues.append(("BAD_VALUE", f"{rule.target}: expected an object"))
-                        continue
-                    sub = self._apply_sub(rule, raw, joins, key, out, cache)
-                    value = sub if sub else MISSING
-                    break
-                try:
-                    value, converted = rule.converter(raw)
-                except ConversionProblem as problem:
-                    out.issues.append((problem.code, f"{rule.target}: {problem.detail}"))
-                    continue
-                if rule.free and not encodable(value):
-                    value, converted = _clean_free(rule.target, value, out), True
-                    if value is MISSING:
-                        continue
-                break
-            if value is MISSING and rule.default is not MISSING:
-                value, converted = rule.default, True
-            if value is MISSING:
-                out.fields.append(missing_id)
-                if rule.required:
-                    out.missing_required.append(rule.target)
-                continue
-            _set_path(message, rule.path, value)
-            out.fields.append(present_id)
-            if converted:
-                out.fields.append(converted_id)
+        self._compiled(section, prefix)(record, joins, out, message, cache)
 
     def trimmable_paths(self, section: str) -> list[tuple[str, tuple[str, ...]]]:
         """(coverage key suffix, message path) of every field that may be dropped to fit."""
@@ -602,6 +589,188 @@ def _set_path(message: dict[str, Any], path: tuple[str, ...], value: Any) -> Non
     for part in path[:-1]:
         node = node.setdefault(part, {})
     node[path[-1]] = value
+
+
+# --- the compiler -----------------------------------------------------------------------------
+# Each section is compiled, per coverage prefix, into one Python function by generating its
+# source and `compile()`-ing it: every rule becomes straight-line code with its paths
+# resolved to chained dict look-ups (shared parents looked up once per record), its
+# converter bound by name, the common text case inlined, and its coverage ids, target
+# names and message nesting fixed at compile time. The behaviour is the rule-list
+# interpreter's, exactly (tests/test_mapping_engine_equivalence.py holds the old one).
+
+# `_is_present`, with the plain JSON types decided by one type look-up: empty text,
+# objects and lists are absent, numbers and booleans present; anything else asks
+# `_is_present` itself.
+_ABSENT_TEST = ("raw is None or (type(raw) in EMPTYABLE and not raw) or "
+                "(type(raw) not in PLAIN and not _is_present(raw))")
+
+
+# Per type: when a value is returned unchanged by its converter (checked inline).
+_FAST_PATHS = {
+    "string": "type(raw) is str and raw.isascii()",
+    "object": "type(raw) is dict",
+    "int": "type(raw) is int and INT_MIN <= raw <= INT_MAX",
+    "float": "(type(raw) is int and INT_MIN <= raw <= INT_MAX) or "
+             "(type(raw) is float and raw - raw == 0.0)",
+    "bool": "type(raw) is bool",
+}
+
+
+class _SectionCompiler:
+    def __init__(self, mappings: MappingSet, section: str, prefix: str) -> None:
+        self.mappings = mappings
+        self.section = section
+        self.prefix = prefix
+        self.ns: dict[str, Any] = {
+            "MISSING": MISSING, "ConversionProblem": ConversionProblem,
+            "encodable": encodable, "_clean_free": _clean_free, "isinstance": isinstance,
+            "dict": dict, "str": str, "type": type, "_is_present": _is_present,
+            "EMPTYABLE": frozenset({str, dict, list}), "INT_MIN": INT_MIN, "INT_MAX": INT_MAX,
+            "PLAIN": frozenset({str, dict, list, int, float, bool}),
+        }
+        self.nodes: dict[tuple[str, ...], str] = {}  # path of a parent -> local variable
+        self.head: list[str] = []
+        self.body: list[str] = []
+        self.containers: dict[tuple[str, ...], str] = {}  # message sub-object -> local
+
+    def const(self, value: Any, hint: str) -> str:
+        name = f"{hint}{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def node(self, path: tuple[str, ...]) -> str:
+        """A local holding the dict at `path` (root first: 'rec' or '@join'), else None."""
+        found = self.nodes.get(path)
+        if found is not None:
+            return found
+        name = f"n{len(self.nodes)}"
+        if len(path) == 1:
+            base = "rec" if path[0] == "rec" else f"joins.get({path[0]!r})"
+            self.head.append(f"{name} = {base}")
+        else:
+            parent = self.node(path[:-1])
+            self.head.append(f"{name} = {parent}.get({path[-1]!r}) if {parent} is not None "
+                             "else None")
+        self.head.append(f"if not isinstance({name}, dict): {name} = None")
+        self.nodes[path] = name
+        return name
+
+    def source(self, spec: Any, getter: Getter, out: list[str], ind: str) -> None:
+        """Code that sets `raw` to the source's value or MISSING."""
+        if not isinstance(spec, str):
+            out.append(f"{ind}raw = {self.const(getter, 'g')}(rec, joins)")
+            return
+        parts = spec.split(".")
+        root = parts[0] if parts[0].startswith("@") else "rec"
+        if root != "rec":
+            parts = parts[1:]
+        # An absent key reads as None: both are "no value".
+        if not parts:  # a whole joined document
+            out.append(f"{ind}raw = joins.get({root!r})")
+        else:
+            parent = self.node((root, *parts[:-1]))
+            out.append(f"{ind}raw = {parent}.get({parts[-1]!r}) if {parent} is not None "
+                       "else None")
+        out.append(f"{ind}if {_ABSENT_TEST}: raw = MISSING")
+
+    def convert(self, rule: FieldRule, index: int, out: list[str], ind: str) -> None:
+        """Code run when `raw` is present: sets `val`/`ch` or leaves val MISSING."""
+        target = self.const(rule.target, "t")
+        if rule.submapping:
+            out.append(f"{ind}if not isinstance(raw, dict):")
+            out.append(f"{ind}    issues.append(('BAD_VALUE', {target} + ': expected an "
+                       "object'))")
+            out.append(f"{ind}else:")
+            out.append(f"{ind}    sub = sub_{index}(raw, joins, out, cache)")
+            out.append(f"{ind}    val = sub if sub else MISSING")
+            out.append(f"{ind}    done = True")
+            return
+        conv = self.const(rule.converter, "c")
+        inner = ind
+        if rule.type == "any":
+            out.append(f"{ind}val, ch = raw, False")
+        else:
+            fast = _FAST_PATHS.get(rule.type)
+            if fast:  # the common case without a call
+                out.append(f"{ind}if {fast}:")
+                out.append(f"{ind}    val, ch = raw, False")
+                out.append(f"{ind}else:")
+                inner = ind + "    "
+            out.append(f"{inner}try:")
+            out.append(f"{inner}    val, ch = {conv}(raw)")
+            out.append(f"{inner}except ConversionProblem as problem:")
+            out.append(f"{inner}    issues.append((problem.code, {target} + ': ' + "
+                       "problem.detail))")
+        if rule.free:
+            out.append(f"{ind}if val is not MISSING and not encodable(val):")
+            out.append(f"{ind}    val, ch = _clean_free({target}, val, out), True")
+
+    def rule(self, rule: FieldRule, index: int) -> None:
+        _, present, missing, converted = self.mappings._rule_events(rule, self.prefix)
+        b = self.body
+        b.append(f"# {rule.target}")
+        b.append("val = MISSING; ch = False; done = False")
+        if rule.submapping:
+            self.ns[f"sub_{index}"] = _sub_applier(self.mappings, rule,
+                                                   f"{self.prefix}.{rule.target}")
+        for number, (spec, getter) in enumerate(zip(rule.source_specs, rule.sources,
+                                                    strict=True)):
+            ind = "" if number == 0 else "    "
+            if number:
+                b.append("if val is MISSING and not done:")
+            self.source(spec, getter, b, ind)
+            b.append(f"{ind}if raw is not MISSING:")
+            self.convert(rule, index, b, ind + "    ")
+        if rule.default is not MISSING:
+            b.append(f"if val is MISSING: val, ch = {self.const(rule.default, 'd')}, True")
+        b.append("if val is MISSING:")
+        b.append(f"    fields.append({missing})")
+        if rule.required:
+            b.append(f"    out.missing_required.append({rule.target!r})")
+        b.append("else:")
+        b.append(f"    {self.container(rule.path[:-1])}[{rule.path[-1]!r}] = val")
+        b.append(f"    fields.append({present})")
+        b.append(f"    if ch: fields.append({converted})")
+
+    def container(self, path: tuple[str, ...]) -> str:
+        """A local for the message's sub-object at `path`, made sure of (created where the
+        interpreter's `setdefault` created it, so keys keep their order) by lines added to
+        the current rule's `else:` block."""
+        if not path:
+            return "message"
+        parent = self.container(path[:-1])
+        name = self.containers.get(path)
+        if name is None:
+            name = self.containers[path] = f"m{len(self.containers)}"
+            self.head.append(f"{name} = None")
+        self.body.append(f"    if {name} is None: {name} = {parent}.setdefault("
+                         f"{path[-1]!r}, {{}})")
+        return name
+
+    def build(self) -> Callable[..., None]:
+        for index, rule in enumerate(self.mappings.sections[self.section]):
+            self.rule(rule, index)
+        lines = ["def apply(rec, joins, out, message, cache):",
+                 "    issues = out.issues; fields = out.fields"]
+        lines += [f"    {line}" for line in self.head + self.body]
+        source = "\n".join(lines) + "\n"
+        code = compile(source, f"<mapping [[{self.section}]] as {self.prefix}>", "exec")
+        exec(code, self.ns)  # noqa: S102 - our own generated code, from checked rules
+        fn = self.ns["apply"]
+        fn.source = source
+        return fn
+
+
+def _sub_applier(mappings: MappingSet, rule: FieldRule, key: str) -> Callable[..., Any]:
+    def apply_sub(raw: dict[str, Any], joins: dict[str, Any], out: Applied,
+                  cache: dict[Any, Any] | None) -> dict[str, Any]:
+        return mappings._apply_sub(rule, raw, joins, key, out, cache)
+    return apply_sub
+
+
+def _compile_section(mappings: MappingSet, section: str, prefix: str) -> Callable[..., None]:
+    return _SectionCompiler(mappings, section, prefix).build()
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ LIFTED_FROM_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("aiMetadata", ("vendorName", "vendorVersion", "model")),
     ("aiTokenUsage", ("promptTokens", "completionTokens", "totalTokens", "hour")),
 )
+_LIFT_KEYS = frozenset([s for s, _ in LIFTED_FROM_PROPERTIES] + [g for g, _ in LIFTED_FROM_GROUPS])
 
 
 class _ApimEventBase(BaseModel):
@@ -213,10 +214,12 @@ def lift_properties(data: dict[str, Any]) -> dict[str, Any]:
     type only); returns `data` itself when nothing needs lifting, else a shallow copy
     (the input is never mutated)."""
     props = data.get("properties")
-    if not isinstance(props, dict) or not props:
-        return data
+    if not isinstance(props, dict) or not props or props.keys().isdisjoint(_LIFT_KEYS):
+        return data  # nothing to lift: decided in C, the common case
     out: dict[str, Any] | None = None
     for source, target in LIFTED_FROM_PROPERTIES:
+        if source not in props:
+            continue
         value = props.get(source)
         if value is not None and data.get(target) is None and _liftable(target, value):
             if out is None:
@@ -274,12 +277,7 @@ def validate_event_dict(raw: Any, kind: str | None = None) -> tuple[str, dict[st
     """
     kind = _check(raw, kind)
     data = lift_properties(raw)
-    accepted = _ACCEPTED_TYPES[kind]
-    for key, value in data.items():
-        types = accepted.get(key)
-        if types is not None and type(value) not in types:
-            break
-    else:
+    if _types_accepted(kind, data):
         try:
             return kind, data, request_time_of(data["requestTimestamp"])
         except ValueError as exc:
@@ -287,6 +285,30 @@ def validate_event_dict(raw: Any, kind: str | None = None) -> tuple[str, dict[st
             raise MalformedEvent(code, str(exc)) from None
     event = validate_event(raw, kind)
     return kind, event.to_dict(), event.request_time
+
+
+# (kind, keys, their value types) -> whether every value has its field's declared type.
+# A gateway writes the same shapes over and over: the check becomes two tuples built in C
+# and one look-up, instead of a Python loop over some 35 fields.
+_SHAPES: dict[tuple[Any, ...], bool] = {}
+_MAX_SHAPES = 4096
+
+
+def _types_accepted(kind: str, data: dict[str, Any]) -> bool:
+    shape = (kind, tuple(data), tuple(map(type, data.values())))
+    known = _SHAPES.get(shape)
+    if known is None:
+        accepted = _ACCEPTED_TYPES[kind]
+        known = True
+        for key, value in data.items():
+            types = accepted.get(key)
+            if types is not None and type(value) not in types:
+                known = False
+                break
+        if len(_SHAPES) >= _MAX_SHAPES:  # bounded: odd inputs cannot grow it
+            _SHAPES.clear()
+        _SHAPES[shape] = known
+    return known
 
 
 def _check(raw: Any, kind: str | None) -> str:

@@ -169,29 +169,38 @@ class _Rule:
 
 
 def _resolver(getters: tuple[Getter, ...], convert: Converter) -> Callable[[dict[str, Any]], Any]:
-    if len(getters) == 1:
-        (get,) = getters
+    """One generated function for the whole candidate list: field candidates become
+    inline dict look-ups, the text converter is inlined, constants are checked at load."""
+    ns: dict[str, Any] = {"_MISSING": _MISSING, "convert": convert, "type": type,
+                          "str": str, "dict": dict}
+    lines = ["def resolve(data):"]
+    for number, get in enumerate(getters):
         constant = getattr(get, "constant", _MISSING)
         if constant is not _MISSING:
             value = convert(constant)  # checked at load: never _MISSING here
-            return lambda _data: value
-
-        def resolve_one(data: dict[str, Any]) -> Any:
-            value = get(data)
-            return value if value is _MISSING else convert(value)
-
-        return resolve_one
-
-    def resolve(data: dict[str, Any]) -> Any:
-        for get in getters:
-            value = get(data)
-            if value is not _MISSING:
-                value = convert(value)
-                if value is not _MISSING:
-                    return value
-        return _MISSING
-
-    return resolve
+            ns[f"k{number}"] = value
+            lines.append(f"    return k{number}")
+            break  # a constant always answers: later candidates are never reached
+        path = getattr(get, "path", None)
+        if path is None:  # a template: its own closure builds the text
+            ns[f"g{number}"] = get
+            lines.append(f"    v = g{number}(data)")
+        else:
+            ns[f"u{number}"] = get.unknown  # type: ignore[attr-defined]
+            lines.append("    v = data")
+            for part in path:
+                lines.append(f"    v = v.get({part!r}) if type(v) is dict else None")
+            lines.append(f"    if v is None or (type(v) is str and v in u{number}): "
+                         "v = _MISSING")
+        lines.append("    if v is not _MISSING:")
+        if convert is _to_text:
+            lines.append("        if type(v) is str: return v")
+        lines.append("        v = convert(v)")
+        lines.append("        if v is not _MISSING: return v")
+    else:
+        lines.append("    return _MISSING")
+    exec(compile("\n".join(lines) + "\n", "<event mapping rule>", "exec"), ns)  # noqa: S102
+    return ns["resolve"]
 
 
 _NO_RULE = _Rule((), _to_text)
@@ -420,6 +429,7 @@ def _field(path: tuple[str, ...], unknown: frozenset[str]) -> Getter:
             return value
 
     get.path = path  # type: ignore[attr-defined]
+    get.unknown = unknown  # type: ignore[attr-defined]
     return get
 
 
@@ -495,7 +505,12 @@ class EventMapper:
         """Validate, strip the tenant suffix, mask and map one raw event map.
         Raises MalformedEvent for an invalid event."""
         kind, data, when = _validate(raw, kind)
-        return self._build(data, kind, when if self.mapping.time_is_request_timestamp else None)
+        if not self.mapping.time_is_request_timestamp:
+            return self._build(data, kind, None)
+        text = data.get("requestTimestamp")
+        # Already in the sent form (what WSO2 writes): the text is its own ISO rendering.
+        same = text if type(text) is str and _CANONICAL_TIME.fullmatch(text) else None
+        return self._build(data, kind, when, time_text=same)
 
     def to_moesif(
         self,
@@ -534,6 +549,7 @@ class EventMapper:
         when: datetime | None,
         *,
         already_masked: bool = False,
+        time_text: str | None = None,
     ) -> dict[str, Any]:
         plain = self._strip_suffix(data)
         if when is None:
@@ -544,7 +560,7 @@ class EventMapper:
         masked = plain if already_masked else self._masker.apply(plain)
 
         request: dict[str, Any] = {
-            "time": _iso(when),
+            "time": time_text or _iso(when),
             "uri": self._required(self._uri, masked, "request.uri"),
             "verb": self._required(self._verb, masked, "request.verb"),
             "headers": self._headers(
@@ -720,6 +736,10 @@ def uuid5(name: str) -> str:
 
 def _uuid_text(x: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+# `_iso`'s own output shape: a request time written so needs no formatting.
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 
 
 @lru_cache(maxsize=4096)

@@ -17,18 +17,17 @@ import psycopg
 import pytest
 
 from connector.sandbox.dataset import HUGE_NAME_INDEX
-from connector.sandbox.serve import start_sync_sandbox
 from connector.sync.job import run_sync
 from tests.backends import free_port, pg_url  # noqa: F401  (fixture)
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.helpers import sync_sandbox
 
 USERS, COMPANIES = 600, 40
 
 
 @pytest.fixture
 def sandbox():
-    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY) as sb:
+    with sync_sandbox(USERS, COMPANIES) as sb:
         yield sb
 
 

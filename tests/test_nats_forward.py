@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
+from connector.forward.config import resolve_config
+from connector.forward.encoder import EncoderSpec
 from connector.forward.nats_bridge import run_nats
-from connector.forward.pipeline import EncoderSpec, process_lines, resolve_config
+from connector.forward.parse import process_lines
 from connector.forward.spool import Spool
 from connector.sandbox.apim_log import LogGenerator
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
-from connector.store import connect
+from connector.state.store import connect
 from tests.backends import free_port, nats_or_skip, unavailable
 from tests.conftest import APP_ID
 

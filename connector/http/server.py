@@ -1,7 +1,7 @@
 """A small threaded HTTP/1.1 server: the base of every HTTP endpoint the connector serves.
 
 Production uses it for the forwarder's HTTP ingest (`forward/sources.py`) and the
-`/metrics` endpoint (`metrics.py`); the sandbox peers in `connector/sandbox/` build on it
+`/metrics` endpoint (`ops/metrics.py`); the sandbox peers in `connector/sandbox/` build on it
 too, so the product never needs the sandbox.
 
 Keep-alive is on and Nagle's algorithm is off: with Nagle left on, `http.server` stalls

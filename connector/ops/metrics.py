@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from connector.common.timeutil import parse_timestamp
 from connector.errors import ConfigError
 from connector.http.server import BackgroundServer, JsonHandler
-from connector.report_model import ENTITIES, FINISHED, Outcome, RunReport, Status
-from connector.timeutil import parse_timestamp
+from connector.reports.model import ENTITIES, FINISHED, Outcome, RunReport, Status
 
 # `*_created` series double the output and no dashboard or alert of ours reads them.
 disable_created_metrics()

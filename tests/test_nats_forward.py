@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,18 +30,9 @@ from connector.settings import Settings
 from connector.state.store import connect
 from tests.backends import free_port, nats_or_skip, unavailable
 from tests.conftest import APP_ID
+from tests.helpers import wait_until
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        threading.Event().wait(0.05)  # poll interval of a deadline-bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def settings_for(home: Path, collector_url: str = "http://127.0.0.1:9") -> Settings:

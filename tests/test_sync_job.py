@@ -16,7 +16,7 @@ from connector.state.store import connect
 from connector.sync.job import run_sync
 from connector.sync.state import SyncState
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in, assert_no_keys_in_tree
-from tests.helpers import sync_sandbox
+from tests.helpers import identify_ids, sync_sandbox
 
 USERS, COMPANIES = 600, 40
 
@@ -25,10 +25,6 @@ USERS, COMPANIES = 600, 40
 def sandbox():
     with sync_sandbox(USERS, COMPANIES) as sb:
         yield sb
-
-
-def identify_ids(sandbox) -> set[str]:
-    return {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
 
 
 def valid_user_ids(sandbox) -> set[str]:

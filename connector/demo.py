@@ -90,8 +90,8 @@ def _drift_and_alert(sandbox, settings: Settings, users: int):  # noqa: ANN001, 
 
 def run_demo(users: int = 2000, companies: int = 200, log_lines: int = 5000) -> int:
     from connector.forward.pipeline import run_forward
-    from connector.logsetup import setup_logging
-    from connector.report import render_html, render_summary
+    from connector.ops.logsetup import setup_logging
+    from connector.reports.render import render_html, render_summary
     from connector.sandbox.apim_log import LogGenerator
     from connector.sandbox.moesif_collector import MoesifCollectorSandbox
     from connector.sandbox.serve import start_sync_sandbox

@@ -28,7 +28,7 @@ from typing import Any
 
 from connector.errors import ConnectorError, FailureKind
 from connector.mapping import MappingSet
-from connector.store import Transaction, ensure_schema
+from connector.state.store import Transaction, ensure_schema
 
 MAX_DEPTH = 4
 MAX_KEYS_PER_OBJECT = 200

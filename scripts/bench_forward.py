@@ -93,8 +93,8 @@ def child_env(home: Path, collector_url: str, **extra: str) -> dict[str, str]:
 def make_mapper() -> Any:
     """The EventMapper the forwarder builds from a default configuration (no
     deployment.toml): same masking, same mapping file, so both sides send the same events."""
+    from connector.forward.config import resolve_config
     from connector.forward.moesif_event import EventMapper
-    from connector.forward.pipeline import resolve_config
     from connector.settings import Settings
 
     config = resolve_config(Settings(moesif_application_id=APP_ID))

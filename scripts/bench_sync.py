@@ -82,8 +82,8 @@ def baseline_worker() -> None:
     """The naive way: same pages and messages, library defaults, no state, no diffing."""
     from segment.analytics import Client
 
+    from connector.common.timeutil import parse_timestamp
     from connector.mapping import load_mappings
-    from connector.timeutil import parse_timestamp
 
     moesif, host = os.environ["MOESIF_API_URL"], os.environ["SEGMENT_HOST"]
     session = requests.Session()

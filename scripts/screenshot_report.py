@@ -22,7 +22,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 def demo_report_html(workdir: Path) -> Path:
     """A sync of a small sandbox data set (it has MISSING_ID, OVERSIZE, ... records)."""
     from connector.demo import DEMO_MANAGEMENT_KEY, DEMO_WRITE_KEY, demo_settings
-    from connector.report import render_html
+    from connector.reports.render import render_html
     from connector.sandbox.serve import start_sync_sandbox
     from connector.sync.job import run_sync
 

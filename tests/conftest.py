@@ -40,6 +40,12 @@ def settings_factory(tmp_path):
     return build
 
 
+@pytest.fixture
+def settings(sandbox, settings_factory):
+    """Settings pointing at the module's `sandbox` fixture (a module defines which one)."""
+    return settings_factory(moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url)
+
+
 def assert_no_keys_in(text: str) -> None:
     for key in ALL_KEYS:
         assert key not in text, "a key leaked"

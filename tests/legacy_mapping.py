@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connector.common.timeutil import iso_utc, parse_timestamp
 from connector.settings import ConfigError
-from connector.timeutil import iso_utc, parse_timestamp
 
 MISSING: Any = object()
 TYPES = ("string", "int", "float", "bool", "datetime", "object", "any")

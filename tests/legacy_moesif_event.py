@@ -39,6 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from connector.common.jsonutil import dumps_sorted
+from connector.common.timeutil import to_iso
 from connector.forward.apim import (
     ApimFaultyEvent,
     ApimResponseEvent,
@@ -56,9 +58,7 @@ from connector.forward.errors import (
 )
 from connector.forward.masking import MaskConfig, Masker
 from connector.forward.wso2_config import toml_key_line
-from connector.jsonutil import dumps_sorted
 from connector.settings import ConfigError
-from connector.timeutil import to_iso
 
 MAPPING_FILE = "apim_events.toml"
 # Fixed namespace of this project's transaction ids: uuid5(NAMESPACE_URL,

@@ -17,12 +17,12 @@ from connector.alerts import check_stale, deliver_pending, forward_tick, send_te
 from connector.alerts.rules import Verdict, evaluate_sync
 from connector.alerts.state import AlertStore
 from connector.alerts.webhook import SIGNATURE_HEADER, sign, verify
-from connector.report_model import RunReport, RunSummary
+from connector.reports.model import RunReport, RunSummary
 from connector.sandbox.alert_receiver import AlertReceiver
-from connector.sandbox.serve import start_sync_sandbox
-from connector.store import connect
+from connector.state.store import connect
 from connector.sync.job import run_sync
-from tests.conftest import ALL_KEYS, MANAGEMENT_KEY, WRITE_KEY
+from tests.conftest import ALL_KEYS
+from tests.helpers import sync_sandbox
 
 SECRET = "whsec-test-3f9a1c"
 
@@ -46,7 +46,7 @@ def _events(app: AlertReceiver, rule: str) -> list[str]:
 
 
 def test_sync_rules_raise_and_resolve_once_across_restarts(receiver, settings_factory):
-    with start_sync_sandbox(60, 5, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(60, 5) as sb:
         base = {"moesif_api_url": sb.moesif_url, "segment_host": sb.segment_url,
                 "alert_webhook_url": receiver.url,
                 "alert_webhook_secret": SecretStr(SECRET), "alert_webhook_max_seconds": 3.0}
@@ -218,9 +218,9 @@ def test_alerts_cli_list_test_check_and_metric(receiver, settings_factory, monke
                                                tmp_path):
     from typer.testing import CliRunner
 
-    from connector.checks import check_alerts
     from connector.cli import app
-    from connector.metrics import Metrics
+    from connector.ops.checks import check_alerts
+    from connector.ops.metrics import Metrics
 
     home = tmp_path / "cli-home"
     monkeypatch.setenv("CONNECTOR_HOME", str(home))
@@ -281,7 +281,7 @@ def test_forward_alerts_read_the_real_spool(settings_factory):
 
 def test_a_dead_receiver_delays_a_sync_run_by_at_most_the_bound(settings_factory):
     dead = AlertReceiver(status=500)
-    with start_sync_sandbox(40, 4, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb, \
+    with sync_sandbox(40, 4) as sb, \
             dead.server() as server:
         settings = settings_factory(moesif_api_url=sb.moesif_url, segment_host=sb.segment_url,
                                     alert_webhook_url=server.url, alert_webhook_max_seconds=1.0,

@@ -7,14 +7,14 @@ from pydantic import SecretStr
 from rich.console import Console
 from typer.testing import CliRunner
 
-from connector.checks import (
+from connector.cli import app
+from connector.ops.checks import (
     Scope,
     check_schedule,
     check_unknown_variables,
     run_scoped_checks,
     scoped_checks,
 )
-from connector.cli import app
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from tests.conftest import APP_ID, assert_no_keys_in
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 from rich.console import Console
 
-from connector.checks import (
+from connector.ops.checks import (
     check_mappings,
     check_moesif,
     check_required,
@@ -16,19 +16,14 @@ from connector.checks import (
     check_state_dir,
     run_checks,
 )
-from connector.sandbox.serve import start_sync_sandbox
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.conftest import MANAGEMENT_KEY, assert_no_keys_in
+from tests.helpers import sync_sandbox
 
 
 @pytest.fixture(scope="module")
 def sandbox():
-    with start_sync_sandbox(50, 5, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(50, 5) as sb:
         yield sb
-
-
-@pytest.fixture
-def settings(sandbox, settings_factory):
-    return settings_factory(moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url)
 
 
 def closed_port_url() -> str:

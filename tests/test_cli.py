@@ -8,15 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
-from connector.sandbox.serve import start_sync_sandbox
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in, assert_no_keys_in_tree
+from tests.helpers import sync_sandbox
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def env(tmp_path):
-    with start_sync_sandbox(300, 20, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(300, 20) as sb:
         yield {
             "MOESIF_API_URL": sb.moesif_url, "SEGMENT_HOST": sb.segment_url,
             "MOESIF_MANAGEMENT_API_KEY": MANAGEMENT_KEY, "SEGMENT_WRITE_KEY": WRITE_KEY,
@@ -102,7 +102,7 @@ def test_forward_once_then_status(tmp_path):
 
 
 def test_an_unexpected_error_is_one_line_and_exit_1(env, monkeypatch):
-    import connector.cli as cli
+    import connector.cli.commands as cli
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("something nobody expected")
@@ -117,7 +117,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(env, monkeypatch):
 
 
 def test_a_connector_error_is_one_line_with_its_exit_code(env, monkeypatch):
-    import connector.cli as cli
+    import connector.cli.commands as cli
     from connector.errors import EndpointError
 
     def wrong_host(*_args, **_kwargs):

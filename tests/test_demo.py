@@ -1,7 +1,7 @@
 """The newcomer's first command, in-process: no keys, only the local sandbox."""
 
 from connector.demo import DEMO_APP_ID, DEMO_MANAGEMENT_KEY, DEMO_WRITE_KEY, run_demo
-from connector.store import connect
+from connector.state.store import connect
 
 
 def test_demo_syncs_forwards_and_leaves_an_html_report(tmp_path, monkeypatch, capsys):

@@ -10,46 +10,30 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from connector.sandbox.dataset import HUGE_NAME_INDEX
-from connector.sandbox.serve import start_sync_sandbox
 from connector.sync.job import run_sync
 from tests.backends import free_port, pg_url  # noqa: F401  (fixture)
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.helpers import identify_ids, sync_sandbox, wait_until
 
 USERS, COMPANIES = 600, 40
 
 
 @pytest.fixture
 def sandbox():
-    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY) as sb:
+    with sync_sandbox(USERS, COMPANIES) as sb:
         yield sb
-
-
-def identify_ids(sandbox) -> set[str]:
-    return {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
 
 
 def deliverable(sandbox) -> set[str]:
     ds = sandbox.dataset
     ids = {ds.user_id(i) for i in range(USERS)}
     return {i for i in ids if i} - {ds.user_id(HUGE_NAME_INDEX)}  # 72 KB: never sent
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval of a condition with a deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sync_runs_on_postgresql(sandbox, settings_factory, pg_url):  # noqa: F811

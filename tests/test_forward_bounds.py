@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from connector.forward.sources import IngestApp, IngestServer, LogTailer, StdinL
 from connector.forward.spool import Spool
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
-from connector.store import connect
+from connector.state.store import connect
+from tests.helpers import wait_for
 
 APP_ID = "moesif-app-id-bounds-5e4d3c"
 TOKEN = "ingest-token-bounds-2b1a0f"
@@ -46,14 +47,6 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
     conn = connect(tmp_path / "state.sqlite3")
     yield Spool(conn, max_events=1000)
     conn.close()
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        threading.Event().wait(0.01)  # poll interval of a deadline-bounded wait
 
 
 def _event(i: int = 0) -> dict[str, Any]:
@@ -219,7 +212,7 @@ def test_connections_over_the_cap_get_503(ingest: _Ingest) -> None:
     idle = [socket.create_connection((host, port), timeout=10) for _ in range(4)]
     try:
         slots = ingest.server.httpd.slots
-        _wait(lambda: slots._value == 0)  # all four held by the server's threads
+        wait_for(lambda: slots._value == 0)  # all four held by the server's threads
         with socket.create_connection((host, port), timeout=10) as extra:
             extra.sendall(f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                           f"{TOKEN}\r\nContent-Length: 2\r\n\r\n{{}}".encode())
@@ -231,7 +224,7 @@ def test_connections_over_the_cap_get_503(ingest: _Ingest) -> None:
     finally:
         for sock in idle:
             sock.close()
-    _wait(lambda: ingest.server.httpd.slots._value == 4)
+    wait_for(lambda: ingest.server.httpd.slots._value == 4)
     assert ingest.post(_event()).status_code == 202
 
 
@@ -314,7 +307,7 @@ def test_a_live_pipe_is_spooled_within_the_batch_age_and_sigterm_keeps_it(
         second = [_event(i) for i in range(20)]
         child.stdin.write(b"".join(orjson.dumps(e) + b"\n" for e in second))
         child.stdin.flush()
-        _wait(lambda: _spooled(home) == 20)  # spooled even though Moesif is down
+        wait_for(lambda: _spooled(home) == 20)  # spooled even though Moesif is down
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=20)
     finally:

@@ -573,7 +573,7 @@ def test_content_ids_are_keyed_by_the_installation_secret() -> None:
     assert first == again  # a restart of the same installation: Moesif de-duplicates
     assert first != other  # without the secret, the id cannot be recomputed from guesses
     assert len(first) == 36 and uuid.UUID(first).version == 8
-    from connector.jsonutil import dumps_sorted
+    from connector.common.jsonutil import dumps_sorted
 
     unkeyed = {str(uuid.uuid5(TRANSACTION_NAMESPACE, f"response:{dumps_sorted(v).decode()}"))
                for v in (raw, {**raw, "userIp": "10.1.***.3"})}

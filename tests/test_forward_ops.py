@@ -14,7 +14,7 @@ from connector.cli import app
 from connector.forward.spool import DeadLetter, Spool
 from connector.sandbox.apim_log import LogGenerator
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
-from connector.store import connect
+from connector.state.store import connect
 from tests.conftest import APP_ID
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +21,23 @@ import psutil
 import pytest
 import requests
 
+from connector.forward.config import resolve_config
+from connector.forward.encoder import EncoderSpec
+from connector.forward.parse import process_lines
 from connector.forward.pipeline import (
     EXIT_CONFIG,
     EXIT_INCOMPLETE,
     EXIT_OK,
-    REJECTED_BY_COLLECTOR,
-    EncoderSpec,
     forward_status,
-    process_lines,
-    resolve_config,
     run_forward,
 )
+from connector.forward.sender import REJECTED_BY_COLLECTOR
 from connector.forward.spool import Spool
 from connector.sandbox.apim_log import LogGenerator, LogStats
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
-from connector.store import connect
+from connector.state.store import connect
+from tests.helpers import wait_for
 
 APP_ID = "moesif-app-id-test-9f8e7d6c5b4a"
 TOKEN = "ingest-token-test-1a2b3c4d5e"
@@ -95,14 +96,6 @@ def _secret(settings: Settings) -> bytes:
         return Spool(conn, settings.forward_spool_max_events).installation_secret()
     finally:
         conn.close()
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        threading.Event().wait(0.01)  # poll interval of a deadline-bounded wait
 
 
 def _state_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
@@ -218,7 +211,7 @@ def test_nothing_unmasked_reaches_the_state_file(
     app.outage(True)
     runner = _Background(settings, from_log=log, wso2_config_path=wso2, parse_workers=0,
                          client_options=FAST_RETRY)
-    _wait(lambda: _saved_offset(settings) == log.stat().st_size)
+    wait_for(lambda: _saved_offset(settings) == log.stat().st_size)
     assert runner.finish() == EXIT_OK
     raw_ips = set()
     gen = LogGenerator(seed=7)
@@ -300,12 +293,12 @@ def test_back_pressure_stops_reading_when_spool_is_full(
     app.outage(True)
     runner = _Background(settings, from_log=log, parse_workers=0, client_options=FAST_RETRY)
 
-    _wait(lambda: _saved_offset(settings) > 0 and app.status_counts[503] > 3)
+    wait_for(lambda: _saved_offset(settings) > 0 and app.status_counts[503] > 3)
     depth = _state_rows(settings, "SELECT count(*) FROM spool")[0][0]
     assert 100 <= depth < 2000           # full, overshooting by at most one chunk
     assert _saved_offset(settings) < log.stat().st_size  # reading stopped, nothing dropped
     app.outage(False)
-    _wait(lambda: app.unique_count == stats.events)
+    wait_for(lambda: app.unique_count == stats.events)
     assert runner.finish() == EXIT_OK
     assert set(app.by_transaction_id) == _expected_txids(log, settings)
 
@@ -320,11 +313,11 @@ def test_follow_mode_rotation_mid_stream(tmp_path: Path, workers: int,
     settings = _settings(tmp_path / "home", url, forward_batch_age_seconds=0.05)
     # With workers, each wait below also proves a quiet log is not left in read-ahead.
     runner = _Background(settings, from_log=log, parse_workers=workers)
-    _wait(lambda: app.unique_count == first.events)
+    wait_for(lambda: app.unique_count == first.events)
     more = _write_log(log, 300, start=800, append=True)
     log.rename(tmp_path / "apim_metrics-01-02-2025-1.log")
     after = _write_log(log, 400, start=1100)
-    _wait(lambda: app.unique_count == first.events + more.events + after.events)
+    wait_for(lambda: app.unique_count == first.events + more.events + after.events)
     assert runner.finish() == EXIT_OK
     assert app.duplicate_count == 0
     assert "exit=0" in runner.out.getvalue()
@@ -434,7 +427,7 @@ def test_sigkill_mid_stream_then_restart_delivers_exactly_once(
     delivered_before = app.unique_count
     assert 300 <= delivered_before < stats.events
     # Parse workers do not outlive their parent.
-    _wait(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
+    wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE
                           for w in workers))
     app.outage(False)
     restart = _child(log, home, url, "once", workers=0, batch=500)
@@ -475,7 +468,7 @@ def test_http_ingest_end_to_end(tmp_path: Path,
     port = _free_port()
     runner = _Background(settings, listen=f"127.0.0.1:{port}", parse_workers=0)
     ingest = f"http://127.0.0.1:{port}"
-    _wait(lambda: _answers(ingest + "/healthz"))
+    wait_for(lambda: _answers(ingest + "/healthz"))
     gen = LogGenerator(seed=7, noise_ratio=0, malformed_ratio=0)
     events = [gen.event(i)[1] for i in range(20)]
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -488,7 +481,7 @@ def test_http_ingest_end_to_end(tmp_path: Path,
         assert invalid.status_code == 400 and invalid.json()["index"] == 1
         assert invalid.json()["reason"] == "MISSING_FIELD"
         assert http.get(ingest + "/healthz", timeout=10).json()["status"] == "ok"
-    _wait(lambda: app.unique_count == 20)
+    wait_for(lambda: app.unique_count == 20)
     assert runner.finish() == EXIT_OK
 
 

@@ -15,9 +15,8 @@ import itertools
 import json
 import re
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from connector.forward.moesif_event import TRANSACTION_NAMESPACE
 from connector.forward.pipeline import forward_status, run_forward
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
+from tests.helpers import wait_for
 
 APP_ID = "moesif-app-id-poison-3c2b1a"
 TOKEN = "ingest-token-poison-9d8c7b"
@@ -147,14 +147,6 @@ def _dead_letters(settings: Settings) -> list[tuple[str, str, str, bytes | None]
         conn.close()
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        threading.Event().wait(0.01)  # poll interval of a deadline-bounded wait
-
-
 # --- poison values, named -------------------------------------------------------------------
 def _poison_payloads() -> list[tuple[str, str, str]]:
     """(name, JSON text of an event, expected reason code)."""
@@ -244,7 +236,7 @@ def test_poison_events_over_http_ingest_get_a_400_naming_the_index(
             assert answer.status_code == 400, name
             assert answer.json()["index"] == 1 and answer.json()["reason"] == code
             assert answer.json()["accepted"] == 1
-            _wait(lambda good=good: _txid(good) in app.by_transaction_id)
+            wait_for(lambda good=good: _txid(good) in app.by_transaction_id)
         assert listener.post(orjson.dumps(_event(Secrets()))).status_code == 202
 
 
@@ -397,7 +389,7 @@ class _Listener:
             except requests.ConnectionError:
                 return False
 
-        _wait(up)
+        wait_for(up)
         return self
 
     def post(self, body: bytes) -> requests.Response:
@@ -439,8 +431,8 @@ def test_any_value_in_any_field_over_http_ingest(
     if answer.status_code == 400:
         assert answer.json()["index"] == at and answer.json()["reason"] in CODES
         assert answer.json()["accepted"] == 2
-    _wait(lambda: {_txid(e) for e in goods} <= set(app.by_transaction_id))
-    _wait(lambda: forward_status(listener.settings)["backlog"] == 0)
+    wait_for(lambda: {_txid(e) for e in goods} <= set(app.by_transaction_id))
+    wait_for(lambda: forward_status(listener.settings)["backlog"] == 0)
     after = forward_status(listener.settings)["counters"]
     fates = {k: after[k] - before[k] for k in ("delivered", "dead_lettered")}
     assert fates["delivered"] + fates["dead_lettered"] == 3

@@ -26,7 +26,7 @@ from connector.forward.sources import (
     parse_listen,
 )
 from connector.forward.spool import Spool
-from connector.store import connect
+from connector.state.store import connect
 
 TOKEN = "ingest-token-for-tests-7f3a"
 

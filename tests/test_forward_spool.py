@@ -16,7 +16,7 @@ from connector.forward.spool import (
     FileIdentity,
     Spool,
 )
-from connector.store import connect
+from connector.state.store import connect
 
 IDENT = FileIdentity(device=1, inode=42, fingerprint="ab" * 16, fingerprint_len=1024)
 

@@ -46,9 +46,9 @@ from connector.moesif.management import (
     MoesifUnavailable,
 )
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
-from connector.sandbox.serve import start_sync_sandbox
 from connector.segment.sink import SEGMENT_POLICY, OutMessage, SegmentAuthError, SegmentSink
 from tests.conftest import APP_ID, MANAGEMENT_KEY, WRITE_KEY
+from tests.helpers import sync_sandbox as keyed_sync_sandbox
 from tests.test_moesif_collector import make_event
 
 RETRIED = (408, 429, 500, 502, 503, 504)
@@ -58,7 +58,7 @@ REDIRECTS = (301, 302, 307, 308)
 # --- fixtures: one server per module ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def sync_sandbox():
-    with start_sync_sandbox(30, 5, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with keyed_sync_sandbox(30, 5) as sb:
         yield sb
 
 

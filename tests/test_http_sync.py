@@ -14,18 +14,17 @@ import sys
 
 import pytest
 
-from connector.report_store import ReportStore
-from connector.sandbox.serve import start_sync_sandbox
+from connector.reports.store import ReportStore
 from connector.sync.job import run_sync
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.helpers import sync_sandbox
 
 USERS, COMPANIES = 250, 20
 
 
 @pytest.fixture(scope="module")
 def shared():
-    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY) as sb:
+    with sync_sandbox(USERS, COMPANIES) as sb:
         yield sb
 
 

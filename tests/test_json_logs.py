@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from connector.cli import app
 from connector.sandbox.apim_log import LogGenerator
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
-from connector.sandbox.serve import start_sync_sandbox
 from tests.conftest import APP_ID, MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.helpers import sync_sandbox
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def teardown_function() -> None:
 
 
 def test_sync_json_logs_carry_the_run_id_and_a_structured_summary(tmp_path):
-    with start_sync_sandbox(120, 10, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(120, 10) as sb:
         env = {"MOESIF_API_URL": sb.moesif_url, "SEGMENT_HOST": sb.segment_url,
                "MOESIF_MANAGEMENT_API_KEY": MANAGEMENT_KEY, "SEGMENT_WRITE_KEY": WRITE_KEY,
                "CONNECTOR_HOME": str(tmp_path / "home"), "COLUMNS": "80"}

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from connector.jsonutil import dumps, dumps_sorted, loads
+from connector.common.jsonutil import dumps, dumps_sorted, loads
 
 
 def test_round_trip_and_canonical_order():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.lease import Lease, default_holder_id
-from connector.store import connect
+from connector.ops.lease import Lease, default_holder_id
+from connector.state.store import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # takes its cues from stdin, so the test synchronises on messages, never on sleeps.
 CHILD = r"""
 import sys, threading
-from connector.lease import Lease
-from connector.store import connect
+from connector.ops.lease import Lease
+from connector.state.store import connect
 
 path, holder, mode, ttl = sys.argv[1:5]
 lease = Lease(connect(path), holder=holder, ttl_seconds=int(ttl))

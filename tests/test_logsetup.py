@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from connector.logsetup import get_run_id, run_context, set_run_id, setup_logging
+from connector.ops.logsetup import get_run_id, run_context, set_run_id, setup_logging
 
 SECRET = "wk_live_0123456789abcdef"
 

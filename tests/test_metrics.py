@@ -8,8 +8,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.metrics import Metrics, serve_metrics
-from connector.timeutil import parse_timestamp, to_iso
+from connector.common.timeutil import parse_timestamp, to_iso
+from connector.ops.metrics import Metrics, serve_metrics
 
 FINISHED = "2026-11-22T05:30:03.900Z"
 

@@ -12,13 +12,13 @@ from connector.moesif.management import (
     MoesifManagementClient,
     seconds_to_next_minute,
 )
-from connector.sandbox.serve import start_sync_sandbox
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+from tests.conftest import MANAGEMENT_KEY
+from tests.helpers import sync_sandbox
 
 
 @pytest.fixture(scope="module")
 def sandbox():
-    with start_sync_sandbox(250, 20, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(250, 20) as sb:
         yield sb
 
 

@@ -17,13 +17,13 @@ from connector.moesif.management import (
     QueryLimiter,
 )
 from connector.sandbox.moesif_management import MoesifManagementSandbox
-from connector.sandbox.serve import start_sync_sandbox
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+from tests.conftest import MANAGEMENT_KEY
+from tests.helpers import sync_sandbox
 
 
 @pytest.fixture(scope="module")
 def sandbox():
-    with start_sync_sandbox(300, 40, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(300, 40) as sb:
         yield sb
 
 

@@ -13,34 +13,26 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connector.forward.config import resolve_config
+from connector.forward.encoder import EncoderSpec
 from connector.forward.nats_bridge import run_nats
-from connector.forward.pipeline import EncoderSpec, process_lines, resolve_config
+from connector.forward.parse import process_lines
 from connector.forward.spool import Spool
 from connector.sandbox.apim_log import LogGenerator
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
-from connector.store import connect
+from connector.state.store import connect
 from tests.backends import free_port, nats_or_skip, unavailable
 from tests.conftest import APP_ID
+from tests.helpers import wait_until
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        threading.Event().wait(0.05)  # poll interval of a deadline-bounded wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def settings_for(home: Path, collector_url: str = "http://127.0.0.1:9") -> Settings:

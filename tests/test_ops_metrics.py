@@ -10,11 +10,12 @@ import pytest
 import requests
 
 from connector import __version__
+from connector.common.timeutil import parse_timestamp
 from connector.errors import ConfigError
-from connector.forward_metrics import ForwardMetrics
-from connector.metrics import Metrics, serve_metrics
-from connector.timeutil import parse_timestamp
+from connector.ops.forward_metrics import ForwardMetrics
+from connector.ops.metrics import Metrics, serve_metrics
 from tests.conftest import APP_ID
+from tests.helpers import sync_sandbox
 from tests.test_metrics import FINISHED, report, samples
 
 
@@ -93,9 +94,7 @@ def test_forwarder_serves_backlog_counters_and_health(tmp_path, settings_factory
 
 
 def test_http_retries_and_429s_are_counted_by_api_and_status(settings_factory):
-    from connector.sandbox.serve import start_sync_sandbox
     from connector.sync.job import run_sync
-    from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
 
     def retries_429() -> float:
         s = samples(Metrics())
@@ -103,7 +102,7 @@ def test_http_retries_and_429s_are_counted_by_api_and_status(settings_factory):
                       (("api", "segment"), ("status", "429"))), 0.0)
 
     before = retries_429()
-    with start_sync_sandbox(30, 3, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(30, 3) as sb:
         sb.segment.inject(429, count=1)
         settings = settings_factory(moesif_api_url=sb.moesif_url, segment_host=sb.segment_url)
         assert run_sync(settings, "incremental").exit_code == 0

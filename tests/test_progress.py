@@ -7,8 +7,8 @@ import logging
 
 from rich.console import Console
 
-from connector.logsetup import setup_logging
-from connector.progress import SyncProgress
+from connector.cli.progress import SyncProgress
+from connector.ops.logsetup import setup_logging
 
 
 def test_bar_on_its_console_logs_above_it_and_no_final_frame_left():

@@ -2,7 +2,7 @@ import base64
 import io
 import logging
 
-from connector.redaction import SecretFilter, last4, redact
+from connector.common.redaction import SecretFilter, last4, redact
 
 
 def test_redact_removes_plain_and_basic_auth_forms():

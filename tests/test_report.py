@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
-from connector.report import (
+from connector.reports.render import (
     diff_reports,
     field_coverage,
     issue_summary,
@@ -260,7 +260,7 @@ def test_diff_calls_a_field_gone_only_when_such_records_were_mapped():
 
 
 def test_summary_fits_80_columns_failures_first_and_says_where_the_report_is():
-    from connector.report import render_summary
+    from connector.reports.render import render_summary
 
     report = make_report(extra_issue="OVERSIZE")
     text = render_summary(report, width=80, html_path="/very/long/" + "x" * 90 + ".html")

@@ -8,9 +8,9 @@ from html.parser import HTMLParser
 import pytest
 from typer.testing import CliRunner
 
-from connector.report_cli import report_app
-from connector.report_store import ReportStore
-from connector.store import connect
+from connector.reports.cli import report_app
+from connector.reports.store import ReportStore
+from connector.state.store import connect
 
 RUN_1 = "20261122T050000Z-a1b2c3"
 RUN_2 = "20261122T051500Z-d4e5f6"

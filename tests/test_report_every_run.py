@@ -12,25 +12,20 @@ import pytest
 from typer.testing import CliRunner
 
 from connector.cli import app
-from connector.report_store import ReportStore
-from connector.sandbox.serve import start_sync_sandbox
-from connector.store import connect
+from connector.reports.store import ReportStore
+from connector.state.store import connect
 from connector.sync import job
 from connector.sync.job import run_sync
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in
+from tests.helpers import sync_sandbox
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def sandbox():
-    with start_sync_sandbox(300, 20, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(300, 20) as sb:
         yield sb
-
-
-@pytest.fixture
-def settings(sandbox, settings_factory):
-    return settings_factory(moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url)
 
 
 def _env(sandbox, settings) -> dict[str, str]:

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.errors import IssueCode
-from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
-from connector.report_model import (
+from connector.reports.model import (
     REPORT_VERSION,
     EntityCounts,
     Mode,
@@ -20,8 +19,15 @@ from connector.report_model import (
     RunReport,
     Status,
 )
-from connector.report_store import ReportStore
-from connector.store import connect
+from connector.reports.render import (
+    diff_reports,
+    render_diff_text,
+    render_html,
+    render_json,
+    render_text,
+)
+from connector.reports.store import ReportStore
+from connector.state.store import connect
 from tests.conftest import make_settings
 
 V1 = Path(__file__).parent / "data" / "report_v1.json"

@@ -3,14 +3,14 @@ a MISSING_ID, an OVERSIZE, a BAD_TIMESTAMP ... record among its first users)."""
 
 from __future__ import annotations
 
-from connector.report import render_html
-from connector.sandbox.serve import start_sync_sandbox
-from connector.sync.job import ISSUE_SAMPLE_COUNT, SAMPLE_COUNT, run_sync
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+from connector.reports.render import render_html
+from connector.sync.job import run_sync
+from connector.sync.samples import ISSUE_SAMPLE_COUNT, SAMPLE_COUNT
+from tests.helpers import sync_sandbox
 
 
 def test_samples_include_records_with_issues_one_per_code(settings_factory):
-    with start_sync_sandbox(150, 15, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(150, 15) as sb:
         settings = settings_factory(moesif_api_url=sb.moesif_url, segment_host=sb.segment_url)
         report = run_sync(settings, "incremental").report
     by_record = {(i.entity, i.id): str(i.code) for i in report.issues}

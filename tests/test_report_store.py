@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from connector.report_model import EntityCounts, RunReport
-from connector.report_store import AmbiguousRunId, ReportStore, new_run_id
-from connector.store import connect
+from connector.reports.model import EntityCounts, RunReport
+from connector.reports.store import AmbiguousRunId, ReportStore, new_run_id
+from connector.state.store import connect
 
 
 def report(run_id: str, started_at: str, *, status: str = "success", issues: int = 0,
@@ -147,7 +147,7 @@ def test_two_connections_see_each_others_runs(tmp_path):
 
 
 def test_save_inside_the_callers_transaction_commits_with_it(store, conn):
-    from connector.store import Transaction
+    from connector.state.store import Transaction
 
     with pytest.raises(RuntimeError), Transaction(conn):
         store.save(report("rolled-back", "2026-11-22T05:00:00.000Z"))
@@ -188,7 +188,7 @@ def test_a_run_whose_process_died_is_interrupted_not_running_forever(store):
 def test_a_run_on_another_host_is_running_while_its_lease_lives(store, conn):
     import time
 
-    from connector.lease import Lease
+    from connector.ops.lease import Lease
 
     store.start("20261122T060000Z-other1", "2026-11-22T06:00:00.000Z", "full",
                 holder="elsewhere:4242")

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.apim_log import (
     FAULTY,
     FAULTY_FIELDS,
@@ -24,7 +25,6 @@ from connector.sandbox.apim_log import (
     RESPONSE_FIELDS,
     LogGenerator,
 )
-from connector.timeutil import parse_timestamp
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 N = 3000

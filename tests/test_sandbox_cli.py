@@ -9,7 +9,7 @@ import time
 
 from pydantic import SecretStr
 
-from connector.checks import Scope, scoped_checks
+from connector.ops.checks import Scope, scoped_checks
 from connector.settings import Settings
 
 

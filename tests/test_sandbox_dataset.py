@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.dataset import (
     BAD_CREATED_INDEX,
     BIG_METADATA_INDEX,
@@ -19,7 +20,6 @@ from connector.sandbox.dataset import (
     Dataset,
     epoch_ms,
 )
-from connector.timeutil import parse_timestamp
 
 SHAPE_7 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")
 SHAPE_NO_ZONE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$")

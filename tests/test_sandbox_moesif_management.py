@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.dataset import NO_USER_ID_INDEXES, Dataset, epoch_ms
 from connector.sandbox.httpbase import SandboxServer
 from connector.sandbox.moesif_management import MoesifManagementSandbox
-from connector.timeutil import parse_timestamp
 
 KEY = "test-management-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -20,11 +20,11 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from connector.lease import Lease
-from connector.metrics import Metrics
-from connector.report_store import ReportStore, new_run_id
+from connector.ops.lease import Lease
+from connector.ops.metrics import Metrics
+from connector.reports.store import ReportStore, new_run_id
 from connector.settings import ConfigError, load_settings
-from connector.store import connect
+from connector.state.store import connect
 from connector.sync.schedule import build_trigger, parse_interval, run_schedule, schedule_period
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,10 +322,10 @@ def test_metrics_port_serves_while_scheduling(tmp_path):
 
 CHILD = r"""
 import sys
-from connector.logsetup import setup_logging
-from connector.report_store import ReportStore
+from connector.ops.logsetup import setup_logging
+from connector.reports.store import ReportStore
 from connector.settings import load_settings
-from connector.store import Transaction, connect
+from connector.state.store import Transaction, connect
 from connector.sync.schedule import run_schedule
 
 setup_logging("INFO", "text")

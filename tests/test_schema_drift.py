@@ -8,12 +8,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from connector.report import diff_reports, render_diff_text, render_html, render_text
+from connector.reports.render import diff_reports, render_diff_text, render_html, render_text
 from connector.sandbox.alert_receiver import AlertReceiver
-from connector.sandbox.serve import start_sync_sandbox
 from connector.schema_drift import MAX_DEPTH, MAX_PATHS, Inventory
 from connector.sync.job import run_sync
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+from tests.helpers import sync_sandbox
 
 USERS = 60
 
@@ -45,7 +44,7 @@ def _settings(sb, factory, **kw):
 
 
 def test_drift_is_reported_and_diffed(settings_factory):
-    with start_sync_sandbox(USERS, 5, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(USERS, 5) as sb:
         settings = _settings(sb, settings_factory)
         first = run_sync(settings).report
         assert first.schema_section["baseline"] == ["companies", "users"]
@@ -74,8 +73,7 @@ def test_drift_is_reported_and_diffed(settings_factory):
 
 def test_stop_policy_sends_nothing_and_raises_the_alert(settings_factory):
     receiver = AlertReceiver()
-    with start_sync_sandbox(USERS, 5, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY) as sb, receiver.server() as server:
+    with sync_sandbox(USERS, 5) as sb, receiver.server() as server:
         settings = _settings(sb, settings_factory, schema_drift_policy="stop",
                              alert_webhook_url=server.url,
                              alert_webhook_secret=SecretStr("s3cret-abc"))

@@ -14,8 +14,9 @@ from pydantic import SecretStr
 from connector.mapping import load_mappings
 from connector.sandbox.dataset import Dataset
 from connector.segment.sink import SegmentSink
-from connector.store import connect_state
-from connector.sync.job import Joined, SyncRun
+from connector.state.store import connect_state
+from connector.sync.job import SyncRun
+from connector.sync.records import Joined
 from tests.conftest import WRITE_KEY
 
 # The sink is never asked to send here: shaping needs no server.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import connector
-from connector.signals import stop_on_signals
+from connector.ops.signals import stop_on_signals
 
 PROJECT = str(Path(connector.__file__).resolve().parents[1])
 
@@ -48,7 +48,7 @@ def test_off_the_main_thread_it_only_passes_the_event_through():
 
 SCRIPT = textwrap.dedent("""
     import sys, threading
-    from connector.signals import stop_on_signals
+    from connector.ops.signals import stop_on_signals
     stop = threading.Event()
     with stop_on_signals(stop):
         print("ready", flush=True)

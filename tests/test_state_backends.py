@@ -11,10 +11,10 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from connector.errors import LeaseLost
-from connector.lease import Lease, describe_holder
-from connector.report_store import ReportStore
+from connector.ops.lease import Lease, describe_holder
+from connector.reports.store import ReportStore
 from connector.settings import load_settings
-from connector.store import connect_state, dialect_of
+from connector.state.store import connect_state, dialect_of
 from connector.sync.state import PageCommit, SyncState
 from tests.backends import pg_schema
 
@@ -132,7 +132,7 @@ def test_a_fenced_out_holder_cannot_commit_a_page(conn):
 
 
 def test_check_names_the_store_and_the_lease_holder(conn, settings):
-    from connector.checks import check_state_store
+    from connector.ops.checks import check_state_store
 
     Lease(conn, holder="host-a:1:aa", ttl_seconds=60).acquire()
     [result] = check_state_store(settings)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from connector.cli import app
 from connector.errors import ConfigError, ExitCode
-from connector.report_store import ReportStore
-from connector.store import connect, state_error, state_errors
+from connector.reports.store import ReportStore
+from connector.state.store import connect, state_error, state_errors
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
 
 runner = CliRunner()

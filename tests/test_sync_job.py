@@ -12,29 +12,19 @@ from pathlib import Path
 import pytest
 
 from connector.sandbox.dataset import HUGE_NAME_INDEX
-from connector.sandbox.serve import start_sync_sandbox
-from connector.store import connect
+from connector.state.store import connect
 from connector.sync.job import run_sync
 from connector.sync.state import SyncState
 from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, assert_no_keys_in, assert_no_keys_in_tree
+from tests.helpers import identify_ids, sync_sandbox
 
 USERS, COMPANIES = 600, 40
 
 
 @pytest.fixture
 def sandbox():
-    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY) as sb:
+    with sync_sandbox(USERS, COMPANIES) as sb:
         yield sb
-
-
-@pytest.fixture
-def settings(sandbox, settings_factory):
-    return settings_factory(moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url)
-
-
-def identify_ids(sandbox) -> set[str]:
-    return {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
 
 
 def valid_user_ids(sandbox) -> set[str]:

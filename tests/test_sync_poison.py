@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connector.common.timeutil import parse_timestamp, utcnow
 from connector.errors import IssueCode
-from connector.sandbox.serve import start_sync_sandbox
 from connector.sync.job import run_sync
-from connector.timeutil import parse_timestamp, utcnow
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY, make_settings
+from tests.conftest import make_settings
+from tests.helpers import sync_sandbox
 from tests.test_mapping import JSONISH, put
 
 T0 = "2024-03-01T10:00:00.000Z"
@@ -78,7 +78,7 @@ def in_the_future(value: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def sandbox():
-    with start_sync_sandbox(0, 0, management_key=MANAGEMENT_KEY, write_key=WRITE_KEY) as sb:
+    with sync_sandbox(0, 0) as sb:
         yield sb
 
 

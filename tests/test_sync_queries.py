@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from connector.sandbox.serve import start_sync_sandbox
-from connector.store import connect_state
+from connector.state.store import connect_state
 from connector.sync.job import run_sync
 from connector.sync.state import CompanyCache
-from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+from tests.helpers import sync_sandbox
 
 USERS, COMPANIES, PAGE = 2000, 200, 100
 
 
 @pytest.fixture(scope="module")
 def sandbox():
-    with start_sync_sandbox(USERS, COMPANIES, management_key=MANAGEMENT_KEY,
-                            write_key=WRITE_KEY, special_records=False,
+    with sync_sandbox(USERS, COMPANIES, special_records=False,
                             record_messages=False) as sb:
         yield sb
 

@@ -1,4 +1,4 @@
-from connector.store import connect
+from connector.state.store import connect
 from connector.sync.state import PageCommit, SyncState
 
 

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connector.timeutil import iso_utc, parse_timestamp
+from connector.common.timeutil import iso_utc, parse_timestamp
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

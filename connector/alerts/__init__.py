@@ -14,9 +14,9 @@ from typing import Any
 from connector.alerts.rules import Verdict, evaluate_forward, evaluate_stale, evaluate_sync
 from connector.alerts.state import AlertStore, build_payload
 from connector.alerts.webhook import Delivery, deliver, webhook_urls
-from connector.report_model import RunReport, Status
+from connector.common.timeutil import parse_timestamp, to_iso, utcnow
+from connector.reports.model import RunReport, Status
 from connector.settings import Settings
-from connector.timeutil import parse_timestamp, to_iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def on_sync_report(settings: Settings, conn: sqlite3.Connection,
                    report: RunReport) -> list[dict[str, Any]]:
     """Evaluate the sync rules on a finished run (before its report is saved, so history is
     the earlier runs); put the alert section in the report; return the events."""
-    from connector.report_store import ReportStore
+    from connector.reports.store import ReportStore
 
     store = AlertStore(conn)
     if store.mark(SINCE_MARK) is None:
@@ -92,7 +92,7 @@ def after_sync(settings: Settings, conn: sqlite3.Connection, report: RunReport) 
 
 
 def last_success_epoch(conn: sqlite3.Connection) -> float | None:
-    from connector.report_store import ReportStore
+    from connector.reports.store import ReportStore
 
     for summary in ReportStore(conn).list(limit=200):
         if summary.status == Status.SUCCESS and summary.mode != "dry-run" \
@@ -160,7 +160,7 @@ def check_result(settings: Settings) -> tuple[bool, str]:
     """For `moesif-segment check`: the `stale` rule, open alerts and undelivered events.
     Fails on a stale sync, an undeliverable alert or a bad ALERT_WEBHOOK_URL."""
     from connector.errors import ConfigError
-    from connector.store import connect_state
+    from connector.state.store import connect_state
 
     try:
         urls = webhook_urls(settings)

@@ -13,7 +13,7 @@ import threading
 import time
 
 from connector.settings import Settings
-from connector.store import connect
+from connector.state.store import connect
 
 log = logging.getLogger(__name__)
 

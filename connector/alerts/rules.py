@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector.report_model import Mode, RunReport, RunSummary, Status
+from connector.reports.model import Mode, RunReport, RunSummary, Status
 from connector.settings import Settings
 
 CRITICAL, WARNING = "critical", "warning"

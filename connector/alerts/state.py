@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.alerts.rules import RULES, Verdict
-from connector.store import Transaction, ensure_schema
-from connector.timeutil import to_iso, utcnow
+from connector.common.timeutil import to_iso, utcnow
+from connector.state.store import Transaction, ensure_schema
 
 MAX_DELIVERY_PASSES = 5
 

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from connector.common.timeutil import TimestampOutOfRange, parse_timestamp
 from connector.forward.errors import (
     BAD_TYPE,
     BAD_VALUE,
@@ -39,7 +40,6 @@ from connector.forward.errors import (
     UNKNOWN_KIND,
     MalformedEvent,
 )
-from connector.timeutil import TimestampOutOfRange, parse_timestamp
 
 EventKind = Literal["response", "faulty"]
 KINDS: tuple[str, ...] = ("response", "faulty")

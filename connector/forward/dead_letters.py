@@ -19,7 +19,7 @@ import orjson
 
 from connector.forward.spool import Spool
 from connector.settings import Settings
-from connector.store import Transaction, connect
+from connector.state.store import Transaction, connect
 
 COLLECTOR_SOURCE = "collector"  # letters of events Moesif refused: already Moesif events
 
@@ -87,8 +87,9 @@ def _decode(raw: bytes | None) -> Any:
 def replay(settings: Settings, ids: list[int] | None = None, reason: str | None = None,
            wso2_config: Path | None = None) -> ReplayResult:
     """Spool the chosen dead letters again (all of `reason`, or the given ids)."""
+    from connector.forward.config import resolve_config
+    from connector.forward.encoder import EncoderSpec
     from connector.forward.errors import MalformedEvent
-    from connector.forward.pipeline import EncoderSpec, resolve_config
 
     result = ReplayResult()
     conn = _open(settings)

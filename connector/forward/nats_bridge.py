@@ -43,16 +43,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from connector.common.redaction import install_secret_filter
 from connector.errors import ConfigError, DeadLetterCode, ExitCode
-from connector.forward.pipeline import (
-    DEAD_LETTER_KEEP_BYTES,
-    REJECTED_BY_COLLECTOR,
-    EncoderSpec,
-    ForwardConfig,
-    process_lines,
-    resolve_config,
-    skipped_line_result,
-)
+from connector.forward.config import ForwardConfig, resolve_config
+from connector.forward.encoder import DEAD_LETTER_KEEP_BYTES, EncoderSpec, EventEncoder
+from connector.forward.parse import process_lines, skipped_line_result
+from connector.forward.sender import REJECTED_BY_COLLECTOR
 from connector.forward.sources import LogTailer
 from connector.forward.spool import DeadLetter, Spool
 from connector.moesif.collector import (
@@ -62,10 +58,9 @@ from connector.moesif.collector import (
     DeliveryInterrupted,
     encode_batch,
 )
-from connector.redaction import install_secret_filter
+from connector.ops.signals import stop_on_signals
 from connector.settings import Settings
-from connector.signals import stop_on_signals
-from connector.store import connect
+from connector.state.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +72,17 @@ PUBLISH_TIMEOUT = 5.0
 PUBLISH_CONCURRENCY = 256
 T = TypeVar("T")
 
+
+
+def _spool_and_encoder(settings: Settings, config: ForwardConfig
+                       ) -> tuple[Any, Spool, EventEncoder]:
+    """The state connection, its spool, and the event encoder keyed with the
+    installation's secret: what both ends of the bridge start from."""
+    conn = connect(settings.state_path)
+    spool = Spool(conn, settings.forward_spool_max_events)
+    encoder = EncoderSpec.of(config, spool.installation_secret(),
+                             settings.forward_max_line_bytes).build()
+    return conn, spool, encoder
 
 class _Loop:
     """An asyncio loop in its own thread; `run(coro)` waits for its result."""
@@ -156,10 +162,7 @@ class NatsPublisher:
         self.settings, self.url, self.subject, self.stream = settings, url, subject, stream
         self.once = once
         self.stop_event = stop_event or threading.Event()
-        self.conn = connect(settings.state_path)
-        self.spool = Spool(self.conn, settings.forward_spool_max_events)
-        self.encoder = EncoderSpec.of(config, self.spool.installation_secret(),
-                                      settings.forward_max_line_bytes).build()
+        self.conn, self.spool, self.encoder = _spool_and_encoder(settings, config)
         path = Path(from_log).absolute()
         self.tailer = LogTailer(path, f"log:{path}", self.spool,
                                 max_line_bytes=settings.forward_max_line_bytes)
@@ -233,10 +236,7 @@ class NatsForwarder:
         self.settings, self.url, self.stream, self.durable = settings, url, stream, durable
         self.once = once
         self.stop_event = stop_event or threading.Event()
-        self.conn = connect(settings.state_path)
-        self.spool = Spool(self.conn, settings.forward_spool_max_events)
-        self.encoder = EncoderSpec.of(config, self.spool.installation_secret(),
-                                      settings.forward_max_line_bytes).build()
+        self.conn, self.spool, self.encoder = _spool_and_encoder(settings, config)
         self.client = CollectorClient(config.collector_url, config.application_id,
                                       stop_event=self.stop_event, **config.client_options)
         self.source = f"nats:{stream}"

@@ -9,6 +9,9 @@
  HTTP ingest: validate+mask+map inline, Spool.append, then 202
 ```
 
+One module per stage: `sources` (read) -> `parse` (lines -> rows, with `encoder`) ->
+`spool` -> `sender`; `config` resolves the settings. This module runs them together.
+
 - JSON decoding and mapping hold the GIL, so for file sources they run in parse worker
   processes (spawned, one per core up to 4); chunk results are committed in read order,
   one transaction per chunk (up to 1 MB of lines): events, the source offset they cover,
@@ -55,489 +58,50 @@ Exit codes of `run_forward`:
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import multiprocessing
-import multiprocessing.connection
-import os
-import signal
 import sys
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import orjson
-from pydantic import SecretStr
-
-from connector.errors import DeadLetterCode, ExitCode
-from connector.forward.errors import MalformedEvent
-from connector.forward.logline import parse_metrics_line
-from connector.forward.masking import MaskConfig, Masker
+from connector.common.redaction import install_secret_filter
+from connector.errors import ExitCode
+from connector.forward.config import ForwardConfig, resolve_config
+from connector.forward.encoder import EncoderSpec, EventEncoder
+from connector.forward.parse import (
+    ChunkResult,
+    _init_worker,
+    _warm_up,
+    _work,
+    default_parse_workers,
+    process_lines,
+    skipped_line_result,
+)
+from connector.forward.sender import BatchSender
 from connector.forward.sources import (
     IngestApp,
     IngestServer,
     LineChunk,
     LogTailer,
     StdinLines,
-    jsonl_object,
     parse_listen,
 )
-from connector.forward.spool import COUNTER_NAMES, DeadLetter, Spool
-from connector.moesif.collector import (
-    BatchRejected,
-    CollectorClient,
-    CollectorConfigError,
-    DeliveryInterrupted,
-    encode_batch,
-)
-from connector.redaction import install_secret_filter
+from connector.forward.spool import COUNTER_NAMES, Spool
+from connector.moesif.collector import CollectorConfigError
+from connector.ops.signals import stop_on_signals
 from connector.settings import ConfigError, Settings
-from connector.signals import stop_on_signals
-from connector.store import connect
+from connector.state.store import connect
 
 log = logging.getLogger(__name__)
 
-REJECTED_BY_COLLECTOR = DeadLetterCode.REJECTED_BY_COLLECTOR.value
 # Old names of the exit codes (connector.errors.ExitCode is the one definition).
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG = ExitCode.OK, ExitCode.FAILED, ExitCode.CONFIGURATION
 CHECKPOINT_SECONDS = 0.5
-# What a dead letter keeps of a masked event (the spool clips it further).
-DEAD_LETTER_KEEP_BYTES = 8192
-
-
-# --- configuration -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class ForwardConfig:
-    """What the forwarder needs, resolved from the environment and deployment.toml."""
-
-    application_id: SecretStr
-    collector_url: str
-    send_headers: bool
-    mask: MaskConfig
-    unknown_company_values: frozenset[str]
-    client_options: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:  # never show the id
-        return f"ForwardConfig(collector_url={self.collector_url!r}, application_id='**')"
-
-
-def resolve_config(settings: Settings, wso2_config_path: Path | None = None,
-                   client_options: dict[str, Any] | None = None) -> ForwardConfig:
-    """Environment over deployment.toml: MOESIF_APPLICATION_ID over `moesifKey`, and
-    MOESIF_COLLECTOR_URL (when set explicitly) over `moesif_base_url`."""
-    from connector.forward.wso2_config import Wso2AnalyticsConfig, load_wso2_config
-
-    try:
-        wso2 = (load_wso2_config(wso2_config_path) if wso2_config_path is not None
-                else Wso2AnalyticsConfig.default())
-    except ConfigError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--wso2-config: cannot read {wso2_config_path}: "
-                          f"{type(exc).__name__}") from None
-    if not wso2.enable:
-        raise ConfigError(f"{wso2.source}: analytics is disabled there ([apim.analytics] "
-                          "enable = false): set enable = true, or forward without "
-                          "--wso2-config")
-    app_id = settings.moesif_application_id
-    if app_id is None or not app_id.get_secret_value().strip():
-        app_id = wso2.moesif_key
-    if app_id is None or not app_id.get_secret_value().strip():
-        if wso2.moesif_key_reference is not None:
-            # Only the placeholder's kind is named: an alias or variable name is no secret,
-            # but there is no need to echo the value either.
-            kind = wso2.moesif_key_reference.split("{", 1)[0]
-            raise ConfigError(
-                f"{wso2.source}: moesifKey under [apim.analytics.properties] is a "
-                f"{kind}{{...}} placeholder, which only WSO2 can resolve (its secure vault or "
-                "environment): set MOESIF_APPLICATION_ID to the Collector Application Id")
-        raise ConfigError("missing required setting MOESIF_APPLICATION_ID (or moesifKey "
-                          "under [apim.analytics.properties] in deployment.toml)")
-    # Settings has a default URL: only an explicitly set MOESIF_COLLECTOR_URL beats the file.
-    url = settings.moesif_collector_url
-    if "moesif_collector_url" not in settings.model_fields_set:
-        url = wso2.collector_base_url(settings.moesif_collector_url)
-    unknown = frozenset(v.strip() for v in settings.forward_company_unknown_values.split(",")
-                        if v.strip())
-    return ForwardConfig(SecretStr(app_id.get_secret_value().strip()), url,
-                         bool(wso2.send_headers), wso2.mask, unknown, dict(client_options or {}))
-
-
-# --- the encoder: raw event map -> (transaction_id, stored bytes) -------------------------
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What it takes to build an EventEncoder, in picklable form (no secret in it), so
-    parse workers in other processes can build their own."""
-
-    send_headers: bool
-    mask_rules: tuple[tuple[str, str], ...]
-    request_headers: tuple[str, ...]
-    response_headers: tuple[str, ...]
-    unknown_company_values: tuple[str, ...]
-    max_line_bytes: int = 1_048_576
-    # The installation's key of content-derived transaction ids: goes to parse workers,
-    # never into a repr or a log.
-    transaction_secret: bytes = field(default=b"", repr=False)
-
-    @classmethod
-    def of(cls, config: ForwardConfig, transaction_secret: bytes = b"",
-           max_line_bytes: int = 1_048_576) -> EncoderSpec:
-        mask = config.mask
-        return cls(config.send_headers, tuple((k, str(v)) for k, v in mask.rules.items()),
-                   tuple(mask.request_headers), tuple(mask.response_headers),
-                   tuple(sorted(config.unknown_company_values)), max_line_bytes,
-                   transaction_secret)
-
-    def build(self) -> EventEncoder:
-        mask = MaskConfig(rules=dict(self.mask_rules), request_headers=list(self.request_headers),
-                          response_headers=list(self.response_headers))
-        return EventEncoder(self.send_headers, mask, self.unknown_company_values,
-                            transaction_secret=self.transaction_secret or None,
-                            max_line_bytes=self.max_line_bytes)
-
-
-class EventEncoder:
-    """Validate, mask and map one WSO2 event, then encode it once for the spool.
-
-    Any failure on one event (a wrong type, a value out of range, nesting deeper than the
-    encoder writes, a bug) is a MalformedEvent for that event alone: the stream goes on.
-    """
-
-    def __init__(self, send_headers: bool, mask: MaskConfig,
-                 unknown_company_values: Iterable[str] = ("UNKNOWN",), *,
-                 transaction_secret: bytes | None = None,
-                 max_line_bytes: int = 1_048_576) -> None:
-        from connector.forward.moesif_event import EventMapper
-
-        self.mask = mask
-        self.send_headers = send_headers
-        self.max_line_bytes = max_line_bytes
-        self._secret = transaction_secret or os.urandom(32)
-        self.mapper = EventMapper(send_headers, mask, set(unknown_company_values),
-                                  transaction_secret=self._secret)
-        # Dead letters are masked like events, and never keep a captured header unless
-        # headers may be sent.
-        self._dead_masker = Masker(mask.rules, mask.request_headers, mask.response_headers,
-                                   drop_headers=not send_headers)
-
-    def __call__(self, raw: dict[str, Any], kind: str | None) -> tuple[str, bytes]:
-        try:
-            event = self.mapper.process(raw, kind)
-            return event["transaction_id"], orjson.dumps(event)
-        except MalformedEvent:
-            raise
-        except orjson.JSONEncodeError as exc:  # its messages name no value
-            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
-                                 f"the event cannot be encoded as JSON ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - one event's problem is that event's
-            # The type only: an exception's text may quote the (unmasked) value.
-            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
-                                 f"the event cannot be mapped ({type(exc).__name__})") from None
-
-    def kept(self, event: Any, line: bytes | None = None) -> bytes:
-        """What a dead letter may keep: the event masked by the mask rules when it is an
-        object that can be masked; otherwise only a keyed fingerprint and the length of
-        its bytes, never the raw text."""
-        if isinstance(event, dict):
-            try:
-                masked = self._dead_masker.apply(event)
-                return orjson.dumps(masked, option=orjson.OPT_NON_STR_KEYS)[
-                    :DEAD_LETTER_KEEP_BYTES]
-            except Exception:  # noqa: BLE001 - masking must never turn a dead letter into a crash
-                pass
-        if line is None:
-            try:
-                line = orjson.dumps(event)
-            except Exception:  # noqa: BLE001
-                line = b""
-        return self.fingerprint(line)
-
-    def fingerprint(self, data: bytes) -> bytes:
-        """A keyed BLAKE2b (the installation's secret), so a short line cannot be guessed
-        back from it, yet the same line always gives the same fingerprint."""
-        digest = hashlib.blake2b(data, key=self._secret, digest_size=16).hexdigest()
-        return orjson.dumps({"withheld": "not masked, so not stored",
-                             "blake2b": digest, "length": len(data)})
-
-
-# --- turning a chunk of lines into spool rows (in the reader thread or a worker) ----------
-@dataclass(slots=True)
-class ChunkResult:
-    events: list[tuple[str, bytes]]
-    dead_letters: list[DeadLetter]
-    counters: dict[str, int]
-
-
-def _parse_log_line(line: bytes) -> tuple[str, dict[str, Any]] | None:
-    return parse_metrics_line(line.decode("utf-8", "replace"))
-
-
-def _parse_jsonl_line(line: bytes) -> tuple[None, dict[str, Any]] | None:
-    value = jsonl_object(line)
-    return None if value is None else (None, value)
-
-
-PARSERS: dict[str, Callable[[bytes], Any]] = {"log": _parse_log_line, "jsonl": _parse_jsonl_line}
-
-
-def process_lines(encoder: EventEncoder, fmt: str, source: str, lines: list[bytes],
-                  first_position: int, unit: str, inode: int | None) -> ChunkResult:
-    """Parse, validate, mask, map and encode each line; malformed ones become dead
-    letters with their position (byte offset or line number) and reason."""
-    parse = PARSERS[fmt]
-    events: list[tuple[str, bytes]] = []
-    dead: list[DeadLetter] = []
-    ignored = parsed_n = 0
-    position = first_position
-    step_bytes = unit == "byte"
-    limit = encoder.max_line_bytes
-    for line in lines:
-        here = position
-        position += len(line) + 1 if step_bytes else 1
-        raw = None
-        try:
-            if len(line) > limit:
-                raise MalformedEvent(DeadLetterCode.LINE_TOO_LONG,
-                                     f"a line of {len(line)} bytes, over "
-                                     f"FORWARD_MAX_LINE_BYTES ({limit})")
-            parsed = parse(line)
-            if parsed is None:
-                ignored += 1
-                continue
-            parsed_n += 1
-            kind, raw = parsed
-            events.append(encoder(raw, kind))
-        except Exception as exc:  # noqa: BLE001 - one line's problem is that line's
-            code, detail = _reason(exc)
-            where = f"{unit} {here}" + (f" (inode {inode})" if inode is not None else "")
-            event = raw if raw is not None else getattr(exc, "event", None)
-            kept = encoder.kept(event, line) if code != DeadLetterCode.LINE_TOO_LONG else None
-            dead.append(DeadLetter(source, where, code, detail, kept))
-    counters = {"read": len(lines), "ignored": ignored, "parsed": parsed_n,
-                "masked": len(events)}
-    return ChunkResult(events, dead, counters)
-
-
-def _reason(exc: BaseException) -> tuple[str, str]:
-    """(reason code, detail) of a line or event that failed; never the value itself."""
-    if isinstance(exc, MalformedEvent):
-        return exc.reason_code, exc.detail
-    return DeadLetterCode.BAD_VALUE.value, f"the line cannot be read ({type(exc).__name__})"
-
-
-def skipped_line_result(source: str, position: int, unit: str, length: int, limit: int,
-                        inode: int | None) -> ChunkResult:
-    """A line over FORWARD_MAX_LINE_BYTES that the reader skipped without holding it."""
-    where = f"{unit} {position}" + (f" (inode {inode})" if inode is not None else "")
-    detail = f"a line of {length} bytes, over FORWARD_MAX_LINE_BYTES ({limit})"
-    letter = DeadLetter(source, where, DeadLetterCode.LINE_TOO_LONG.value, detail, None)
-    return ChunkResult([], [letter], {"read": 1})
-
-
-_worker_encoder: EventEncoder | None = None
-
-
-def _init_worker(spec: EncoderSpec) -> None:
-    global _worker_encoder
-    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_encoder = spec.build()
-    # A worker holds both ends of its task pipe, so it would never see EOF if the parent
-    # were SIGKILLed: watch the parent instead and leave with it.
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
-                         name="parent-watch").start()
-
-
-def _exit_with_parent(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
-    os._exit(0)
-
-
-def _work(fmt: str, source: str, lines: list[bytes], first_position: int, unit: str,
-          inode: int | None) -> ChunkResult:
-    assert _worker_encoder is not None
-    return process_lines(_worker_encoder, fmt, source, lines, first_position, unit, inode)
-
-
-def _warm_up() -> None:
-    """A no-op task: makes a worker start (imports, mapping file) before the first chunk."""
-
-
-def default_parse_workers() -> int:
-    """Parse workers for file sources: JSON decoding and mapping are CPU-bound and hold
-    the GIL, so on more than one core they run in other processes."""
-    cores = os.cpu_count() or 1
-    return 0 if cores < 2 else min(cores, 4)
-
-
-# --- the sender --------------------------------------------------------------------------
-class _Slot:
-    """One sending thread: its own Collector client and the batch it has in flight."""
-
-    def __init__(self) -> None:
-        self.seqs: list[int] = []
-
-
-class BatchSender:
-    """Threads that claim batches from the spool and post them to Moesif.
-
-    Batches are claimed in sequence order (each thread takes the next events after the
-    last claimed one), so several can be in flight at once: one thread gzips and posts
-    while another waits for Moesif's answer. A batch leaves the spool only on 201 (ack)
-    or, event by event, when Moesif refuses it (400: split in halves until the refused
-    events are alone, which go to the dead letters with Moesif's answer).
-    """
-
-    def __init__(self, spool: Spool, config: ForwardConfig, settings: Settings,
-                 stop_event: threading.Event, inputs_done: threading.Event,
-                 on_fatal: Callable[[BaseException], None], threads: int = 2) -> None:
-        self.spool = spool
-        self.config = config
-        self.batch_events = settings.forward_batch_events
-        self.batch_bytes = settings.forward_batch_bytes
-        self.batch_age = settings.forward_batch_age_seconds
-        self.stop_event = stop_event
-        self.inputs_done = inputs_done
-        self.on_fatal = on_fatal
-        self.rejected = 0               # events Moesif refused in this run
-        self._claim_lock = threading.Lock()
-        self._claimed_upto = 0          # highest sequence number handed to a thread
-        self._inflight_events = 0
-        self._inflight_bytes = 0
-        self._wake = threading.Condition()
-        self._generation = 0            # bumped by every wake(): no wake-up is lost
-        self._threads = [threading.Thread(target=self._loop, name=f"forward-sender-{i}",
-                                          daemon=True) for i in range(max(1, threads))]
-        self._running = len(self._threads)
-        self.done = threading.Event()   # set when every sending thread has stopped
-
-    # -- lifecycle ----------------------------------------------------------------------
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def is_alive(self) -> bool:
-        return any(thread.is_alive() for thread in self._threads)
-
-    def join(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def wake(self) -> None:
-        with self._wake:
-            self._generation += 1
-            self._wake.notify_all()
-
-    # -- one thread ---------------------------------------------------------------------
-    def _loop(self) -> None:
-        slot = _Slot()
-        client = CollectorClient(self.config.collector_url, self.config.application_id,
-                                 on_retry=lambda attempt, reason: self._on_retry(slot),
-                                 **self.config.client_options)
-        try:
-            while (batch := self._claim()) is not None:
-                try:
-                    self._send_or_split(client, slot, batch)
-                finally:
-                    self._release(batch)
-        except DeliveryInterrupted:
-            log.info("stopped while Moesif was unreachable; the batch stays spooled")
-        except CollectorConfigError as exc:
-            log.error("%s", exc)
-            self.on_fatal(exc)
-        except Exception as exc:
-            log.exception("sending to Moesif failed")
-            self.on_fatal(exc)
-        finally:
-            client.close()
-            with self._claim_lock:
-                self._running -= 1
-                if self._running == 0:
-                    self.done.set()
-
-    def _claim(self) -> list[tuple[int, str, bytes]] | None:
-        """The next due batch (by count, bytes, age, or because inputs are done), or None
-        when this thread should stop."""
-        while True:
-            with self._wake:
-                seen = self._generation
-            with self._claim_lock:
-                if self.stop_event.is_set():
-                    return None
-                available = self.spool.depth() - self._inflight_events
-                draining = self.inputs_done.is_set()
-                if available <= 0:
-                    if draining:
-                        return None
-                    wait = 1.0
-                else:
-                    wait = self._due_in(available, draining)
-                    if wait <= 0:
-                        batch = self.spool.peek_batch(self.batch_events, self.batch_bytes,
-                                                      after_seq=self._claimed_upto)
-                        if batch:
-                            self._claimed_upto = batch[-1][0]
-                            self._inflight_events += len(batch)
-                            self._inflight_bytes += sum(len(b) for _, _, b in batch)
-                            return batch
-                        wait = 0.05
-            with self._wake:
-                self._wake.wait_for(lambda seen=seen: self._generation != seen
-                                    or self.stop_event.is_set(), timeout=wait)
-
-    def _due_in(self, available: int, draining: bool) -> float:
-        unclaimed_bytes = self.spool.spooled_bytes() - self._inflight_bytes
-        if (draining or available >= self.batch_events or unclaimed_bytes >= self.batch_bytes
-                or self.spool.is_full()):  # full: readers wait for us, nothing more comes
-            return 0.0
-        oldest = self.spool.oldest_enqueued_at(after_seq=self._claimed_upto)
-        if oldest is None:
-            return 0.05
-        return oldest + self.batch_age - time.time()
-
-    def _release(self, batch: list[tuple[int, str, bytes]]) -> None:
-        with self._claim_lock:
-            self._inflight_events -= len(batch)
-            self._inflight_bytes -= sum(len(b) for _, _, b in batch)
-        self.wake()
-
-    def _send_or_split(self, client: CollectorClient, slot: _Slot,
-                       batch: list[tuple[int, str, bytes]]) -> None:
-        seqs = [seq for seq, _, _ in batch]
-        slot.seqs = seqs
-        try:
-            # Stored bytes are sent as they are: joined into an array, never re-encoded.
-            client.post_batch(encode_batch([body for _, _, body in batch]),
-                              stop_event=self.stop_event)
-        except BatchRejected as exc:
-            if len(batch) == 1:
-                detail = f"Moesif answered HTTP {exc.status}: {exc.body_text}"
-                self.spool.dead_letter(seqs, REJECTED_BY_COLLECTOR, detail)
-                self.rejected += 1
-                log.warning("Moesif refused event %s (HTTP %d); moved to the dead letters",
-                            batch[0][1], exc.status)
-                return
-            # Isolate the refused event(s): everything else still gets delivered.
-            middle = len(batch) // 2
-            self._send_or_split(client, slot, batch[:middle])
-            self._send_or_split(client, slot, batch[middle:])
-            return
-        finally:
-            slot.seqs = []
-        self.spool.ack(seqs)
-
-    def _on_retry(self, slot: _Slot) -> None:
-        self.spool.mark_attempt(slot.seqs)
 
 
 # --- the forwarder -----------------------------------------------------------------------
@@ -816,7 +380,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
     except OSError as exc:  # --listen address in use or not ours; state file unwritable
         _error_line(out, str(exc.strerror or exc))
         return ExitCode.CONFIGURATION
-    from connector.logsetup import new_run_id, run_context
+    from connector.ops.logsetup import new_run_id, run_context
 
     try:
         # A forwarder run has a run id too: every line it logs (its threads' included,
@@ -836,7 +400,7 @@ def run_forward(settings: Settings, *, from_log: Path | None = None,
 
 def _error_line(out: Any, message: str) -> None:
     """`error: ...` on `out`; a JSON log line instead when logs are JSON lines."""
-    from connector.logsetup import fields, json_mode
+    from connector.ops.logsetup import fields, json_mode
 
     if json_mode() and out is sys.stderr:
         log.error("error: %s", message, extra=fields(event="error"))
@@ -877,7 +441,7 @@ def _report(out: Any, code: int, counters: dict[str, int], backlog: int,
             fatal: BaseException | None, log_only: bool = False) -> None:
     """The run's counters: a structured log line (inside the run's context), then, unless
     logs are JSON lines (nothing plain on stderr then), one readable line on `out`."""
-    from connector.logsetup import fields, json_mode
+    from connector.ops.logsetup import fields, json_mode
 
     if log_only:
         log.info("forward finished with exit code %d", code, extra=fields(

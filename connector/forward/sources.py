@@ -55,7 +55,7 @@ from pydantic import SecretStr
 from connector.forward.errors import BAD_JSON, BAD_VALUE, NOT_AN_OBJECT, MalformedEvent
 from connector.forward.logline import loads_event
 from connector.forward.spool import DeadLetter, FileIdentity, OffsetUpdate, Spool, SpoolFull
-from connector.sandbox.httpbase import FastThreadingHTTPServer, JsonHandler
+from connector.http.server import FastThreadingHTTPServer, JsonHandler
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from connector.store import Transaction, ensure_schema
+from connector.state.store import Transaction, ensure_schema
 
 COUNTER_NAMES = (
     "read",           # lines or event maps taken from a source

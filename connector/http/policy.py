@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
     ConfigError,
@@ -34,7 +35,6 @@ from connector.errors import (
     RefusedError,
     RetryableError,
 )
-from connector.redaction import redact
 
 EXCERPT_CHARS = 160
 

@@ -32,7 +32,9 @@ import requests
 from pydantic import SecretStr
 from tenacity import RetryCallState
 
-from connector import __version__, jsonutil
+from connector import __version__
+from connector.common import jsonutil
+from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
     ConfigError,
@@ -51,7 +53,6 @@ from connector.http.retry import (
     jitter_delay,
 )
 from connector.http.retry import parse_retry_after as _parse_retry_after
-from connector.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,9 @@ import requests
 from pydantic import SecretStr
 from tenacity import RetryCallState
 
-from connector import __version__, jsonutil
+from connector import __version__
+from connector.common import jsonutil
+from connector.common.timeutil import parse_timestamp, to_iso
 from connector.errors import (
     AuthError,
     ConnectorError,
@@ -33,7 +35,6 @@ from connector.errors import (
 from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, display_url
 from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
 from connector.http.retry import parse_retry_after as _parse_retry_after
-from connector.timeutil import parse_timestamp, to_iso
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from connector.timeutil import parse_timestamp
+from connector.common.timeutil import parse_timestamp
 
 DEFAULT_BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
 STEP_MS = 250  # base modified_time step between consecutive records

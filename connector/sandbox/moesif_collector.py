@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
-from connector.timeutil import parse_timestamp
 
 MAX_BODY_BYTES = 50_000_000
 MAX_EVENT_BYTES = 1_000_000

@@ -45,9 +45,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.dataset import Dataset, epoch_ms
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
-from connector.timeutil import parse_timestamp
 
 MAX_SIZE = 10_000
 SEARCH_PREFIX = "/v1/search/~/"

@@ -34,8 +34,8 @@ from typing import Any
 
 import orjson
 
+from connector.common.timeutil import parse_timestamp
 from connector.sandbox.httpbase import JsonHandler, SandboxServer
-from connector.timeutil import parse_timestamp
 
 MAX_BATCH_BYTES = 500 * 1024
 MAX_MESSAGE_BYTES = 32 * 1024

@@ -9,8 +9,8 @@
   as a `standby`, while another scheduler holds it); the `leader` then keeps it, renewed,
   across runs until it stops, when it hands it over at once. A leader that dies is
   replaced when its lease expires (LEASE_SECONDS; at once on the same host). Page commits
-  are fenced with the lease's token (`connector.lease`).
-- SIGTERM/SIGINT set the stop event (`connector.signals`): the run in hand finishes its
+  are fenced with the lease's token (`connector.ops.lease`).
+- SIGTERM/SIGINT set the stop event (`connector.ops.signals`): the run in hand finishes its
   page, flushes and saves its state (its report says `interrupted`); then the scheduler
   shuts down and we return 0, also with `--once`: a stop asked for is not a failure. A
   second signal exits at once (state is crash-safe by design, so that loses no record).
@@ -41,12 +41,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from connector.errors import ConnectorError, ExitCode, exit_code_for
-from connector.lease import Lease
-from connector.metrics import Metrics, serve_metrics
-from connector.report_store import ReportStore
+from connector.ops.lease import Lease
+from connector.ops.metrics import Metrics, serve_metrics
+from connector.ops.signals import stop_on_signals
+from connector.reports.store import ReportStore
 from connector.settings import ConfigError, Settings
-from connector.signals import stop_on_signals
-from connector.store import connect_state, db_errors
+from connector.state.store import connect_state, db_errors
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from connector.lease import check_fence
-from connector.store import Transaction, ddl_step, migrate
-from connector.timeutil import utcnow
+from connector.common.timeutil import utcnow
+from connector.ops.lease import check_fence
+from connector.state.store import Transaction, ddl_step, migrate
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sync_cursor (
@@ -72,7 +72,7 @@ MIGRATIONS = (ddl_step(*SCHEMA),)
 
 
 class SyncState:
-    """Over either state backend (`connector.store.connect_state`)."""
+    """Over either state backend (`connector.state.store.connect_state`)."""
 
     def __init__(self, conn: Any, max_attempts: int = 5) -> None:
         self.conn = conn

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from connector.metrics import RetryCollector, build_info
+from connector.ops.metrics import RetryCollector, build_info
 from connector.settings import Settings
 
 PREFIX = "moesif_forward"

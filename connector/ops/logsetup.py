@@ -18,7 +18,7 @@ from typing import IO
 
 import orjson
 
-from connector.redaction import SecretFilter
+from connector.common.redaction import SecretFilter
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _process_run_id: str | None = None

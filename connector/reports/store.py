@@ -20,11 +20,11 @@ import zlib
 from datetime import datetime
 from typing import Any
 
-from connector.jsonutil import dumps, loads
-from connector.lease import ensure_lease_schema, holder_is_dead, process_holder_id
-from connector.report_model import RunReport, RunSummary, Status
-from connector.store import Transaction, ddl_step, migrate, state_errors, table_columns
-from connector.timeutil import utcnow
+from connector.common.jsonutil import dumps, loads
+from connector.common.timeutil import utcnow
+from connector.ops.lease import ensure_lease_schema, holder_is_dead, process_holder_id
+from connector.reports.model import RunReport, RunSummary, Status
+from connector.state.store import Transaction, ddl_step, migrate, state_errors, table_columns
 
 RUNNING = Status.RUNNING.value
 INTERRUPTED_ERROR = ("its process ({holder}) ended before the run did (killed or crashed); "
@@ -70,7 +70,7 @@ MIGRATIONS = (ddl_step(*_DDL), _add_holder)
 
 
 class ReportStore:
-    """Over either state backend (`connector.store.connect_state`)."""
+    """Over either state backend (`connector.state.store.connect_state`)."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn

@@ -1,6 +1,6 @@
 """The mapping report of a run, rendered for people: text (rich), JSON, HTML, and diffs.
 
-A report is a `RunReport` (connector.report_model); the renderers read its attributes.
+A report is a `RunReport` (connector.reports.model); the renderers read its attributes.
 They also take the stored JSON form (a dict, of any report version), which is loaded
 into the model first; a part missing from a report is simply empty. Everything taken
 from a report is escaped (rich markup and HTML), and values under key-like names are
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from connector import report_sections
-from connector.report_model import (
+from connector.reports import sections as report_sections
+from connector.reports.model import (
     COUNT_KEYS,
     PHASE_NAMES,
     FieldCoverage,

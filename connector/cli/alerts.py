@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from connector.cli_errors import command_boundary, fail
+from connector.cli.errors import command_boundary, fail
 from connector.errors import ExitCode
 from connector.settings import load_settings
-from connector.store import check_home, connect
+from connector.state.store import check_home, connect
 
 alerts_app = typer.Typer(help="Open alerts, and a test of the alert webhook.",
                          no_args_is_help=True, add_completion=False)

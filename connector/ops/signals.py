@@ -20,7 +20,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the module moved: operators filter on it.
+log = logging.getLogger("connector.signals")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

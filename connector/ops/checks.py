@@ -17,12 +17,12 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
+from connector.common.redaction import last4
 from connector.errors import ConnectorError, ExitCode
 from connector.mapping import load_mappings
 from connector.moesif.management import MoesifAuthError, MoesifError, MoesifManagementClient
-from connector.redaction import last4
 from connector.settings import ConfigError, Settings
-from connector.store import check_home, connect, state_error
+from connector.state.store import check_home, connect, state_error
 
 
 @dataclass
@@ -120,8 +120,8 @@ def check_mappings(settings: Settings) -> CheckResult:
 def check_state_store(settings: Settings) -> list[CheckResult]:
     """STATE_URL's PostgreSQL reachable (schema created if missing), and who holds the
     sync lease (also for the SQLite file, when it exists)."""
-    from connector.lease import describe_holder
-    from connector.store import connect_state, db_errors, state_location
+    from connector.ops.lease import describe_holder
+    from connector.state.store import connect_state, db_errors, state_location
 
     if not settings.state_url and not settings.state_path.exists():
         return []
@@ -202,7 +202,7 @@ def check_schedule(settings: Settings) -> CheckResult:
 def check_application_id(settings: Settings, wso2_config: Path | None = None) -> CheckResult:
     """MOESIF_APPLICATION_ID (or deployment.toml's moesifKey), and deployment.toml readable,
     resolved exactly as `forward` resolves them."""
-    from connector.forward.pipeline import resolve_config
+    from connector.forward.config import resolve_config
 
     name = "MOESIF_APPLICATION_ID" + (f" and {wso2_config}" if wso2_config else "")
     try:
@@ -215,7 +215,7 @@ def check_application_id(settings: Settings, wso2_config: Path | None = None) ->
 
 def check_collector(settings: Settings, wso2_config: Path | None = None) -> CheckResult:
     """The Collector reachable and accepting the application id (GET /v1/config, no event)."""
-    from connector.forward.pipeline import resolve_config
+    from connector.forward.config import resolve_config
     from connector.moesif.collector import CollectorClient
 
     try:

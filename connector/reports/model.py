@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connector.common.timeutil import to_iso, utcnow
 from connector.errors import IssueCode
 from connector.mapping import Coverage
-from connector.timeutil import to_iso, utcnow
 
 if TYPE_CHECKING:
     from connector.settings import Settings

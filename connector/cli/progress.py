@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# The logger keeps its name from before the module moved: operators filter on it.
 log = logging.getLogger("connector.progress")
 
 

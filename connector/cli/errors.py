@@ -18,7 +18,7 @@ import click
 import typer
 
 from connector.errors import ConnectorError, ExitCode, exit_code_for
-from connector.store import state_error
+from connector.state.store import state_error
 
 log = logging.getLogger("connector")
 
@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     """One line, one prefix for every command, then the exit code. With JSON logs the
     line is a JSON log line too (nothing plain on stderr then)."""
-    from connector.logsetup import fields, json_mode
+    from connector.ops.logsetup import fields, json_mode
 
     if json_mode():
         log.error("error: %s", message, extra=fields(event="error", exit_code=int(code)))

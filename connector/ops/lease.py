@@ -28,9 +28,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connector.errors import LeaseLost
-from connector.store import Transaction, db_errors, ddl_step, dialect_of, migrate, table_columns
+from connector.state.store import (
+    Transaction,
+    db_errors,
+    ddl_step,
+    dialect_of,
+    migrate,
+    table_columns,
+)
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the module moved: operators filter on it.
+log = logging.getLogger("connector.lease")
 
 _DDL = (
     """CREATE TABLE IF NOT EXISTS leases (

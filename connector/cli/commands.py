@@ -17,12 +17,12 @@ from typing import Any, NoReturn
 
 import typer
 
-from connector.cli_errors import command_boundary, fail
+from connector.cli.errors import command_boundary, fail
+from connector.cli.progress import SyncProgress
 from connector.errors import ExitCode
-from connector.progress import SyncProgress
-from connector.report_model import RunReport, Status
+from connector.ops.signals import stop_on_signals
+from connector.reports.model import RunReport, Status
 from connector.settings import ConfigError, Settings, load_settings
-from connector.signals import stop_on_signals
 from connector.sync.job import SyncOutcome
 
 app = typer.Typer(no_args_is_help=True, add_completion=True,
@@ -74,7 +74,7 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
 
 def _ensure_home(settings: Settings) -> None:
     """CONNECTOR_HOME exists or can be created: else one line naming it, exit 2."""
-    from connector.store import check_home, state_error
+    from connector.state.store import check_home, state_error
 
     home = settings.connector_home
     check_home(home)
@@ -87,7 +87,7 @@ def _ensure_home(settings: Settings) -> None:
 
 
 def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
-    from connector.logsetup import setup_logging
+    from connector.ops.logsetup import setup_logging
 
     try:
         setup_logging(level, fmt.value, settings.secrets())
@@ -132,7 +132,7 @@ def sync(
     .env.example). Exit: 0 all delivered; 1 some deliveries failed or the run was
     interrupted (the next run retries); 2 a configuration mistake.
     """
-    from connector.report import render_summary
+    from connector.reports.render import render_summary
 
     settings = _settings()
     _logging(settings, log_format, log_level)
@@ -164,8 +164,8 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
                     progress: Any = None) -> SyncOutcome:
     """A sync run under the state store's lease, so it never overlaps a scheduled one.
     A missing key or an unusable state home raises ConfigError before anything runs."""
-    from connector.lease import Lease, default_holder_id
-    from connector.store import connect_state
+    from connector.ops.lease import Lease, default_holder_id
+    from connector.state.store import connect_state
     from connector.sync.job import failed_outcome, run_sync
 
     settings.require("moesif_management_api_key", "segment_write_key")
@@ -253,7 +253,7 @@ def schedule(
 def log_summary(report: RunReport, exit_code: int) -> None:
     """The run's summary as one log line: readable text, and in JSON logs structured
     fields (status, duration, counts per entity and outcome, issues by code)."""
-    from connector.logsetup import fields, run_context
+    from connector.ops.logsetup import fields, run_context
 
     with run_context(report.run_id):
         log.info("run %s %s: users %s; companies %s", report.run_id, report.status,
@@ -266,7 +266,7 @@ def log_summary(report: RunReport, exit_code: int) -> None:
 
 
 def _brief(report: RunReport, entity: str) -> str:
-    from connector.report_model import EntityCounts
+    from connector.reports.model import EntityCounts
 
     e = report.entities.get(entity) or EntityCounts()
     return (f"{e.fetched} fetched, {e.delivered} delivered, {e.unchanged} unchanged, "
@@ -291,7 +291,7 @@ def check(
     Collector accepting it, apim_events.toml. Unknown connector-like variables in the
     environment or .env are warned about, with the closest known name.
     """
-    from connector.checks import Scope, run_scoped_checks
+    from connector.ops.checks import Scope, run_scoped_checks
 
     try:
         scope = Scope(what)
@@ -401,8 +401,8 @@ def forward(
     _ensure_home(settings)
     server = None
     if metrics_port is not None:
-        from connector.forward_metrics import ForwardMetrics
-        from connector.metrics import serve_metrics
+        from connector.ops.forward_metrics import ForwardMetrics
+        from connector.ops.metrics import serve_metrics
 
         server = serve_metrics(ForwardMetrics(settings), metrics_port, metrics_host)
         log.info("serving /healthz and /metrics on %s", server.url)
@@ -448,8 +448,8 @@ def forward_status_cmd(
     durable: str = typer.Option("moesif", "--durable"),
 ) -> None:
     """Backlog, delivered and dead-lettered events, per-source offsets."""
+    from connector.common.jsonutil import dumps
     from connector.forward.pipeline import forward_status
-    from connector.jsonutil import dumps
 
     settings = _settings()
     if nats_url:
@@ -511,8 +511,8 @@ def dead_letters_list(
     from rich.console import Console
     from rich.table import Table
 
+    from connector.common.jsonutil import dumps
     from connector.forward.dead_letters import list_letters
-    from connector.jsonutil import dumps
 
     letters = list_letters(_settings(), reason, limit)
     if json_out:
@@ -577,7 +577,7 @@ def dead_letters_replay(
 
 
 def _add_report_app() -> None:
-    from connector.report_cli import report_app
+    from connector.reports.cli import report_app
 
     app.add_typer(report_app, name="report", help="List, show and diff mapping reports.")
 
@@ -586,7 +586,7 @@ _add_report_app()
 
 
 def _add_alerts_app() -> None:
-    from connector.alerts_cli import alerts_app
+    from connector.cli.alerts import alerts_app
 
     app.add_typer(alerts_app, name="alerts", help="Open alerts; test the alert webhook.")
 

@@ -22,14 +22,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from connector.cli_errors import command_boundary, fail
+from connector.cli.errors import command_boundary, fail
 from connector.errors import ExitCode
-from connector.lease import describe_holder
-from connector.report import diff_reports, render_diff_text, render_html, render_json, render_text
-from connector.report_model import EntityCounts, RunReport, Status
-from connector.report_store import AmbiguousRunId, ReportStore
+from connector.ops.lease import describe_holder
+from connector.reports.model import EntityCounts, RunReport, Status
+from connector.reports.render import (
+    diff_reports,
+    render_diff_text,
+    render_html,
+    render_json,
+    render_text,
+)
+from connector.reports.store import AmbiguousRunId, ReportStore
 from connector.settings import ConfigError, Settings, load_settings
-from connector.store import check_home, connect_state
+from connector.state.store import check_home, connect_state
 
 report_app = typer.Typer(help="Inspect the mapping reports of past runs.",
                          no_args_is_help=True, add_completion=False)

@@ -1,6 +1,6 @@
 """The report's schema-drift and alert sections (issue 9), for text, HTML and `report diff`.
 
-Kept apart from `connector.report` so the renderers there only call in; everything here
+Kept apart from `connector.reports.render` so the renderers there only call in; everything here
 reads the optional `schema` and `alerts` parts, which older reports do not have.
 """
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from connector.report_model import RunReport
+from connector.reports.model import RunReport
 
 DRIFT_PARTS = (("added", "added"), ("type_changed", "type changed"), ("vanished", "vanished"))
 MAX_ROWS = 100

@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from connector.common.timeutil import parse_timestamp
 from connector.errors import ConfigError
-from connector.report_model import ENTITIES, FINISHED, Outcome, RunReport, Status
-from connector.sandbox.httpbase import JsonHandler, SandboxServer
-from connector.timeutil import parse_timestamp
+from connector.http.server import BackgroundServer, JsonHandler
+from connector.reports.model import ENTITIES, FINISHED, Outcome, RunReport, Status
 
 # `*_created` series double the output and no dashboard or alert of ours reads them.
 disable_created_metrics()
@@ -253,14 +253,14 @@ class _MetricsHandler(JsonHandler):
             self.send_json(404, {"error": "not found", "paths": ["/healthz", "/metrics"]})
 
 
-def serve_metrics(metrics: Any, port: int, host: str = "127.0.0.1") -> SandboxServer:
+def serve_metrics(metrics: Any, port: int, host: str = "127.0.0.1") -> BackgroundServer:
     """Serve `/metrics` and `/healthz` in a background thread; `.stop()` to end, `.url`.
 
     `metrics` is anything with `exposition()` and `health()` (the sync's or the
     forwarder's). A port that cannot be bound is a usage mistake (ConfigError, exit 2).
     """
     try:
-        return SandboxServer(_MetricsHandler, metrics, host=host, port=port).start()
+        return BackgroundServer(_MetricsHandler, metrics, host=host, port=port).start()
     except OSError as exc:
         reason = "already in use" if exc.errno == errno.EADDRINUSE else \
             (exc.strerror or type(exc).__name__)

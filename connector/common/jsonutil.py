@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the module moved: operators filter on it.
+log = logging.getLogger("connector.jsonutil")
 
 # A number literal longer than this is not turned into a Python int (the standard
 # library refuses to, past 4,300 digits): it becomes ±infinity, which the mapping

@@ -1,0 +1,197 @@
+"""Map and diff: a page of users mapped to Segment messages, compared with stored hashes."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from connector.common import jsonutil
+from connector.common.timeutil import parse_timestamp, to_iso
+from connector.errors import IssueCode
+from connector.mapping import Applied
+from connector.schema_drift import check_stop
+from connector.sync.records import (
+    Candidate,
+    Joined,
+    Timer,
+    _failure_text,
+    _fingerprint,
+    _id_text,
+    _log_unforeseen,
+    _strip,
+    _version_key,
+)
+from connector.sync.state import PageCommit
+
+
+class UserStage:
+    """Map and diff: a page of users mapped to Segment messages, compared with stored hashes.
+
+    Mixed into `SyncRun` (connector.sync.job), which owns the state used here.
+    """
+
+    def process_users(self, page: Joined, cursor: str | None,
+                      members: bool = False, cache: dict[Any, Any] | None = None,
+                      ) -> dict[str, str]:
+        """Map, diff, send and commit one page of users; return id -> outcome.
+
+        `members`: a changed company's users. Stored hashes count even in a full run (one
+        stored with the same hash was sent earlier in this very run), and an unchanged
+        member is not counted again: it was counted when the users pass saw it.
+        `cache`: mapped companies to reuse (default: the run's, bounded).
+        """
+        entity = "users"
+        counts = self.report.entities[entity]
+        outcomes: dict[str, str] = {}
+        candidates: list[Candidate] = []
+        self._report_decode_problems(entity, page.docs, page.problems)
+        if page.problems and page.companies:
+            self._report_decode_problems("companies", list(page.companies.values()),
+                                         page.problems, quiet=True)
+        if cache is None:
+            cache = self.map_cache  # each company (id, version) is mapped once (bounded)
+            if len(cache) > 20_000:
+                cache.clear()
+        with Timer(self.report.phases, "map"):
+            for doc in page.docs:
+                counts["fetched"] += 1
+                if not members:
+                    self.inventory.add(entity, doc)
+                candidate = self._map_user_guarded(doc, page, cache)
+                if candidate is None:
+                    key = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+                    self._count_left_out(counts, key)
+                    if key:
+                        outcomes[key] = self.settled[key] = "invalid"
+                    self._sample_issue(key, doc, [])
+                    continue
+                candidates.append(candidate)
+        self.progress("fetched", entity=entity, n=len(page.docs))
+        self._drift_guard()
+        with Timer(self.report.phases, "diff"):
+            ids = [c.id for c in candidates]
+            stored = {} if self.full and not members else self.state.hashes(entity, ids)
+            retried = self.state.failure_attempts(entity, ids)
+            counts["retried"] += len(retried)
+            changed = []
+            for c in candidates:
+                if stored.get(c.id) == c.hash and c.id not in retried:
+                    outcomes[c.id] = "unchanged"
+                    if members:
+                        counts["fetched"] -= 1
+                    else:
+                        counts["unchanged"] += 1
+                else:
+                    changed.append(c)
+        sendable: list[Candidate] = []
+        with Timer(self.report.phases, "map"):
+            for c in changed:
+                if self._shape_guarded(c):
+                    sendable.append(c)
+                else:
+                    self._count_left_out(counts, c.id)
+                    outcomes[c.id] = self.settled[c.id] = "invalid"
+                    self._sample_issue(c.id, c.doc, c.messages)
+        counts["changed"] += len(sendable)
+        for c in sendable:
+            self._count_fields(c)
+        self._sample(sendable)
+        if self.dry_run:
+            for c in sendable:  # a dry run stores no hashes: remember them instead
+                outcomes[c.id] = self.settled[c.id] = "would-send"
+        else:
+            self._deliver(entity, sendable, cursor, outcomes)
+        return outcomes
+
+    def _drift_guard(self) -> None:
+        """SCHEMA_DRIFT_POLICY=stop: a vanished mapped field stops the run before the
+        page is sent (SchemaDriftStopped, exit 1)."""
+        if self.drift_stop and not self.dry_run:
+            check_stop(self.state.conn, self.inventory, self.mapped_sources,
+                       self.settings.schema_drift_min_records)
+
+    def _map_user_guarded(self, doc: dict[str, Any], page: Joined,
+                          cache: dict[Any, Any]) -> Candidate | None:
+        """`_map_user`, with any unforeseen error made that record's problem: it is
+        reported and left out, and the rest of the page goes on."""
+        try:
+            return self._map_user(doc, page, cache)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, reported
+            _log_unforeseen("mapping a user", exc)
+            rid = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+            self._mapping_failed("users", rid, f"mapping or hashing failed: {_failure_text(exc)}")
+            return None
+
+    def _count_left_out(self, counts: dict[str, int], rid: str | None) -> None:
+        """A record left out is invalid, unless an unforeseen error did it: that one
+        failed (it is retried by the next run, and this run ends partial)."""
+        if rid is not None and rid in self.mapping_failures:
+            counts["changed"] += 1
+            counts["failed"] += 1
+        else:
+            counts["invalid"] += 1
+
+    def _mapping_failed(self, entity: str, rid: str | None, detail: str) -> None:
+        """Report a record an unforeseen error left out, and keep it as a failure so a
+        later run (after a fix) retries it, up to SYNC_MAX_ATTEMPTS, instead of losing
+        it until it changes in Moesif."""
+        code = IssueCode.MAPPING_FAILED.value
+        if rid is not None:
+            self.mapping_failures.add(rid)
+        if rid is None or self.dry_run:
+            self.report.issue(entity, rid, code, detail)
+            return
+        for f in self.state.commit_page(PageCommit(entity, {}, [], [(rid, code, detail)])):
+            if f.gave_up:
+                self.report.entities[entity]["gave_up"] += 1
+            self.report.issue(entity, f.id, "GAVE_UP" if f.gave_up else code,
+                              f"{code} after {f.attempts} attempts: {detail}" if f.gave_up
+                              else detail, f.attempts)
+
+    def _map_user(self, doc: dict[str, Any], page: Joined,
+                  cache: dict[Any, Any]) -> Candidate | None:
+        raw_company = doc.get("company_id")
+        company_id = _id_text(raw_company)
+        company = page.companies.get(company_id) if company_id else None
+        user_id = doc.get("user_id")
+        record_id = _id_text(user_id)
+        joins = {"@company": company,
+                 "@metrics": page.metrics.get(record_id) if record_id else None}
+        identify = self.mappings.apply("identify", doc, joins, cache=cache)
+        for code, detail in identify.issues:
+            self.report.issue("users", record_id or _id_text(doc.get("_id")), code, detail)
+        if identify.missing_required or record_id is None:
+            missing = identify.missing_required or ["userId"]
+            detail = f"required field(s) missing: {', '.join(missing)}"
+            if user_id not in (None, "") and record_id is None:
+                detail = "user_id is not an id (text or integer)"
+            self.report.issue("users", record_id or _id_text(doc.get("_id")), "MISSING_ID",
+                              detail)
+            return None
+        if raw_company not in (None, "") and company_id is None:
+            self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
+                              "company_id: not an id (text or integer); sent without a company")
+        group = None
+        version = _version_key(company, cache) if company is not None else None
+        if company is not None:  # remember which version of the company it carries
+            versions = self.member_versions.setdefault(company_id, {})
+            if version not in versions:
+                versions[version] = _fingerprint(company)
+        if company is not None and self.settings.sync_send_group_calls:
+            group_key = ("group", company_id, version)
+            shared = cache.get(group_key)
+            if shared is None:
+                shared = cache[group_key] = self.mappings.apply("group", company, {})
+                shared.message.pop("timestamp", None)  # the user's change time, for both
+            if not shared.missing_required:
+                group = Applied({**shared.message, "userId": record_id}, [], [], shared.fields)
+        if company_id and company is None:
+            self.report.issue("users", record_id, "COMPANY_NOT_FOUND",
+                              f"company {company_id} is not in Moesif's companies search")
+        timestamp = None
+        if identify.message.get("timestamp"):
+            timestamp = parse_timestamp(identify.message.pop("timestamp"))
+        hashed = [_strip(identify.message, self.identify_volatile),
+                  group.message if group else None, to_iso(timestamp) if timestamp else None]
+        digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
+        return Candidate(record_id, doc, timestamp, identify, group, digest)

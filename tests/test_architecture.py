@@ -1,0 +1,33 @@
+"""The intended layers (pyproject.toml `[tool.importlinter]`) hold: `lint-imports` passes.
+
+Running it here puts the import contracts into the README's test command, so `.ci/run`
+checks them with the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lint_imports() -> str:
+    """The `lint-imports` installed next to this interpreter (the venv's)."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    assert exe.exists(), f"import-linter is not installed next to {sys.executable}"
+    return str(exe)
+
+
+def test_import_contracts_are_kept() -> None:
+    env = dict(os.environ)
+    # The checked code is this checkout's, whatever the venv was installed from.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [_lint_imports(), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout

@@ -14,7 +14,6 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-import click
 import typer
 
 from connector.errors import ConnectorError, ExitCode, exit_code_for
@@ -45,14 +44,23 @@ def fail_with(exc: BaseException) -> NoReturn:
          "traceback)", ExitCode.FAILED)
 
 
+def _click_exception_base() -> type[Exception]:
+    """click's ClickException (usage errors), wherever typer takes click from: recent typer
+    releases vendor it, so importing `click` itself would name other classes (and need a
+    package the product does not depend on)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+_CLICK_EXCEPTION = _click_exception_base()
+
+
 def command_boundary(fn: F) -> F:
     """Wrap a command so nothing escapes it as a traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
-                click.ClickException):
+        except (typer.Exit, typer.Abort, _CLICK_EXCEPTION):
             raise
         except (sqlite3.Error, OSError) as exc:
             fail_with(state_error(exc, None) or exc)

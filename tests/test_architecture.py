@@ -31,3 +31,32 @@ def test_import_contracts_are_kept() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout
+
+
+# Installed by the `test` extra (or pulled in by it) but not by a plain `pip install .`:
+# product code that imported one of these would pass the suite and break for users.
+TEST_ONLY = ("click", "yaml", "psutil", "hypothesis", "importlinter", "pytest")
+
+_IMPORT_ALL = """
+import importlib, pkgutil, sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ImportError(f'{name} is a test-only package')
+
+sys.meta_path.insert(0, Refuse())
+import connector
+for info in pkgutil.walk_packages(connector.__path__, 'connector.'):
+    importlib.import_module(info.name)
+from connector.cli import app, main  # the console script's entry point
+"""
+
+
+def test_product_modules_import_without_test_only_packages() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    code = f"BLOCKED = {TEST_ONLY!r}\n" + _IMPORT_ALL
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

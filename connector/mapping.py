@@ -109,6 +109,65 @@ def _join_part(value: Any) -> str:
     return ""
 
 
+def _template_getter(pieces: tuple[str | tuple[str], ...]) -> Getter:
+    """Text built from literal pieces and (1-tuple) source paths: every path must have a
+    text or integer value; a "/" is not doubled where two pieces meet."""
+    parts: list[str | Getter] = [p if isinstance(p, str) else _path_getter(p[0])
+                                 for p in pieces]
+
+    def get(record: dict[str, Any], joins: dict[str, Any]) -> Any:
+        text = ""
+        for part in parts:
+            value = part if isinstance(part, str) else _join_part(part(record, joins))
+            if not value:
+                return MISSING
+            if value.startswith("/") and text.endswith("/"):
+                value = value[1:]
+            text += value
+        return text
+
+    return get
+
+
+def _value_getter(value: Any) -> Getter:
+    def get(record: dict[str, Any], joins: dict[str, Any]) -> Any:
+        return value
+
+    return get
+
+
+def template_pieces(text: str) -> tuple[str | tuple[str], ...]:
+    """Split `"/{apiContext}{a.b}"` into literal text and 1-tuples of source paths.
+    Raises ValueError naming the problem (the loader adds file and entry)."""
+    pieces: list[str | tuple[str]] = []
+    rest = text
+    while rest:
+        opening, closing = rest.find("{"), rest.find("}")
+        if opening < 0 and closing < 0:
+            pieces.append(rest)
+            break
+        if opening < 0 or closing < opening or "{" in rest[opening + 1 : closing]:
+            raise ValueError("has an unbalanced '{' or '}'")
+        if opening:
+            pieces.append(rest[:opening])
+        pieces.append((rest[opening + 1 : closing].strip(),))
+        rest = rest[closing + 1 :]
+    if not any(isinstance(p, tuple) for p in pieces):
+        raise ValueError("has no {placeholder}; use {value = ...} for a constant")
+    return tuple(pieces)
+
+
+def source_paths(spec: Any) -> list[str]:
+    """The source paths one `from` entry reads (none for a constant)."""
+    if isinstance(spec, str):
+        return [spec]
+    if not isinstance(spec, dict):
+        return []
+    if "template" in spec:
+        return [p[0] for p in template_pieces(spec["template"]) if isinstance(p, tuple)]
+    return list(spec.get("join") or spec.get("seconds_between") or [])
+
+
 def _seconds_between_getter(later: str, earlier: str) -> Getter:
     get_later, get_earlier = _path_getter(later), _path_getter(earlier)
 
@@ -561,9 +620,8 @@ class MappingSet:
                 for spec in rule.source_specs:
                     if isinstance(spec, str):
                         paths.add(spec.split("@company.")[-1])
-                    elif isinstance(spec, dict):
-                        for p in spec.get("join") or spec.get("seconds_between") or []:
-                            paths.add(p)
+                    else:
+                        paths.update(source_paths(spec))
         return paths
 
 
@@ -818,8 +876,26 @@ def _compile_source(file: Path, where: str, spec: Any) -> Getter:
                 raise _fail(file, where, "seconds_between needs [later, earlier] paths")
             later, earlier = (_check_path(file, where, p) for p in pair)
             return _seconds_between_getter(later, earlier)
-    raise _fail(file, where, f"unknown source {_show(spec)} (use a path, join or "
-                             "seconds_between)")
+        if set(spec) == {"template"}:
+            if not isinstance(spec["template"], str):
+                raise _fail(file, where, "template must be a string such as "
+                                         "\"{apiContext}{apiResourceTemplate}\"")
+            try:
+                pieces = template_pieces(spec["template"])
+            except ValueError as exc:
+                raise _fail(file, where, f"template {spec['template']!r} {exc}") from None
+            for piece in pieces:
+                if isinstance(piece, tuple):
+                    _check_path(file, where, piece[0], "template placeholder")
+            return _template_getter(pieces)
+        if set(spec) == {"value"}:
+            value = spec["value"]
+            if not encodable(value) or not _is_present(value):
+                raise _fail(file, where, f"value {_show(value)} is not a JSON value that "
+                                         "can be sent")
+            return _value_getter(value)
+    raise _fail(file, where, f"unknown source {_show(spec)} (use a path, join, "
+                             "seconds_between, template or value)")
 
 
 def _check_target(file: Path, where: str, section: str, path: tuple[str, ...],
@@ -860,7 +936,8 @@ def _compile_default(file: Path, where: str, type_name: str, default: Any) -> An
     return value
 
 
-def _compile_rule(file: Path, section: str, index: int, entry: Any) -> FieldRule:
+def _compile_rule(file: Path, section: str, index: int, entry: Any,
+                  sections: tuple[str, ...] = SECTIONS) -> FieldRule:
     where = f"[[{section}]] entry {index + 1}"
     if not isinstance(entry, dict):
         raise _fail(file, where, "must be a table")
@@ -881,7 +958,7 @@ def _compile_rule(file: Path, section: str, index: int, entry: Any) -> FieldRule
     if not isinstance(type_name, str) or type_name not in TYPES:
         raise _fail(file, where, f"unknown type {_show(type_name)}; use one of {', '.join(TYPES)}")
     submapping = entry.get("mapping")
-    if submapping is not None and (type_name != "object" or submapping not in SECTIONS):
+    if submapping is not None and (type_name != "object" or submapping not in sections):
         raise _fail(file, where, "`mapping` needs type = \"object\" and a known section")
     for flag in ("personal", "trimmable", "volatile", "required"):
         if not isinstance(entry.get(flag, False), bool):
@@ -926,34 +1003,79 @@ def _check_overlaps(file: Path, section: str, rules: list[FieldRule]) -> None:
                             "already puts a value there; a target cannot be inside another")
 
 
-def compile_mapping_data(file: Path, data: Any) -> dict[str, list[FieldRule]]:
-    """The sections of one parsed mapping file, each checked whole."""
+@dataclass(frozen=True, slots=True)
+class MappingDocument:
+    """One parsed, validated mapping file: its rule sections and its file-level tables
+    (`[mapping]` name/version, `[options]`, `[metadata]`), whose keys the reader allows."""
+
+    file: Path
+    sections: dict[str, list[FieldRule]]
+    header: dict[str, Any]
+    options: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+FILE_TABLES = ("mapping", "options", "metadata")
+
+
+def compile_mapping_document(file: Path, data: Any, sections: tuple[str, ...] = SECTIONS,
+                             options: tuple[str, ...] = (),
+                             metadata: tuple[str, ...] = ()) -> MappingDocument:
+    """Check one parsed mapping file whole: rule sections (`[[name]]`, one of `sections`)
+    and file-level tables, each with only the keys its reader knows."""
     if not isinstance(data, dict):
         raise ConfigError(f"mapping file {file}: must be a TOML document")
-    sections: dict[str, list[FieldRule]] = {}
+    compiled: dict[str, list[FieldRule]] = {}
+    tables: dict[str, dict[str, Any]] = {name: {} for name in FILE_TABLES}
+    allowed = {"options": options, "metadata": metadata}
     for key, value in data.items():
-        if key == "mapping":
+        if key in FILE_TABLES:
+            if not isinstance(value, dict):
+                raise _fail(file, f"[{key}]", "must be a table")
+            for entry in value:
+                if key in allowed and entry not in allowed[key]:
+                    raise _fail(file, f"[{key}] {entry!r}", "unknown entry; expected one of "
+                                f"{', '.join(allowed[key]) or 'nothing'}")
+            tables[key] = value
             continue
-        if key not in SECTIONS:
-            raise _fail(file, f"[{key}]", f"unknown section; expected one of {SECTIONS}")
+        if key not in sections:
+            raise _fail(file, f"[{key}]", f"unknown section; expected one of {sections}")
         if not isinstance(value, list):
             raise _fail(file, f"[{key}]", "must be an array of tables ([[...]])")
-        sections[key] = [_compile_rule(file, key, i, e) for i, e in enumerate(value)]
-        _check_overlaps(file, key, sections[key])
-    return sections
+        compiled[key] = [_compile_rule(file, key, i, e, sections) for i, e in enumerate(value)]
+        _check_overlaps(file, key, compiled[key])
+    return MappingDocument(file, compiled, tables["mapping"], tables["options"],
+                           tables["metadata"])
 
 
-def load_mapping_file(file: Path) -> dict[str, list[FieldRule]]:
+def compile_mapping_data(file: Path, data: Any) -> dict[str, list[FieldRule]]:
+    """The sections of one parsed sync mapping file, each checked whole."""
+    return compile_mapping_document(file, data).sections
+
+
+def read_mapping_toml(file: Path) -> Any:
+    """A mapping file's TOML; every problem is a ConfigError naming the file."""
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(Path(file).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"mapping file {file}: cannot read it ({exc.strerror})") from None
+        raise ConfigError(f"mapping file {file}: cannot read it "
+                          f"({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"mapping file {file}: not UTF-8 text ({exc.reason} at byte "
                           f"{exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"mapping file {file}: not valid TOML: {exc}") from None
-    return compile_mapping_data(file, data)
+
+
+def load_mapping_document(file: Path, sections: tuple[str, ...] = SECTIONS,
+                          options: tuple[str, ...] = (),
+                          metadata: tuple[str, ...] = ()) -> MappingDocument:
+    """The one loader of mapping files, for the sync's and the forwarder's alike."""
+    return compile_mapping_document(file, read_mapping_toml(file), sections, options, metadata)
+
+
+def load_mapping_file(file: Path) -> dict[str, list[FieldRule]]:
+    return load_mapping_document(file).sections
 
 
 def default_mappings_dir() -> Path:

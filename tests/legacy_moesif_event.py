@@ -75,13 +75,9 @@ _PATH_PART = re.compile(r"^[A-Za-z0-9_\-$@]+$")
 
 
 def default_mapping_path() -> Path:
-    """The shipped mapping: inside the installed package (the wheel copies `mappings/`
-    there), else the source tree's top-level `mappings/`."""
-    package = Path(__file__).resolve().parent.parent
-    for folder in (package / "mappings", package.parent / "mappings"):
-        if (folder / MAPPING_FILE).is_file():
-            return folder / MAPPING_FILE
-    return package.parent / "mappings" / MAPPING_FILE
+    """The frozen copy of the OLD-format mapping (the shipped file now uses the one
+    mapping language that connector/mapping.py reads)."""
+    return Path(__file__).resolve().parent / "data" / "apim_events_legacy_v1.toml"
 
 
 # --- converters: event value -> Moesif value, or _MISSING to try the next candidate ---

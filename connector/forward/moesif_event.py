@@ -27,14 +27,13 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from connector.common.jsonutil import dumps_sorted
 from connector.common.timeutil import to_iso
@@ -54,7 +53,12 @@ from connector.forward.errors import (
     MalformedEvent,
 )
 from connector.forward.masking import MaskConfig, Masker
-from connector.forward.wso2_config import toml_key_line
+from connector.mapping import (
+    MISSING,
+    FieldRule,
+    load_mapping_document,
+    template_pieces,
+)
 from connector.settings import ConfigError
 
 MAPPING_FILE = "apim_events.toml"
@@ -152,8 +156,6 @@ FIELDS: dict[tuple[str, str], tuple[Converter, bool]] = {
     ("event", "direction"): (_to_direction, False),
     ("event", "weight"): (_to_weight, False),
 }
-_SECTIONS = ("request", "response", "event")
-_TOP_LEVEL = ("version", "options", "metadata", *_SECTIONS)
 
 
 class _Rule:
@@ -230,53 +232,49 @@ def load_mapping(path: str | Path | None = None) -> EventMapping:
     return _MappingLoader(Path(path) if path else default_mapping_path()).load()
 
 
+# Target in the mapping file -> FIELDS key; `<section>.headers.<Name>` is a derived header.
+_TARGETS = {(name if section == "event" else f"{section}.{name}"): (section, name)
+            for section, name in FIELDS}
+_DERIVED = ("request.headers.", "response.headers.")
+_OPTIONS = ("unknown_values", "strip_suffix", "strip_suffix_fields")
+_METADATA = ("exclude", "kind_key")
+# Rule keys of the shared language that mean nothing for a Moesif event (the Moesif field
+# fixes the type; personal data is handled by [apim.analytics.mask]).
+_SYNC_ONLY = ("type", "personal", "trimmable", "volatile", "required", "mapping")
+
+
 class _MappingLoader:
+    """Compile the event mapping from the shared loader's parsed rules
+    (connector.mapping.load_mapping_document: one language, one validator)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.lines: list[str] = []
 
     def load(self) -> EventMapping:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ConfigError(f"{self.path}: cannot read the event mapping: {reason}") from None
-        self.lines = text.splitlines()
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{self.path}: TOML syntax error: {exc}") from None
-        for key in doc:
-            if key not in _TOP_LEVEL:
-                self.fail("", key, f"unknown entry; expected one of {', '.join(_TOP_LEVEL)}")
-        if doc.get("version", 1) != 1:
-            self.fail("", "version", "unsupported mapping version (this code reads 1)")
-        options = self.table(doc, "options")
+        document = load_mapping_document(self.path, sections=("event",), options=_OPTIONS,
+                                         metadata=_METADATA)
+        version = document.header.get("version", "1")
+        if str(version) != "1":
+            self.fail("[mapping] 'version'", "unsupported mapping version (this code reads 1)")
+        options, metadata = document.options, document.metadata
         unknown = frozenset(self.strings(options, "options", "unknown_values", ["", "N/A"]))
-        rules = self.rules(doc, unknown)
-        metadata = self.table(doc, "metadata")
+        rules, request_derived, response_derived = self.rules(document.sections, unknown)
         kind_key = metadata.get("kind_key", "eventKind")
         if not isinstance(kind_key, str) or not kind_key:
-            self.fail("metadata", "kind_key", "must be a non-empty string")
-        for key in metadata:
-            if key not in ("exclude", "kind_key"):
-                self.fail("metadata", key, "unknown entry; expected exclude or kind_key")
-        for key in options:
-            if key not in ("unknown_values", "strip_suffix", "strip_suffix_fields"):
-                self.fail("options", key, "unknown entry")
+            self.fail("[metadata] 'kind_key'", "must be a non-empty string")
         suffix = options.get("strip_suffix", "")
         if not isinstance(suffix, str):
-            self.fail("options", "strip_suffix", "must be a string")
+            self.fail("[options] 'strip_suffix'", "must be a string")
         time_getters = rules[("request", "time")].getters
         return EventMapping(
             source=self.path,
             rules=rules,
-            request_derived=self.derived(doc, "request", unknown),
-            response_derived=self.derived(doc, "response", unknown),
+            request_derived=request_derived,
+            response_derived=response_derived,
             strip_suffix=suffix.lower(),
             strip_fields=tuple(
-                self.path_of("options", "strip_suffix_fields", p)
-                for p in self.strings(options, "options", "strip_suffix_fields", [])
+                self.path_of("[options] 'strip_suffix_fields'", text)
+                for text in self.strings(options, "options", "strip_suffix_fields", [])
             ),
             exclude=self.exclude(metadata),
             kind_key=kind_key,
@@ -286,86 +284,80 @@ class _MappingLoader:
 
     # --- pieces ---
 
-    def rules(self, doc: dict[str, Any], unknown: frozenset[str]) -> dict[tuple[str, str], _Rule]:
+    def rules(
+        self, sections: dict[str, list[FieldRule]], unknown: frozenset[str]
+    ) -> tuple[dict[tuple[str, str], _Rule], tuple[tuple[str, _Rule], ...],
+               tuple[tuple[str, _Rule], ...]]:
         rules: dict[tuple[str, str], _Rule] = {}
-        for section in _SECTIONS:
-            table = self.table(doc, section)
-            for name, spec in table.items():
-                if name == "derived_headers":
-                    continue
-                target = FIELDS.get((section, name))
-                if target is None:
-                    known = sorted(n for s, n in FIELDS if s == section)
-                    self.fail(section, name, f"unknown Moesif field; expected one of {known}")
-                rules[(section, name)] = self.rule(section, name, spec, target[0], unknown)
-        for (section, name), (_, required) in FIELDS.items():
-            if required and (section, name) not in rules:
-                self.fail(section, name, "is required (Moesif rejects events without it)")
-        return rules
+        derived: dict[str, list[tuple[str, _Rule]]] = {"request": [], "response": []}
+        for number, field_rule in enumerate(sections.get("event", []), start=1):
+            where = f"[[event]] entry {number} (target {field_rule.target!r})"
+            self.check_keys(where, field_rule)
+            target = field_rule.target
+            if target.startswith(_DERIVED) and len(field_rule.path) == 3:
+                section, _, header = field_rule.path
+                derived[section].append((header, self.rule(where, field_rule, _to_text,
+                                                           unknown)))
+                continue
+            key = _TARGETS.get(target)
+            if key is None:
+                self.fail(where, "unknown Moesif field; expected one of "
+                                 f"{sorted(_TARGETS)} or <request|response>.headers.<Name>")
+            rules[key] = self.rule(where, field_rule, FIELDS[key][0], unknown)
+        for key, (_, required) in FIELDS.items():
+            if required and key not in rules:
+                name = key[1] if key[0] == "event" else ".".join(key)
+                self.fail(f"[[event]] target {name!r}",
+                          "is required (Moesif rejects events without it)")
+        return rules, tuple(derived["request"]), tuple(derived["response"])
 
-    def derived(
-        self, doc: dict[str, Any], section: str, unknown: frozenset[str]
-    ) -> tuple[tuple[str, _Rule], ...]:
-        table = self.table(doc, section).get("derived_headers", {})
-        where = f"{section}.derived_headers"
-        if not isinstance(table, dict):
-            self.fail(section, "derived_headers", "must be a table of header = [candidates]")
-        return tuple(
-            (header, self.rule(where, header, spec, _to_text, unknown))
-            for header, spec in table.items()
-        )
+    def check_keys(self, where: str, rule: FieldRule) -> None:
+        used = [key for key in _SYNC_ONLY if getattr(rule, "submapping" if key == "mapping"
+                                                     else key) not in (False, None, "any")]
+        if used:
+            self.fail(where, f"{', '.join(used)} has no meaning for a Moesif event field")
 
-    def rule(
-        self, where: str, name: str, spec: Any, convert: Converter, unknown: frozenset[str]
-    ) -> _Rule:
-        if not isinstance(spec, list) or not spec:
-            self.fail(where, name, "must be a non-empty list of candidates")
+    def rule(self, where: str, field_rule: FieldRule, convert: Converter,
+             unknown: frozenset[str]) -> _Rule:
+        specs = list(field_rule.source_specs)
+        if field_rule.default is not MISSING:
+            specs.append({"value": field_rule.default})
         getters = []
-        for number, candidate in enumerate(spec, start=1):
-            getter = self.candidate(where, name, number, candidate, unknown)
+        for number, spec in enumerate(specs, start=1):
+            getter = self.candidate(where, number, spec, unknown)
             constant = getattr(getter, "constant", _MISSING)
             if constant is not _MISSING and convert(constant) is _MISSING:
-                self.fail(where, name, f"candidate {number} is not a valid value for this field")
+                self.fail(where, f"source {number} is not a valid value for this field")
             getters.append(getter)
         return _Rule(tuple(getters), convert)
 
-    def candidate(
-        self, where: str, name: str, number: int, spec: Any, unknown: frozenset[str]
-    ) -> Getter:
-        if isinstance(spec, bool) or not isinstance(spec, str | int | float):
-            self.fail(where, name, f"candidate {number} must be a string or a number")
-        if not isinstance(spec, str) or ("{" not in spec and "}" not in spec):
-            return _constant(spec)
-        parts: list[str | tuple[str, ...]] = []
-        rest = spec
-        while rest:
-            opening, closing = rest.find("{"), rest.find("}")
-            if opening < 0 and closing < 0:
-                parts.append(rest)
-                break
-            if opening < 0 or closing < opening or "{" in rest[opening + 1 : closing]:
-                self.fail(where, name, f"candidate {number} has an unbalanced '{{' or '}}'")
-            if opening:
-                parts.append(rest[:opening])
-            parts.append(self.path_of(where, name, rest[opening + 1 : closing], number))
-            rest = rest[closing + 1 :]
+    def candidate(self, where: str, number: int, spec: Any, unknown: frozenset[str]) -> Getter:
+        if isinstance(spec, str):
+            return _field(self.path_of(where, spec, number), unknown)
+        if "value" in spec:
+            return _constant(spec["value"])
+        if "template" not in spec:
+            self.fail(where, f"source {number}: only paths, templates and values are "
+                             "available to events (no join or seconds_between)")
+        parts = tuple(piece if isinstance(piece, str) else
+                      self.path_of(where, piece[0], number)
+                      for piece in template_pieces(spec["template"]))
         if len(parts) == 1 and isinstance(parts[0], tuple):
             return _field(parts[0], unknown)
-        return _template(tuple(parts), unknown)
+        return _template(parts, unknown)
 
-    def path_of(
-        self, where: str, name: str, text: str, number: int | None = None
-    ) -> tuple[str, ...]:
+    def path_of(self, where: str, text: str, number: int | None = None) -> tuple[str, ...]:
         path = tuple(text.strip().split("."))
-        if not all(_PATH_PART.match(part) for part in path):
-            which = f"candidate {number}" if number else "a path"
-            self.fail(where, name, f"{which} names no valid field (use field or a.b)")
+        if text.startswith("@") or not all(_PATH_PART.match(part) for part in path):
+            which = f"source {number}" if number else "a path"
+            self.fail(where, f"{which} names no valid event field (use field or a.b; "
+                             "events have no joined documents)")
         return path
 
     def exclude(self, metadata: dict[str, Any]) -> dict[str, Any]:
         tree: dict[str, Any] = {}
         for text in self.strings(metadata, "metadata", "exclude", []):
-            *parents, leaf = self.path_of("metadata", "exclude", text)
+            *parents, leaf = self.path_of("[metadata] 'exclude'", text)
             node = tree
             for part in parents:
                 child = node.setdefault(part, {})
@@ -376,23 +368,14 @@ class _MappingLoader:
                 node[leaf] = None
         return tree
 
-    def table(self, doc: dict[str, Any], name: str) -> dict[str, Any]:
-        value = doc.get(name, {})
-        if not isinstance(value, dict):
-            self.fail("", name, "must be a table")
-        return value
-
     def strings(self, table: dict[str, Any], where: str, key: str, default: list[str]) -> list[str]:
         value = table.get(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.fail(where, key, "must be a list of strings")
+            self.fail(f"[{where}] {key!r}", "must be a list of strings")
         return value
 
-    def fail(self, where: str, key: str, reason: str) -> None:
-        line = toml_key_line(self.lines, where, key)
-        at = f" (line {line})" if line else ""
-        table = f"[{where}] " if where else ""
-        raise ConfigError(f"{self.path}: {table}'{key}'{at}: {reason}")
+    def fail(self, where: str, reason: str) -> NoReturn:
+        raise ConfigError(f"mapping file {self.path}: {where}: {reason}")
 
 
 # --- candidate getters (closures: the hot path) ---

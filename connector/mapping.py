@@ -936,9 +936,22 @@ def _compile_default(file: Path, where: str, type_name: str, default: Any) -> An
     return value
 
 
+def entry_line(lines: list[str], section: str, index: int) -> int | None:
+    """The line (1-based) of the `index`-th `[[section]]` header, when the text is known."""
+    seen = 0
+    for number, line in enumerate(lines, start=1):
+        if line.split("#")[0].strip().replace(" ", "") == f"[[{section}]]":
+            if seen == index:
+                return number
+            seen += 1
+    return None
+
+
 def _compile_rule(file: Path, section: str, index: int, entry: Any,
-                  sections: tuple[str, ...] = SECTIONS) -> FieldRule:
-    where = f"[[{section}]] entry {index + 1}"
+                  sections: tuple[str, ...] = SECTIONS, lines: list[str] | None = None
+                  ) -> FieldRule:
+    line = entry_line(lines, section, index) if lines else None
+    where = f"[[{section}]] entry {index + 1}" + (f" (line {line})" if line else "")
     if not isinstance(entry, dict):
         raise _fail(file, where, "must be a table")
     target = entry.get("target")
@@ -1013,6 +1026,7 @@ class MappingDocument:
     header: dict[str, Any]
     options: dict[str, Any]
     metadata: dict[str, Any]
+    lines: list[str] = field(default_factory=list)  # the text, for line numbers in errors
 
 
 FILE_TABLES = ("mapping", "options", "metadata")
@@ -1020,9 +1034,11 @@ FILE_TABLES = ("mapping", "options", "metadata")
 
 def compile_mapping_document(file: Path, data: Any, sections: tuple[str, ...] = SECTIONS,
                              options: tuple[str, ...] = (),
-                             metadata: tuple[str, ...] = ()) -> MappingDocument:
+                             metadata: tuple[str, ...] = (),
+                             lines: list[str] | None = None) -> MappingDocument:
     """Check one parsed mapping file whole: rule sections (`[[name]]`, one of `sections`)
-    and file-level tables, each with only the keys its reader knows."""
+    and file-level tables, each with only the keys its reader knows. With the file's
+    `lines`, an entry's errors give its line."""
     if not isinstance(data, dict):
         raise ConfigError(f"mapping file {file}: must be a TOML document")
     compiled: dict[str, list[FieldRule]] = {}
@@ -1042,10 +1058,11 @@ def compile_mapping_document(file: Path, data: Any, sections: tuple[str, ...] = 
             raise _fail(file, f"[{key}]", f"unknown section; expected one of {sections}")
         if not isinstance(value, list):
             raise _fail(file, f"[{key}]", "must be an array of tables ([[...]])")
-        compiled[key] = [_compile_rule(file, key, i, e, sections) for i, e in enumerate(value)]
+        compiled[key] = [_compile_rule(file, key, i, e, sections, lines)
+                         for i, e in enumerate(value)]
         _check_overlaps(file, key, compiled[key])
     return MappingDocument(file, compiled, tables["mapping"], tables["options"],
-                           tables["metadata"])
+                           tables["metadata"], lines or [])
 
 
 def compile_mapping_data(file: Path, data: Any) -> dict[str, list[FieldRule]]:
@@ -1053,10 +1070,12 @@ def compile_mapping_data(file: Path, data: Any) -> dict[str, list[FieldRule]]:
     return compile_mapping_document(file, data).sections
 
 
-def read_mapping_toml(file: Path) -> Any:
-    """A mapping file's TOML; every problem is a ConfigError naming the file."""
+def read_mapping_toml(file: Path) -> tuple[Any, list[str]]:
+    """A mapping file's TOML and its lines; every problem is a ConfigError naming the
+    file."""
     try:
-        return tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        text = Path(file).read_text(encoding="utf-8")
+        return tomllib.loads(text), text.splitlines()
     except OSError as exc:
         raise ConfigError(f"mapping file {file}: cannot read it "
                           f"({exc.strerror or type(exc).__name__})") from None
@@ -1071,7 +1090,8 @@ def load_mapping_document(file: Path, sections: tuple[str, ...] = SECTIONS,
                           options: tuple[str, ...] = (),
                           metadata: tuple[str, ...] = ()) -> MappingDocument:
     """The one loader of mapping files, for the sync's and the forwarder's alike."""
-    return compile_mapping_document(file, read_mapping_toml(file), sections, options, metadata)
+    data, lines = read_mapping_toml(file)
+    return compile_mapping_document(file, data, sections, options, metadata, lines)
 
 
 def load_mapping_file(file: Path) -> dict[str, list[FieldRule]]:

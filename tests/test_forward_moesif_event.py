@@ -452,7 +452,9 @@ def custom_mapping(tmp_path: Path, old: str, new: str) -> Path:
 
 
 def test_a_custom_mapping_changes_the_output(tmp_path: Path) -> None:
-    path = custom_mapping(tmp_path, "uri = [\n", 'uri = [\n  "https://gw.local{apiContext}",\n')
+    path = custom_mapping(tmp_path, 'from = [\n  "properties.gatewayUrl",\n',
+                          'from = [\n  {template = "https://gw.local{apiContext}"},\n'
+                          '  "properties.gatewayUrl",\n')
     event = EventMapper(False, MaskConfig(), mapping_path=path).process(RESPONSE_SEED)
     assert event["request"]["uri"] == "https://gw.local/pizzashack/1.0.0"
     path = custom_mapping(tmp_path, 'kind_key = "eventKind"', 'kind_key = "wso2Kind"')
@@ -463,40 +465,45 @@ def test_a_custom_mapping_changes_the_output(tmp_path: Path) -> None:
     )
     event = EventMapper(False, MaskConfig(), mapping_path=path).process(RESPONSE_SEED)
     assert "destination" not in event["metadata"] and "apiName" in event["metadata"]
+    path = custom_mapping(tmp_path, 'from = ["apiMethod"]\ndefault = "GET"',
+                          'from = ["apiMethod"]\ndefault = "POST"')
+    event = EventMapper(False, MaskConfig(), mapping_path=path).process(
+        {k: v for k, v in RESPONSE_SEED.items() if k != "apiMethod"})
+    assert event["request"]["verb"] == "POST"
 
 
 @pytest.mark.parametrize(
     "old,new,entry,reason",
     [
-        (
-            'verb = ["{apiMethod}", "GET"]',
-            'verbb = ["{apiMethod}"]',
-            "verbb",
-            "unknown Moesif field",
-        ),
-        ('time = ["{requestTimestamp}"]', "", "time", "is required"),
-        (
-            'api_version = ["{apiVersion}"]',
-            'api_version = "{apiVersion}"',
-            "api_version",
-            "non-empty list",
-        ),
-        ('api_version = ["{apiVersion}"]', "api_version = []", "api_version", "non-empty list"),
-        ('ip_address = ["{userIp}"]', 'ip_address = ["{userIp"]', "ip_address", "unbalanced"),
-        ('ip_address = ["{userIp}"]', 'ip_address = ["{}"]', "ip_address", "no valid field"),
-        ('ip_address = ["{userIp}"]', "ip_address = [true]", "ip_address", "string or a number"),
-        ('direction = ["Incoming"]', 'direction = ["Sideways"]', "direction", "not a valid value"),
-        ("weight = [1]", "weight = [0]", "weight", "not a valid value"),
-        ("version = 1", "version = 2", "version", "unsupported mapping version"),
-        ("version = 1", 'version = 1\ncolour = "blue"', "colour", "unknown entry"),
-        ('kind_key = "eventKind"', 'kind_key = ""', "kind_key", "non-empty string"),
-        ('"User-Agent" = ["{userAgent}"]', '"User-Agent" = "x"', "User-Agent", "non-empty list"),
-        (
-            'unknown_values = ["", "N/A"]',
-            "unknown_values = [1]",
-            "unknown_values",
-            "list of strings",
-        ),
+        ('target = "request.verb"', 'target = "request.verbb"', "request.verbb",
+         "unknown Moesif field"),
+        ('target = "request.time"', 'target = "request.timestamp"', "request.timestamp",
+         "unknown Moesif field"),
+        ('[[event]]\ntarget = "request.time"                  # sent as ISO 8601 UTC\n'
+         'from = ["requestTimestamp"]\n', "", "request.time", "is required"),
+        ('from = ["apiVersion"]', "from = []", "request.api_version", "needs `from`"),
+        ('from = ["apiVersion"]', "from = [1]", "request.api_version", "unknown source"),
+        ('from = ["userIp"]', 'from = [{template = "{userIp"}]', "request.ip_address",
+         "unbalanced"),
+        ('from = ["userIp"]', 'from = [{template = "{}"}]', "request.ip_address",
+         "bad template placeholder"),
+        ('from = ["userIp"]', 'from = [{template = "ip"}]', "request.ip_address",
+         "no {placeholder}"),
+        ('from = ["userIp"]', 'from = ["@company.ip"]', "request.ip_address",
+         "no joined documents"),
+        ('from = ["userIp"]', 'from = [{join = ["userIp"]}]', "request.ip_address",
+         "no join"),
+        ('from = ["userIp"]', 'from = ["userIp"]\ntype = "string"', "request.ip_address",
+         "type has no meaning"),
+        ('from = ["userIp"]', 'from = ["userIp"]\ncolour = "blue"', "request.ip_address",
+         "unknown key"),
+        ('from = [{value = "Incoming"}]', 'from = [{value = "Sideways"}]', "direction",
+         "not a valid value"),
+        ("from = [{value = 1}]", "from = [{value = 0}]", "weight", "not a valid value"),
+        ('from = ["apiMethod"]\ndefault = "GET"', 'from = ["apiMethod"]\ndefault = ""',
+         "request.verb", "`default`"),
+        ('target = "request.headers.User-Agent"', 'target = "request.headerz.User-Agent"',
+         "request.headerz.User-Agent", "unknown Moesif field"),
     ],
 )
 def test_broken_mapping_names_file_entry_and_reason(
@@ -509,17 +516,43 @@ def test_broken_mapping_names_file_entry_and_reason(
     assert str(path) in message and f"'{entry}'" in message and reason in message
 
 
+@pytest.mark.parametrize(
+    "old,new,entry,reason",
+    [
+        ('version = "1"', 'version = "2"', "version", "unsupported mapping version"),
+        ('kind_key = "eventKind"', 'kind_key = "eventKind"\ncolour = "blue"', "colour",
+         "unknown entry"),
+        ('kind_key = "eventKind"', 'kind_key = ""', "kind_key", "non-empty string"),
+        ('unknown_values = ["", "N/A"]', "unknown_values = [1]", "unknown_values",
+         "list of strings"),
+        ('strip_suffix = "@carbon.super"', "strip_suffix = 1", "strip_suffix", "a string"),
+        ("[metadata]", "[request]\n[metadata]", "[request]", "unknown section"),
+    ],
+)
+def test_broken_file_tables_name_file_entry_and_reason(
+    tmp_path: Path, old: str, new: str, entry: str, reason: str
+) -> None:
+    path = custom_mapping(tmp_path, old, new)
+    with pytest.raises(ConfigError) as caught:
+        EventMapper(False, MaskConfig(), mapping_path=path)
+    message = str(caught.value)
+    assert str(path) in message and entry in message and reason in message
+
+
 def test_broken_mapping_error_gives_the_line(tmp_path: Path) -> None:
-    path = custom_mapping(tmp_path, 'direction = ["Incoming"]', 'direction = ["Sideways"]')
+    path = custom_mapping(tmp_path, 'from = [{value = "Incoming"}]',
+                          'from = [{value = "Sideways"}]')
     with pytest.raises(ConfigError) as caught:
         load_mapping(path)
-    line = path.read_text().splitlines().index('direction = ["Sideways"]') + 1
-    assert f"(line {line})" in str(caught.value)
+    lines = path.read_text().splitlines()
+    entry = lines.index('from = [{value = "Sideways"}]') - 1  # the entry's [[event]] line
+    assert lines[entry - 1] == "[[event]]"
+    assert f"(line {entry})" in str(caught.value)
 
 
 def test_mapping_syntax_error_and_unreadable_file(tmp_path: Path) -> None:
-    path = custom_mapping(tmp_path, "[response]", "[response")
-    with pytest.raises(ConfigError, match=r"TOML syntax error.*line"):
+    path = custom_mapping(tmp_path, "\n[options]\n", "\n[options\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line"):
         load_mapping(path)
     missing = tmp_path / "none.toml"
     with pytest.raises(ConfigError) as caught:

@@ -56,6 +56,7 @@ from connector.forward.masking import MaskConfig, Masker
 from connector.mapping import (
     MISSING,
     FieldRule,
+    entry_line,
     load_mapping_document,
     template_pieces,
 )
@@ -249,10 +250,12 @@ class _MappingLoader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lines: list[str] = []
 
     def load(self) -> EventMapping:
         document = load_mapping_document(self.path, sections=("event",), options=_OPTIONS,
                                          metadata=_METADATA)
+        self.lines = document.lines
         version = document.header.get("version", "1")
         if str(version) != "1":
             self.fail("[mapping] 'version'", "unsupported mapping version (this code reads 1)")
@@ -291,7 +294,9 @@ class _MappingLoader:
         rules: dict[tuple[str, str], _Rule] = {}
         derived: dict[str, list[tuple[str, _Rule]]] = {"request": [], "response": []}
         for number, field_rule in enumerate(sections.get("event", []), start=1):
-            where = f"[[event]] entry {number} (target {field_rule.target!r})"
+            line = entry_line(self.lines, "event", number - 1)
+            at = f" (line {line})" if line else ""
+            where = f"[[event]] entry {number}{at} (target {field_rule.target!r})"
             self.check_keys(where, field_rule)
             target = field_rule.target
             if target.startswith(_DERIVED) and len(field_rule.path) == 3:

@@ -1,7 +1,17 @@
-"""Declarative mappings (`mappings/*.toml`): load, validate, apply, count coverage.
+"""The one mapping language of the connector: load, validate, compile, apply, count coverage.
 
-A mapping file holds sections (`[[identify]]`, `[[group]]`, `[[company_object]]`), each
-an ordered list of field rules:
+Every mapping file (`mappings/users.toml` and `mappings/companies.toml` for the sync,
+`mappings/apim_events.toml` for the forwarder) is read by `load_mapping_document`, one
+loader and one validator; each path compiles the parsed rules once, at load, into plain
+Python (the sync here, the forwarder in connector/forward/moesif_event.py).
+
+A file holds optional file-level tables and rule sections. The sections a reader knows
+(`[[identify]]`, `[[group]]`, `[[company_object]]` for the sync, `[[event]]` for the
+forwarder) are ordered lists of field rules:
+
+    [mapping]                              # the file's name and version (free-form)
+    name = "users"
+    version = "1"
 
     [[identify]]
     target = "traits.email"               # where the value goes in the message
@@ -13,18 +23,47 @@ an ordered list of field rules:
     required = true                       # a record without it is invalid (MISSING_ID)
     default = "x"                         # used when no source has a value
     mapping = "company_object"            # type object: apply that section to the value
+    description = "free text"
 
-A `from` entry is a dotted path into the record (`metadata.email`), a path into a joined
-document (`@company.metadata.name`, `@metrics`), or a computed source:
-`{join = ["first_name", "last_name"], sep = " "}` or
-`{seconds_between = ["first_seen_time", "created"]}`.
+A `from` entry is one of:
 
-Missing values are omitted, never invented and never sent as null.
+    "metadata.email"                                  a dotted path into the record
+    "@company.metadata.name", "@metrics"              a path into a joined document
+    {join = ["first_name", "last_name"], sep = " "}   the present texts, joined
+    {seconds_between = ["first_seen_time", "created"]}  whole seconds, later - earlier
+    {template = "{apiContext}{apiResourceTemplate}"}  text from literal pieces and
+                                                      {paths}; every path must have a
+                                                      text or integer value, and a "/"
+                                                      is not doubled where pieces meet
+    {value = "Incoming"}                              a constant
 
-Each section is compiled once, when the MappingSet is built, into one generated Python
-function per coverage prefix (see `_SectionCompiler`): the rule list is not interpreted per
-record. tests/test_mapping_engine_equivalence.py checks it against the interpreter it
-replaced (tests/legacy_mapping.py), record by record.
+A reader declares which keys its file-level tables may hold; the forwarder's are
+
+    [options]
+    unknown_values = ["", "N/A"]          # values that count as missing
+    strip_suffix = "@carbon.super"        # cut from these fields before masking
+    strip_suffix_fields = ["userName"]
+
+    [metadata]
+    exclude = ["requestHeaders"]          # event fields kept out of the Moesif metadata
+    kind_key = "eventKind"                # the metadata key of the event kind
+
+    [[event]]
+    target = "request.uri"                # a Moesif field (moesif_event.py lists them)
+    from = ["gatewayUrl", {template = "{apiContext}{apiResourceTemplate}"}]
+    default = "/"
+
+and a reader may refuse rule keys that mean nothing to it (the Moesif field fixes an
+event rule's type; masking there is [apim.analytics.mask], not `personal`).
+
+Missing values are omitted, never invented and never sent as null. Every load error is
+a ConfigError naming the file, the entry (with its line) and the reason.
+
+Each sync section is compiled once, when the MappingSet is built, into one generated
+Python function per coverage prefix (see `_SectionCompiler`): the rule list is not
+interpreted per record. tests/test_mapping_engine_equivalence.py checks both paths'
+engines against the interpreters they replaced (tests/legacy_mapping.py,
+tests/legacy_moesif_event.py), record by record.
 """
 
 from __future__ import annotations
@@ -118,7 +157,7 @@ def _template_getter(pieces: tuple[str | tuple[str], ...]) -> Getter:
     def get(record: dict[str, Any], joins: dict[str, Any]) -> Any:
         text = ""
         for part in parts:
-            value = part if isinstance(part, str) else _join_part(part(record, joins))
+            value = part if isinstance(part, str) else _template_part(part(record, joins))
             if not value:
                 return MISSING
             if value.startswith("/") and text.endswith("/"):
@@ -127,6 +166,15 @@ def _template_getter(pieces: tuple[str | tuple[str], ...]) -> Getter:
         return text
 
     return get
+
+
+def _template_part(value: Any) -> str:
+    """A value's text inside a template ('' when it has none): text as it is, integers."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
+        return str(value)
+    return ""
 
 
 def _value_getter(value: Any) -> Getter:

@@ -473,3 +473,66 @@ def test_random_rule_sets_load_or_raise_config_error_and_loaded_ones_map(users, 
         if section in ("identify", "group"):
             for key in ("traits", "context"):
                 assert isinstance(applied.message.get(key, {}), dict)
+
+
+# --- issue 12 item 1: one language for both paths: template and value sources, file tables ---
+TEMPLATE_RULES = ('\n[[identify]]\ntarget = "traits.route"\n'
+                  'from = [{template = "{metadata.ctx}{metadata.path}"}, {value = "none"}]\n'
+                  'type = "string"\n')
+
+
+def test_template_and_value_sources_in_a_sync_mapping(tmp_path):
+    write_maps(tmp_path, users_extra=TEMPLATE_RULES)
+    maps = load_mappings(tmp_path)
+    traits = maps.apply("identify", user(metadata={"ctx": "/api/", "path": "/users"}),
+                        {}).message["traits"]
+    assert traits["route"] == "/api/users"  # the "/" is not doubled
+    traits = maps.apply("identify", user(metadata={"ctx": "/api", "path": 7}),
+                        {}).message["traits"]
+    assert traits["route"] == "/api7"
+    # A template needs every piece: without one, the chain moves on to the constant.
+    for metadata in ({"ctx": "/api"}, {"ctx": "/api", "path": ""}, {"ctx": [], "path": "/x"}):
+        traits = maps.apply("identify", user(metadata=metadata), {}).message["traits"]
+        assert traits["route"] == "none"
+
+
+@given(ctx=st.text(max_size=8), path=st.text(max_size=8))
+@settings(max_examples=60, deadline=None)
+def test_a_template_is_its_pieces_joined_without_a_doubled_slash(ctx, path):
+    rules = {"identify": [{"target": "userId", "from": ["id"], "type": "string",
+                           "required": True},
+                          {"target": "traits.t", "from": [{"template": "{a}{b}"}],
+                           "type": "any"}]}
+    sections = compile_mapping_data(Path("t.toml"), rules)
+    getter = sections["identify"][1].sources[0]
+    value = getter({"a": ctx, "b": path}, {})
+    if not ctx or not path:
+        assert value is MISSING
+    else:
+        expected = ctx + (path[1:] if ctx.endswith("/") and path.startswith("/") else path)
+        assert value == expected
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ('[[identify]]\ntarget = "traits.t"\nfrom = [{template = "{a"}]\n', "unbalanced"),
+    ('[[identify]]\ntarget = "traits.t"\nfrom = [{template = "plain"}]\n', "no {placeholder}"),
+    ('[[identify]]\ntarget = "traits.t"\nfrom = [{template = "{@nowhere.x}"}]\n',
+     "unknown joined document"),
+    ('[[identify]]\ntarget = "traits.t"\nfrom = [{value = ""}]\n', "can be sent"),
+    ('[[identify]]\ntarget = "traits.t"\nfrom = [{value = 1, template = "{a}"}]\n',
+     "unknown source"),
+])
+def test_bad_template_or_value_sources_are_refused_with_the_line(tmp_path, extra, expected):
+    write_maps(tmp_path, users_extra="\n" + extra)
+    with pytest.raises(ConfigError) as err:
+        load_mappings(tmp_path)
+    message = str(err.value)
+    lines = (tmp_path / "users.toml").read_text().splitlines()
+    line = len(lines) - lines[::-1].index("[[identify]]")
+    assert "users.toml" in message and expected in message and f"(line {line})" in message
+
+
+def test_file_tables_the_sync_does_not_read_are_refused(tmp_path):
+    write_maps(tmp_path, users_extra='\n[options]\nunknown_values = ["N/A"]\n')
+    with pytest.raises(ConfigError, match=r"users.toml.*\[options\] 'unknown_values'.*unknown"):
+        load_mappings(tmp_path)

@@ -11,7 +11,9 @@ Order of work for one event (`EventMapper.to_moesif` / `EventMapper.process`):
    are built from the masked event, captured headers are masked by their own lists;
 5. map.
 
-The mapping file is compiled once, at construction, into plain closures; applying it is
+The mapping file is read and checked by connector.mapping.load_mapping_document (the
+one mapping language, shared with the sync) and compiled once, at construction, into
+plain closures and generated functions; applying it is
 a handful of dict look-ups per field.
 
 Decisions the file documents (and a user may change there): `request.uri` falls back

@@ -185,3 +185,27 @@ def test_check_fails_the_state_row_and_leaves_the_file(tmp_path):
     assert result.exit_code == 2
     assert "damaged" in result.output
     assert state.read_bytes() == b"not sqlite" * 100
+
+
+def test_a_header_ahead_of_the_file_is_not_truncation_while_a_wal_is_beside_it(tmp_path):
+    """Mid-checkpoint, another connection has written page 1 (new page count) but not yet
+    the pages after it: with a WAL beside the file that is not damage (it was seen as
+    `truncated` under concurrent forwarder connections)."""
+    from connector.state.store import check_state_file
+
+    path = tmp_path / "state.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 20)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[:4096])  # the header still counts every page
+    wal = path.with_name(path.name + "-wal")
+    wal.write_bytes(b"")
+    check_state_file(path)  # a WAL beside it: SQLite recovers, not our call
+    wal.unlink()
+    with pytest.raises(ConfigError, match="truncated"):
+        check_state_file(path)

@@ -104,7 +104,13 @@ def check_state_file(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     # The page count in the header is only meaningful when these two counters agree.
     counted = pages > 0 and header[24:28] == header[92:96]
-    if page_size < 512 or size % page_size or (counted and size < pages * page_size):
+    if page_size < 512:
+        raise _damaged(path, "not an SQLite database")
+    # While another connection checkpoints the WAL, page 1 (with the new page count) is
+    # written before the pages after it, so the raw header can briefly run ahead of the
+    # file: with a WAL beside the file, the size is not evidence (SQLite recovers the rest).
+    wal_beside = path.with_name(path.name + "-wal").exists()
+    if (size % page_size or (counted and size < pages * page_size)) and not wal_beside:
         raise _damaged(path, f"truncated: {size:,} bytes")
 
 

@@ -16,7 +16,8 @@ import yaml
 from connector.cli import app
 from connector.settings import Settings
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
 # Added in parallel by the scale-out work (issue 11: PostgreSQL state, NATS forwarding).
 # Once that is merged they are real and this set can be emptied; until then they are the
 # only names allowed to be unknown here.
@@ -131,3 +132,13 @@ def test_dockerfile_is_non_root_with_the_state_on_a_volume():
     assert f'VOLUME ["{home}"]' in text
     cmd = re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1)
     assert_command_exists(yaml.safe_load(cmd), "Dockerfile CMD")
+
+
+def test_env_example_and_readme_name_every_setting():
+    """`.env.example` and the README both claim to list every setting: a setting added
+    without them fails here."""
+    env_example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing = {name for name in SETTINGS
+               if f"{name}=" not in env_example or f"`{name}`" not in readme}
+    assert not missing, f"settings missing from .env.example or README: {sorted(missing)}"

@@ -112,6 +112,21 @@ def _progress_callback(enabled: bool) -> SyncProgress:
     return SyncProgress(enabled=enabled and sys.stderr.isatty())
 
 
+# Options that sync, schedule and forward share (a fresh OptionInfo for each command).
+def _log_format_option() -> Any:
+    return typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP)
+
+
+def _log_level_option() -> Any:
+    return typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
+                        autocompletion=lambda: list(LOG_LEVELS))
+
+
+def _progress_option() -> Any:
+    return typer.Option(True, "--progress/--no-progress",
+                        help="A progress bar on stderr when it is a terminal.")
+
+
 # --- sync ----------------------------------------------------------------------------------
 @app.command()
 @command_boundary
@@ -119,11 +134,9 @@ def sync(
     full: bool = typer.Option(False, "--full", help="Ignore cursors and hashes; resend all."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Fetch, map and report; send nothing, move nothing."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
-    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
-                                  autocompletion=lambda: list(LOG_LEVELS)),
-    progress: bool = typer.Option(True, "--progress/--no-progress",
-                                  help="A progress bar on stderr when it is a terminal."),
+    log_format: LogFormat = _log_format_option(),
+    log_level: str = _log_level_option(),
+    progress: bool = _progress_option(),
 ) -> None:
     """One incremental sync run: Moesif users and companies -> Segment identify/group.
 
@@ -206,11 +219,9 @@ def schedule(
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address for --metrics-port (0.0.0.0 in a "
                                           "container)."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
-    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
-                                  autocompletion=lambda: list(LOG_LEVELS)),
-    progress: bool = typer.Option(True, "--progress/--no-progress",
-                                  help="A progress bar on stderr when it is a terminal."),
+    log_format: LogFormat = _log_format_option(),
+    log_level: str = _log_level_option(),
+    progress: bool = _progress_option(),
 ) -> None:
     """Run the sync on SYNC_INTERVAL or SYNC_CRON until stopped (SIGTERM/SIGINT).
 
@@ -357,9 +368,8 @@ def forward(
     wso2_config: Path | None = typer.Option(None, "--wso2-config",
                                             help="API Manager's deployment.toml."),
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
-    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format", help=LOG_FORMAT_HELP),
-    log_level: str = typer.Option("INFO", "--log-level", help=LOG_LEVEL_HELP,
-                                  autocompletion=lambda: list(LOG_LEVELS)),
+    log_format: LogFormat = _log_format_option(),
+    log_level: str = _log_level_option(),
     metrics_port: int | None = typer.Option(None, "--metrics-port",
                                             help="Serve /healthz and /metrics (backlog, "
                                                  "oldest event age, delivered, "

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from connector.sandbox.segment_tracking import SegmentSandbox
 from connector.segment.sink import (
+    _MOST_PER_BYTE,
     MAX_MESSAGE_BYTES,
     OutMessage,
     SegmentAuthError,
@@ -75,8 +76,20 @@ def test_size_is_measured_like_the_library(segment):
 def test_size_bound_never_undercounts(text):
     msg = {"type": "identify", "traits": {"t": text, "n": [1, 2.5, None, True, 1e-7, 3e20],
                                           "o": {"k": text}}}
-    bound = library_size_bound(orjson.dumps(msg))
+    encoded = orjson.dumps(msg)
+    bound = library_size_bound(encoded)
     assert json_size(msg) <= bound <= json_size(msg) * 2
+    # the shortcut for small messages is a bound of the bound: never an undercount
+    assert bound <= len(encoded) * _MOST_PER_BYTE
+    assert OutMessage.of(msg, ("users", "u")).library_size >= json_size(msg)
+
+
+def test_size_shortcut_holds_for_the_worst_byte():
+    """DEL is the byte the library widens most (to \\u007f): six times its size."""
+    msg = {"t": "\x7f" * 5000}
+    encoded = orjson.dumps(msg)
+    assert json_size(msg) <= len(encoded) * _MOST_PER_BYTE
+    assert json_size(msg) > len(encoded) * (_MOST_PER_BYTE - 1)
 
 
 def test_retries_5xx_and_429_then_succeeds(segment):

@@ -202,6 +202,29 @@ def test_company_cache_round_trip_keeps_every_value(conn):
     cache.put({"c7": {"company_id": "c7", "modified_time": "2026-02-01T00:00:00Z"}})
     assert cache.get_many(["c7"])["c7"]["modified_time"] == "2026-02-01T00:00:00Z"
     assert cache.count() == len(docs)
+    # Another run (no memory yet) reads the same from the table.
+    fresh = CompanyCache(conn).get_many(list(docs))
+    kept = cache.get_many(list(docs))
+    assert fresh.keys() == kept.keys()
+    assert all(repr(fresh[k]) == repr(kept[k]) for k in docs)
+
+
+def test_company_cache_memory_is_bounded_and_hands_out_copies(conn):
+    """The in-memory layer keeps at most `memory_limit` companies, the oldest leaving
+    first; what it does not hold still comes from the table; every read is a fresh copy,
+    so a caller changing a document changes nobody else's."""
+    from connector.sync.state import CompanyCache
+
+    cache = CompanyCache(conn, memory_limit=3)
+    docs = {f"m{i}": {"company_id": f"m{i}", "tags": [i]} for i in range(5)}
+    cache.put(docs)
+    assert list(cache._memory) == ["m2", "m3", "m4"]
+    first = cache.get_many(["m0", "m4"])
+    assert first == {"m0": docs["m0"], "m4": docs["m4"]}  # m0 from the table
+    assert list(cache._memory) == ["m3", "m4", "m0"]  # ... and remembered
+    first["m4"]["tags"].append("changed")
+    assert cache.get_many(["m4"])["m4"] == {"company_id": "m4", "tags": [4]}
+    assert CompanyCache(conn, memory_limit=0).get_many(["m1"]) == {"m1": docs["m1"]}
 
 
 @settings_(max_examples=150, deadline=None)
@@ -216,3 +239,6 @@ def test_company_cache_decodes_exactly_what_it_encoded(doc):
 
     back = _decode_doc(_encode_doc({"d": doc}))["d"]
     assert repr(back) == repr(doc)
+    text = _encode_doc({"d": doc})  # the memory layer's path: the check made beforehand
+    from connector.sync.state import _NEEDS_STDLIB
+    assert repr(_decode_doc(text, not _NEEDS_STDLIB.search(text))["d"]) == repr(doc)

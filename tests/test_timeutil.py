@@ -1,8 +1,10 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connector.common.timeutil import iso_utc, parse_timestamp
+from connector.common.timeutil import iso_utc, parse_timestamp, to_iso
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -39,3 +41,20 @@ def test_early_years_keep_four_digits():
     assert iso_utc("0099-05-01T00:00:00Z") == "0099-05-01T00:00:00.000Z"
     assert iso_utc(parse_timestamp("0005-01-02T03:04:05.678+00:00")) == \
         "0005-01-02T03:04:05.678Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
+       | st.datetimes().map(lambda d: d.isoformat() + "Z")
+       | st.datetimes().map(lambda d: d.isoformat(timespec="milliseconds"))
+       | st.integers(min_value=0, max_value=253_402_300_799_000)
+       | st.text(max_size=30))
+def test_iso_utc_output_is_a_fixed_point(value):
+    """The sync hashes the mapped timestamp text as it is: it must already be what
+    `to_iso(parse_timestamp(...))` gives, for every value the conversion accepts."""
+    try:
+        text = iso_utc(value)
+    except ValueError:
+        return
+    assert to_iso(parse_timestamp(text)) == text
+    assert iso_utc(text) == text

@@ -116,13 +116,20 @@ def library_size_bound(encoded: bytes) -> int:
             + encoded.count(b"e") + encoded.count(b"E"))
 
 
+# No byte of the compact encoding counts for more than this in `library_size_bound` (DEL
+# becomes \u007f), so a message under this size fits the 32 KB rule without counting.
+_MOST_PER_BYTE = 6
+_SURE_TO_FIT = MAX_MESSAGE_BYTES // _MOST_PER_BYTE
+
+
 @dataclass(slots=True)
 class OutMessage:
     """One shaped message, encoded once: the bytes counted for a batch are the bytes sent."""
 
     message: dict[str, Any]
     encoded: bytes       # compact UTF-8 JSON (orjson), as posted
-    library_size: int    # size as the library and Segment's 32 KB rule count it (bound)
+    library_size: int    # an upper bound of the size the library and Segment's 32 KB rule
+                         # count (exact only near the limit)
     record_key: tuple[str, str]  # (entity, id) of the record it belongs to
 
     @property
@@ -132,6 +139,8 @@ class OutMessage:
     @classmethod
     def of(cls, message: dict[str, Any], record_key: tuple[str, str]) -> OutMessage:
         encoded = orjson.dumps(message)
+        if len(encoded) <= _SURE_TO_FIT:  # most messages: nothing to count
+            return cls(message, encoded, len(encoded) * _MOST_PER_BYTE, record_key)
         bound = library_size_bound(encoded)
         if bound > MAX_MESSAGE_BYTES:  # near the limit: measure exactly
             bound = json_size(message)

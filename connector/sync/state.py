@@ -190,8 +190,12 @@ def _encode_doc(doc: dict[str, Any]) -> str:
 _NEEDS_STDLIB = re.compile(r"NaN|Infinity|\d{19,}|\\u[dD][89a-fA-F]")
 
 
-def _decode_doc(text: str) -> Any:
-    if _NEEDS_STDLIB.search(text):
+def _decode_doc(text: str, exact_with_orjson: bool | None = None) -> Any:
+    """`exact_with_orjson`: already known (the text was checked once, when it was kept
+    in memory); None: check it now (the check costs ten times the decoding)."""
+    if exact_with_orjson is None:
+        exact_with_orjson = not _NEEDS_STDLIB.search(text)
+    if not exact_with_orjson:
         return json.loads(text)
     try:
         return orjson.loads(text)
@@ -207,11 +211,26 @@ class CompanyCache:
     little next to a query and stays right when the mapping files change. A document is
     replaced whenever a newer fetch of it comes in (the companies pass, a by-id fetch).
     Not delivery state: writing it moves no cursor and marks nothing delivered.
+
+    What this instance (one run) wrote or read is also kept in memory, as the encoded
+    text (about 700 bytes a company), for at most `memory_limit` companies: the users
+    pass asks for the same companies page after page, and reading them back from the
+    table cost more than mapping the users. The table stays the truth; the memory only
+    spares the query and the slow decoding check.
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, memory_limit: int = 20_000) -> None:
         self.conn = conn
+        self.memory_limit = memory_limit
+        self._memory: dict[str, tuple[str, bool]] = {}  # id -> (text, exact with orjson)
         migrate(conn, "company_cache", COMPANY_CACHE_MIGRATIONS)
+
+    def _remember(self, cid: str, text: str) -> None:
+        self._memory.pop(cid, None)
+        if len(self._memory) >= self.memory_limit > 0:
+            del self._memory[next(iter(self._memory))]  # the oldest
+        if self.memory_limit > 0:
+            self._memory[cid] = (text, not _NEEDS_STDLIB.search(text))
 
     def put(self, docs: dict[str, dict[str, Any]]) -> None:
         if not docs:
@@ -220,23 +239,34 @@ class CompanyCache:
         rows = []
         for cid, doc in docs.items():
             version = doc.get("modified_time")
-            rows.append((cid, version if isinstance(version, str) else None,
-                         _encode_doc(doc), now))
+            text = _encode_doc(doc)
+            rows.append((cid, version if isinstance(version, str) else None, text, now))
         with Transaction(self.conn) as conn:
             conn.executemany(
                 "INSERT INTO company_cache (id, version, doc, fetched_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
                 "doc = excluded.doc, fetched_at = excluded.fetched_at", rows)
+        for cid, _, text, _ in rows:  # once stored: the memory never runs ahead
+            self._remember(cid, text)
 
     def get_many(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(ids)
+        """Fresh documents (decoded anew for each call: callers may keep or change them)."""
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = ids[start:start + 900]
+        unknown: list[str] = []
+        for cid in ids:
+            kept = self._memory.get(cid)
+            if kept is None:
+                unknown.append(cid)
+            else:
+                found[cid] = _decode_doc(*kept)
+        for start in range(0, len(unknown), 900):  # SQLite's bound-parameter limit
+            chunk = unknown[start:start + 900]
             marks = ",".join("?" * len(chunk))
             for cid, text in self.conn.execute(
                     f"SELECT id, doc FROM company_cache WHERE id IN ({marks})", tuple(chunk)):
-                found[cid] = _decode_doc(text)
+                self._remember(cid, text)
+                kept = self._memory.get(cid)
+                found[cid] = _decode_doc(*kept) if kept else _decode_doc(text)
         return found
 
     def count(self) -> int:

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from connector.common import jsonutil
-from connector.common.timeutil import parse_timestamp, to_iso
+from connector.common.timeutil import parse_timestamp
 from connector.errors import IssueCode
 from connector.mapping import Applied
 from connector.schema_drift import check_stop
@@ -188,10 +188,13 @@ class UserStage:
         if company_id and company is None:
             self.report.issue("users", record_id, "COMPANY_NOT_FOUND",
                               f"company {company_id} is not in Moesif's companies search")
-        timestamp = None
+        timestamp = stamp = None
         if identify.message.get("timestamp"):
-            timestamp = parse_timestamp(identify.message.pop("timestamp"))
+            # The mapping's datetime conversion already wrote it as `to_iso` does (the
+            # body's timestamp must be a datetime field), so the text is the hashed form.
+            stamp = identify.message.pop("timestamp")
+            timestamp = parse_timestamp(stamp)
         hashed = [_strip(identify.message, self.identify_volatile),
-                  group.message if group else None, to_iso(timestamp) if timestamp else None]
+                  group.message if group else None, stamp]
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
         return Candidate(record_id, doc, timestamp, identify, group, digest)

@@ -118,6 +118,20 @@ def test_outage_ends_the_run_early_without_counting_attempts(sandbox, settings):
     assert_healed(sandbox, settings, report)
 
 
+def test_outage_stops_the_pages_queued_behind_the_failing_one(sandbox, settings):
+    """Two pages are in flight at once; once one meets the outage, the page queued
+    behind it sends nothing (no second round of retries before the run ends)."""
+    small = settings.model_copy(update={"moesif_page_size": 20, "segment_batch_messages": 10})
+    sandbox.segment.inject(503, count=100_000)
+    outcome = run_sync(small)
+    assert outcome.exit_code == 1 and "Segment unavailable" in outcome.report["error"]
+    assert sandbox.segment.stats()["requests"] == 3 * 2  # the first page's three batches
+    users = outcome.report["entities"]["users"]
+    assert users["delivered"] == 0 and users["changed"] == users["failed"] > 0
+    assert not rows(settings, "SELECT * FROM sync_cursor")
+    assert_healed(sandbox, small, outcome.report)
+
+
 def test_outage_mid_page_commits_what_segment_confirmed(sandbox, settings):
     two = settings.model_copy(update={"segment_max_failed_batches": 2})
     sandbox.segment.inject(503, count=100_000, after=2)  # two batches go through

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
+from collections import Counter
 
 from connector.errors import ConnectorError, DestinationUnavailable
 from connector.segment.sink import DeliveryResult, OutMessage, partial_result
 from connector.settings import ConfigError
 from connector.sync.records import Candidate, Timer
 from connector.sync.state import PageCommit
+
+# Pages sent and not yet committed at most (each holds its messages until committed).
+PAGES_IN_FLIGHT = 2
 
 
 class DeliveryStage:
@@ -19,44 +24,62 @@ class DeliveryStage:
     """
 
     def _commit_in_flight(self) -> None:
-        """After a failure, still record what Segment already confirmed."""
-        with contextlib.suppress(ConnectorError):
-            self.flush_pending()
+        """After a failure, still record what Segment already confirmed, page by page."""
+        while self._pending:
+            with contextlib.suppress(ConnectorError):
+                self._commit_oldest()
 
     def _deliver(self, entity: str, sendable: list[Candidate], cursor: str | None,
                  outcomes: dict[str, str]) -> None:
-        """Hand a page to the sender thread; the previous page is committed first.
+        """Hand a page to the sender thread, once fewer than `PAGES_IN_FLIGHT` are there.
 
-        Sending page N overlaps with mapping page N+1, while commits (hashes, failures,
-        cursor) still happen one page at a time, in order, on this thread, and only
-        after Segment confirmed. `outcomes` is filled in when the page is committed.
+        Sending pages N and N-1 overlaps with mapping page N+1 (two, so that one slow
+        batch does not stall the mapping), while commits (hashes, failures, cursor)
+        still happen one page at a time, in order, on this thread, and only after
+        Segment confirmed. `outcomes` is filled in when the page is committed.
         """
         counts = self.report.entities[entity]
         try:
-            self.flush_pending()
+            while len(self._pending) >= PAGES_IN_FLIGHT:
+                self._commit_oldest()
         except ConnectorError:
             counts["changed"] -= len(sendable)  # mapped, never sent: the next run sends it
             raise
         out = [m for c in sendable for m in c.messages]
-        for m in out:
-            self.report.messages[m.message["type"]]["sent"] += 1
+        self._count_messages(out, "sent")
         counts["sent"] += len(sendable)
         future = self._sender.submit(self._send, out)
-        self._pending = (future, entity, sendable, cursor, outcomes)
+        self._pending.append((future, entity, sendable, cursor, outcomes))
+
+    def _count_messages(self, out: list[OutMessage], key: str) -> None:
+        kinds = Counter(m.message["type"] for m in out)
+        for kind, n in kinds.items():
+            self.report.messages[kind][key] += n
 
     def _send(self, out: list[OutMessage]) -> DeliveryResult:
+        stopped = self._sending_stopped
+        if stopped is not None:
+            # An earlier page found Segment misconfigured or out: the run is ending, and a
+            # page queued behind it must not start its own round of retries.
+            again = copy.copy(stopped)
+            again.partial = DeliveryResult()  # type: ignore[attr-defined]
+            raise again
         started = time.perf_counter()
         try:
             return self.sink.send(out, on_batch=lambda n: self.progress("delivered", n=n))
+        except (ConfigError, DestinationUnavailable) as exc:
+            self._sending_stopped = exc
+            raise
         finally:
             self.report.phases["send"] += time.perf_counter() - started
 
     def flush_pending(self) -> None:
-        """Wait for the page in flight and commit its confirmed outcome."""
-        if self._pending is None:
-            return
-        future, entity, sendable, cursor, outcomes = self._pending
-        self._pending = None
+        """Wait for the pages in flight and commit their confirmed outcomes, in order."""
+        while self._pending:
+            self._commit_oldest()
+
+    def _commit_oldest(self) -> None:
+        future, entity, sendable, cursor, outcomes = self._pending.popleft()
         try:
             result: DeliveryResult = future.result()
         except (ConfigError, DestinationUnavailable) as exc:
@@ -65,7 +88,12 @@ class DeliveryStage:
         counts = self.report.entities[entity]
         hashes: dict[str, str] = {}
         failures: list[tuple[str, str, str]] = []
-        for c in sendable:
+        if not result.failed:  # the common case, without a look-up per message
+            self._count_messages([m for c in sendable for m in c.messages], "delivered")
+            for c in sendable:
+                hashes[c.id] = c.hash
+                outcomes[c.id] = "delivered"
+        for c in sendable if result.failed else ():
             problems = [result.failed[m.message["messageId"]] for m in c.messages
                         if m.message["messageId"] in result.failed]
             for m in c.messages:

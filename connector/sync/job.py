@@ -125,8 +125,10 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         self.decode_problems: deque[str] = deque(maxlen=1000)
         self.moesif.on_decode_problem = self.decode_problems.append  # type: ignore[attr-defined]
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-send")
-        self._pending: tuple[Future[DeliveryResult], str, list[Candidate], str | None,
-                             dict[str, str]] | None = None
+        # Pages handed to the sender and not committed yet, oldest first.
+        self._pending: deque[tuple[Future[DeliveryResult], str, list[Candidate], str | None,
+                                   dict[str, str]]] = deque()
+        self._sending_stopped: ConnectorError | None = None  # set by the sender thread
 
     # --- the run --------------------------------------------------------------------------
     def run(self) -> SyncOutcome:

@@ -19,6 +19,9 @@ from connector.sandbox.dataset import (
     NO_USER_ID_INDEXES,
     Dataset,
     epoch_ms,
+    fmt_7digits,
+    fmt_no_zone,
+    fmt_seconds,
 )
 
 SHAPE_7 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")
@@ -247,6 +250,34 @@ def test_usermetrics_for_about_seventy_percent() -> None:
     expected = {k for k in metrics if ds.users.base_ms_of(int(k[4:])) >= lo}
     assert total == len(pages) == len(expected)
     assert {s[1] for _, s in pages} == expected
+
+
+def test_search_user_sorts_are_the_sorts_of_search_users() -> None:
+    # usermetrics answers from search_user_sorts (no documents built): same hits, same order.
+    ds = Dataset(1500, 40)
+    ds.touch_users([ds.user_key(i) for i in range(0, 1500, 9)],
+                   when=datetime(2024, 6, 1, tzinfo=UTC))
+    ds.update_user(ds.user_key(8), {"company_id": "cmp_00001"})
+    ds.add_user({"user_id": "late", "modified_time": "2024-01-01T00:03:00Z"})
+    ids = [ds.user_key(i) for i in range(0, 1500, 4)] + ["late", "nope"]
+    lo = ds.users.base_ms_of(200)
+    for filters in ({}, {"with_metrics": True}, {"ids": ids, "with_metrics": True},
+                    {"min_ms": lo, "descending": True, "with_metrics": True},
+                    {"company_ids": ["cmp_00001", "cmp_00007"], "with_metrics": True},
+                    {"search_after": (lo, ds.user_key(200)), "ids": ids}):
+        total, hits = ds.search_users(size=300, **filters)
+        assert ds.search_user_sorts(size=300, **filters) == (total, [s for _, s in hits])
+
+
+@pytest.mark.parametrize("ms", [0, 999, 1000, -1, -1000, -1001, 3_599_999, 86_399_999,
+                                1_700_000_000_123, -62_135_596_800_000, 253_402_300_799_999])
+def test_timestamp_shapes_match_datetime_formatting(ms: int) -> None:
+    # The formatters build the text arithmetically (cached per hour); pin them to datetime.
+    moment = datetime(1970, 1, 1) + timedelta(milliseconds=ms)
+    assert fmt_7digits(ms, 42) == moment.isoformat(timespec="seconds") + \
+        f".{ms % 1000:03d}0042Z"
+    assert fmt_no_zone(ms) == moment.isoformat(timespec="milliseconds")
+    assert fmt_seconds(ms) == moment.isoformat(timespec="seconds") + "Z"
 
 
 def test_concurrent_touches_and_reads_stay_consistent() -> None:

@@ -136,6 +136,17 @@ def test_message_limit_counts_escaped_non_ascii_like_the_library(
     assert post(http, url, [over]).status_code == 400
 
 
+def test_message_limit_counts_escaped_del_like_the_library() -> None:
+    # DEL is one byte to orjson but a 6-byte escape to the library: 6,000 of them are over
+    # 32 KB although the orjson size times three is not (the fast path must not pass it).
+    dels = identify("del", traits={"bio": "\x7f" * 6000})
+    assert len(orjson.dumps(dels)) * 3 < MAX_MESSAGE_BYTES < library_size(dels)
+    assert oversize(dels) == library_size(dels)
+    assert oversize(sized_message(MAX_MESSAGE_BYTES, filler="\x7f")) is None
+    assert oversize(sized_message(MAX_MESSAGE_BYTES + 1, filler="\x7f")) == \
+        MAX_MESSAGE_BYTES + 1
+
+
 def test_request_body_limit_before_and_after_gunzip(http: requests.Session,
                                                     app: SegmentSandbox, url: str) -> None:
     def body_of_size(total: int) -> bytes:

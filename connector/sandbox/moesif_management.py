@@ -458,7 +458,8 @@ class MoesifManagementSandbox:
         started = time.perf_counter()
         req = parse_search(body, "user_id")
         window = window_from.lstrip("-") or window_from
-        total, hits = self.dataset.search_users(
+        # Only ids and sort values are answered: no user document is built.
+        total, sorts = self.dataset.search_user_sorts(
             min_ms=req.min_ms, max_ms=req.max_ms, ids=req.ids, descending=req.descending,
             search_after=req.search_after, size=req.size, with_metrics=True,
             company_ids=req.company_ids)
@@ -466,7 +467,7 @@ class MoesifManagementSandbox:
             {"_id": sort[1], "sort": sort,
              "_source": {"user_id": sort[1],
                          "metrics": self.dataset.metrics_for(sort[1], window)}}
-            for _doc, sort in hits])
+            for sort in sorts])
 
     def _count_query(self, kind: str, body: Any) -> int:
         req = parse_search(body, "user_id" if kind == "users" else "company_id",

@@ -80,11 +80,15 @@ def library_size(message: Any) -> int:
 def oversize(message: Any) -> int | None:
     """The library size of `message` if it is over 32 KB, else None; fast for small ones.
 
-    orjson's compact UTF-8 length L bounds the stdlib length by 3 * L (a separator adds
-    one byte per ASCII byte; a 2-byte UTF-8 character becomes a 6-byte escape), so the slow
+    orjson's compact UTF-8 length L bounds the library size: a separator byte becomes two
+    (`", "`, `": "`), a 2-byte UTF-8 character a 6-byte `\\uXXXX` escape, a 4-byte one two
+    escapes (12 bytes), so 3 * L; except DEL (0x7f), which orjson writes as one byte and
+    `ensure_ascii` escapes to six, so 6 * L when one is present (a C-speed scan). The slow
     exact measurement only runs for messages that could be near the limit.
     """
-    if len(orjson.dumps(message)) * 3 <= MAX_MESSAGE_BYTES:
+    data = orjson.dumps(message)
+    factor = 6 if b"\x7f" in data else 3
+    if len(data) * factor <= MAX_MESSAGE_BYTES:
         return None
     size = library_size(message)
     return size if size > MAX_MESSAGE_BYTES else None

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.common.timeutil import iso_utc, parse_timestamp, to_iso
+from connector.common.timeutil import iso_utc, parse_own_iso, parse_timestamp, to_iso
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -58,3 +58,19 @@ def test_iso_utc_output_is_a_fixed_point(value):
         return
     assert to_iso(parse_timestamp(text)) == text
     assert iso_utc(text) == text
+    fast = parse_own_iso(text)
+    assert fast == parse_timestamp(text) and fast.tzinfo is UTC
+    assert fast.isoformat(timespec="milliseconds") == \
+        parse_timestamp(text).isoformat(timespec="milliseconds")
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=40) | st.datetimes().map(lambda d: d.isoformat() + "+05:30"))
+def test_parse_own_iso_answers_as_the_lenient_parser(value):
+    try:
+        expected = parse_timestamp(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_own_iso(value)
+        return
+    assert parse_own_iso(value) == expected

@@ -95,5 +95,16 @@ def iso_utc(value: object) -> str:
     return to_iso(parse_timestamp(value))
 
 
+def parse_own_iso(text: str) -> datetime:
+    """`parse_timestamp` for text in `to_iso`'s own form (which `fromisoformat` reads as
+    it is, `Z` included), without the lenient parser's work; anything else goes through
+    `parse_timestamp`, so the answer is always the same."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return parse_timestamp(text)
+    return parsed if parsed.tzinfo is UTC else parse_timestamp(text)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

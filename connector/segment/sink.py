@@ -244,11 +244,17 @@ class SegmentSink:
                   timestamp: datetime | None) -> dict[str, Any] | None:
         """The library's envelope for this kind and these id types (None: not a case the
         template reproduces exactly; the library shapes that message itself)."""
-        if timestamp is None or timestamp.tzinfo is None or kind not in ("identify", "group"):
+        if timestamp is None or timestamp.tzinfo is None:
             return None
-        types = tuple(type(body.get(k)) for k in ("userId", "groupId")[:1 + (kind == "group")])
-        if any(t not in (str, int) for t in types):
+        if kind == "identify":
+            types: tuple[type, ...] = (type(body.get("userId")),)
+        elif kind == "group":
+            types = (type(body.get("userId")), type(body.get("groupId")))
+        else:
             return None
+        for t in types:
+            if t is not str and t is not int:
+                return None
         if not body.get("userId"):
             return None  # the library's `require` refuses it: let it say so
         key = (kind, types)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from collections import deque
@@ -332,6 +333,11 @@ def run_sync(settings: Settings, mode: str = "incremental",
     # frequent passes over millions of young objects cost a third of the mapping time.
     gc_threshold = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
+    # The sender and prefetch threads wait on sockets, then on the GIL: at the default
+    # 5 ms switch interval each hand-back behind the mapping thread costs up to 5 ms, and a
+    # batch needs several; 1 ms measured 5% faster end to end.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
     try:
         store.start(run.report.run_id, to_iso(run.report.started), mode)
         with run_context(run.report.run_id):
@@ -346,5 +352,6 @@ def run_sync(settings: Settings, mode: str = "incremental",
         return outcome
     finally:
         gc.set_threshold(*gc_threshold)
+        sys.setswitchinterval(switch_interval)
         if own_conn and conn is not None:
             conn.close()

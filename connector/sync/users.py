@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from connector.common import jsonutil
-from connector.common.timeutil import parse_timestamp
+from connector.common.timeutil import parse_own_iso
 from connector.errors import IssueCode
 from connector.mapping import Applied
 from connector.schema_drift import check_stop
@@ -193,7 +193,7 @@ class UserStage:
             # The mapping's datetime conversion already wrote it as `to_iso` does (the
             # body's timestamp must be a datetime field), so the text is the hashed form.
             stamp = identify.message.pop("timestamp")
-            timestamp = parse_timestamp(stamp)
+            timestamp = parse_own_iso(stamp)
         hashed = [_strip(identify.message, self.identify_volatile),
                   group.message if group else None, stamp]
         digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()

@@ -122,19 +122,43 @@ _MOST_PER_BYTE = 6
 _SURE_TO_FIT = MAX_MESSAGE_BYTES // _MOST_PER_BYTE
 
 
-@dataclass(slots=True)
 class OutMessage:
-    """One shaped message, encoded once: the bytes counted for a batch are the bytes sent."""
+    """One shaped message, encoded once: the bytes counted for a batch are the bytes sent.
 
-    message: dict[str, Any]
-    encoded: bytes       # compact UTF-8 JSON (orjson), as posted
-    library_size: int    # an upper bound of the size the library and Segment's 32 KB rule
-                         # count (exact only near the limit)
-    record_key: tuple[str, str]  # (entity, id) of the record it belongs to
+    `kind` and `message_id` are what delivery looks at; the message itself is kept as it
+    was shaped, or (when it was shaped in another process and only its bytes came back)
+    read back from the bytes the first time somebody asks (a report sample)."""
+
+    __slots__ = ("_message", "encoded", "library_size", "record_key", "kind", "message_id")
+
+    def __init__(self, message: dict[str, Any] | None, encoded: bytes, library_size: int,
+                 record_key: tuple[str, str], kind: str | None = None,
+                 message_id: str | None = None) -> None:
+        self._message = message
+        self.encoded = encoded            # compact UTF-8 JSON (orjson), as posted
+        # an upper bound of the size the library and Segment's 32 KB rule count (exact
+        # only near the limit)
+        self.library_size = library_size
+        self.record_key = record_key      # (entity, id) of the record it belongs to
+        shaped = message or {}
+        self.kind: str = kind if kind is not None else shaped.get("type", "")
+        self.message_id: str = message_id if message_id is not None else \
+            shaped.get("messageId", "")
+
+    @property
+    def message(self) -> dict[str, Any]:
+        if self._message is None:
+            self._message = orjson.loads(self.encoded)
+        return self._message
 
     @property
     def size(self) -> int:
         return len(self.encoded)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its bytes only: the message is read back from them if needed."""
+        return (OutMessage, (None, self.encoded, self.library_size, self.record_key,
+                             self.kind, self.message_id))
 
     @classmethod
     def of(cls, message: dict[str, Any], record_key: tuple[str, str]) -> OutMessage:
@@ -336,7 +360,7 @@ class SegmentSink:
             return
         self._failed_streak = 0
         result.batches += 1
-        result.delivered.update(o.message["messageId"] for o in batch)
+        result.delivered.update(o.message_id for o in batch)
 
     def _batch_failed(self, batch: list[OutMessage], exc: RetryableError,
                       result: DeliveryResult) -> None:
@@ -347,7 +371,7 @@ class SegmentSink:
                 f"{self.max_retries} retries each (last: {exc}); the rest is kept for the "
                 f"next run (check SEGMENT_HOST or Segment's status)", exc.status) from None
         for out in batch:
-            result.failed[out.message["messageId"]] = ("DELIVERY_FAILED", str(exc))
+            result.failed[out.message_id] = ("DELIVERY_FAILED", str(exc))
 
     def _isolate(self, batch: list[OutMessage], exc: RefusedError, result: DeliveryResult,
                  whole: bool) -> None:
@@ -386,7 +410,7 @@ class SegmentSink:
                 self._batch_failed([batch[i]], exc, result)
                 continue
             result.batches += 1
-            result.delivered.add(batch[i].message["messageId"])
+            result.delivered.add(batch[i].message_id)
         fresh = not any(self.refused_before(batch[i].record_key) for i in picks)
         if fresh and len(statuses) == len(picks) and set(statuses) == {first.status}:
             raise EndpointError(
@@ -398,7 +422,7 @@ class SegmentSink:
 
     @staticmethod
     def _reject(out: OutMessage, exc: RefusedError, result: DeliveryResult) -> None:
-        result.failed[out.message["messageId"]] = (
+        result.failed[out.message_id] = (
             "REJECTED", f"Segment answered {exc.status}: {exc.detail}")
 
     def _before_sleep(self, state: RetryCallState) -> None:

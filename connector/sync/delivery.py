@@ -52,7 +52,7 @@ class DeliveryStage:
         self._pending.append((future, entity, sendable, cursor, outcomes))
 
     def _count_messages(self, out: list[OutMessage], key: str) -> None:
-        kinds = Counter(m.message["type"] for m in out)
+        kinds = Counter(m.kind for m in out)
         for kind, n in kinds.items():
             self.report.messages[kind][key] += n
 
@@ -94,11 +94,11 @@ class DeliveryStage:
                 hashes[c.id] = c.hash
                 outcomes[c.id] = "delivered"
         for c in sendable if result.failed else ():
-            problems = [result.failed[m.message["messageId"]] for m in c.messages
-                        if m.message["messageId"] in result.failed]
+            problems = [result.failed[m.message_id] for m in c.messages
+                        if m.message_id in result.failed]
             for m in c.messages:
-                key = "failed" if m.message["messageId"] in result.failed else "delivered"
-                self.report.messages[m.message["type"]][key] += 1
+                key = "failed" if m.message_id in result.failed else "delivered"
+                self.report.messages[m.kind][key] += 1
             if problems:
                 failures.append((c.id, problems[0][0], problems[0][1]))
                 outcomes[c.id] = "failed"
@@ -138,11 +138,11 @@ class DeliveryStage:
         if result is None:
             return
         hashes = {c.id: c.hash for c in sendable if c.messages and all(
-            m.message["messageId"] in result.delivered for m in c.messages)}
+            m.message_id in result.delivered for m in c.messages)}
         for c in sendable:
             for m in c.messages:
-                key = "delivered" if m.message["messageId"] in result.delivered else "failed"
-                self.report.messages[m.message["type"]][key] += 1
+                key = "delivered" if m.message_id in result.delivered else "failed"
+                self.report.messages[m.kind][key] += 1
         # Sent but never confirmed counts as failed, so changed = delivered + failed holds
         # in a failed run too (the report only: no attempt is counted in the state).
         for c in sendable:

@@ -39,6 +39,7 @@ from connector.settings import Settings
 from connector.state.store import connect_state, state_error, state_errors
 from connector.sync.companies import CompanyStage
 from connector.sync.delivery import DeliveryStage
+from connector.sync.mapper import RecordMapper
 from connector.sync.prefetch import Prefetcher
 from connector.sync.records import Candidate, Progress, _id_text
 from connector.sync.samples import SampleStage
@@ -94,9 +95,7 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
             timeout=settings.segment_timeout_seconds, max_retries=settings.segment_max_retries,
             max_failed_batches=settings.segment_max_failed_batches,
             refused_before=self._failed_before().__contains__)
-        self.identify_volatile = mappings.volatile_paths("identify")
-        self.identify_trimmable = mappings.trimmable_paths("identify")
-        self.group_trimmable = mappings.trimmable_paths("group")
+        self.mapper = RecordMapper(mappings, self.sink, settings.sync_send_group_calls)
         self.personal = mappings.personal_sources()
         # Issue 9: source fields seen this run (bounded walk per record), for schema drift.
         self.inventory = Inventory()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+from types import EllipsisType
 from typing import Any
 
-from connector.common import jsonutil
-from connector.common.timeutil import parse_own_iso
 from connector.errors import IssueCode
-from connector.mapping import Applied
 from connector.schema_drift import check_stop
+from connector.sync.mapper import Mapped
 from connector.sync.records import (
     Candidate,
     Joined,
@@ -18,8 +16,6 @@ from connector.sync.records import (
     _fingerprint,
     _id_text,
     _log_unforeseen,
-    _strip,
-    _version_key,
 )
 from connector.sync.state import PageCommit
 
@@ -150,51 +146,19 @@ class UserStage:
 
     def _map_user(self, doc: dict[str, Any], page: Joined,
                   cache: dict[Any, Any]) -> Candidate | None:
-        raw_company = doc.get("company_id")
-        company_id = _id_text(raw_company)
-        company = page.companies.get(company_id) if company_id else None
-        user_id = doc.get("user_id")
-        record_id = _id_text(user_id)
-        joins = {"@company": company,
-                 "@metrics": page.metrics.get(record_id) if record_id else None}
-        identify = self.mappings.apply("identify", doc, joins, cache=cache)
-        for code, detail in identify.issues:
-            self.report.issue("users", record_id or _id_text(doc.get("_id")), code, detail)
-        if identify.missing_required or record_id is None:
-            missing = identify.missing_required or ["userId"]
-            detail = f"required field(s) missing: {', '.join(missing)}"
-            if user_id not in (None, "") and record_id is None:
-                detail = "user_id is not an id (text or integer)"
-            self.report.issue("users", record_id or _id_text(doc.get("_id")), "MISSING_ID",
-                              detail)
-            return None
-        if raw_company not in (None, "") and company_id is None:
-            self.report.issue("users", record_id, IssueCode.BAD_VALUE.value,
-                              "company_id: not an id (text or integer); sent without a company")
-        group = None
-        version = _version_key(company, cache) if company is not None else None
-        if company is not None:  # remember which version of the company it carries
-            versions = self.member_versions.setdefault(company_id, {})
-            if version not in versions:
-                versions[version] = _fingerprint(company)
-        if company is not None and self.settings.sync_send_group_calls:
-            group_key = ("group", company_id, version)
-            shared = cache.get(group_key)
-            if shared is None:
-                shared = cache[group_key] = self.mappings.apply("group", company, {})
-                shared.message.pop("timestamp", None)  # the user's change time, for both
-            if not shared.missing_required:
-                group = Applied({**shared.message, "userId": record_id}, [], [], shared.fields)
-        if company_id and company is None:
-            self.report.issue("users", record_id, "COMPANY_NOT_FOUND",
-                              f"company {company_id} is not in Moesif's companies search")
-        timestamp = stamp = None
-        if identify.message.get("timestamp"):
-            # The mapping's datetime conversion already wrote it as `to_iso` does (the
-            # body's timestamp must be a datetime field), so the text is the hashed form.
-            stamp = identify.message.pop("timestamp")
-            timestamp = parse_own_iso(stamp)
-        hashed = [_strip(identify.message, self.identify_volatile),
-                  group.message if group else None, stamp]
-        digest = hashlib.blake2b(jsonutil.dumps_sorted(hashed), digest_size=16).hexdigest()
-        return Candidate(record_id, doc, timestamp, identify, group, digest)
+        mapped = self.mapper.map_user(doc, page.companies, page.metrics, cache)
+        return self._apply_mapped(mapped, page.companies)
+
+    def _apply_mapped(self, mapped: Mapped, companies: dict[str, dict[str, Any]],
+                      fingerprint: bytes | None | EllipsisType = ...) -> Candidate | None:
+        """What mapping a record produced, applied to the run: its issues reported in
+        order, the company version a member carries remembered (see process_companies).
+        `fingerprint`: of that company document, when the caller has it already."""
+        for rid, code, detail in mapped.issues:
+            self.report.issue("users", rid, code, detail)
+        if mapped.company_id is not None:
+            versions = self.member_versions.setdefault(mapped.company_id, {})
+            if mapped.version not in versions:
+                versions[mapped.version] = _fingerprint(companies[mapped.company_id]) \
+                    if fingerprint is ... else fingerprint
+        return mapped.candidate

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     sync_user_metrics: bool = True
     # Client-side limit per calendar minute, below Moesif's 500 so a sync never meets a 429.
     moesif_queries_per_minute: int = Field(450, ge=1)
+    # The users pass's per-record work (inventory, map, hash, shape, encode) in a second
+    # process: auto = for 10,000 users or more on a machine with 2+ cores.
+    sync_map_process: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("state_url")
     @classmethod

@@ -28,6 +28,16 @@ def dumps_sorted(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+_fallbacks = 0  # documents the standard library had to read (see fallback_count)
+
+
+def fallback_count() -> int:
+    """How many documents so far orjson could not read. A value read before and after
+    parsing tells whether everything in between came from orjson, which then writes it
+    back exactly (the standard library's NaN or huge integers it would not)."""
+    return _fallbacks
+
+
 def loads(data: bytes | str, on_problem: Callable[[str], None] | None = None) -> Any:
     """Parse JSON; one bad string or number in one record must not block a page forever.
 
@@ -46,6 +56,8 @@ def loads(data: bytes | str, on_problem: Callable[[str], None] | None = None) ->
 
 def _fallback(data: bytes | str, exc: orjson.JSONDecodeError,
               on_problem: Callable[[str], None] | None) -> Any:
+    global _fallbacks
+    _fallbacks += 1
     repairs: list[str] = []
     text = data
     if isinstance(data, bytes | bytearray | memoryview):

@@ -40,8 +40,9 @@ from connector.state.store import connect_state, state_error, state_errors
 from connector.sync.companies import CompanyStage
 from connector.sync.delivery import DeliveryStage
 from connector.sync.mapper import RecordMapper
+from connector.sync.mapworker import MapProcess
 from connector.sync.prefetch import Prefetcher
-from connector.sync.records import Candidate, Progress, _id_text
+from connector.sync.records import Candidate, Joined, Progress, _id_text
 from connector.sync.samples import SampleStage
 from connector.sync.shaping import ShapeStage
 from connector.sync.source import SourceStage
@@ -96,6 +97,8 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
             max_failed_batches=settings.segment_max_failed_batches,
             refused_before=self._failed_before().__contains__)
         self.mapper = RecordMapper(mappings, self.sink, settings.sync_send_group_calls)
+        self._map_process: MapProcess | None = None  # see UserStage._map_process_for
+        self._map_process_tried = False
         self.personal = mappings.personal_sources()
         # Issue 9: source fields seen this run (bounded walk per record), for schema drift.
         self.inventory = Inventory()
@@ -189,6 +192,7 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         # found then at the same version need no member re-send afterwards.
         self.all_users_pass = entity == "users" and since is None
         prefetch = Prefetcher(joined, depth=2)
+        ahead: deque[Joined] = deque()  # users pages handed to the map process
         try:
             waited = time.perf_counter()
             for page in prefetch:
@@ -196,15 +200,26 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
                 self.progress("total", entity=entity, total=page.total)
                 if entity == "users":
                     self._join_companies(page)
-                    self.process_users(page, cursor=page.cursor)
+                    ahead.append(page)
+                    # A page handed to the map process is mapped there while this process
+                    # finishes the page before it; pages are always finished in order.
+                    keep = 1 if self._map_process_for(page) else 0
+                    while len(ahead) > keep:
+                        done = ahead.popleft()
+                        self.process_users(done, cursor=done.cursor)
                 else:
                     self.process_companies(page.docs, cursor=page.cursor)
                 if self.stop_event.is_set():
                     log.info("stop requested: %s page finished and saved", entity)
+                    ahead.clear()  # not committed: the next run fetches it again
                     break
                 waited = time.perf_counter()
+            while ahead:
+                page = ahead.popleft()
+                self.process_users(page, cursor=page.cursor)
         finally:
             prefetch.close()
+            self._close_map_process()
 
     # --- companies first (issue 12 item 3) ------------------------------------------------
 

@@ -50,6 +50,10 @@ class Joined:
     cursor: str | None
     total: int
     problems: list[str] = field(default_factory=list)  # text repairs while decoding
+    # Whether orjson read the page's documents (so it writes them back exactly): the map
+    # process is handed them as JSON, else as a pickle.
+    exact: bool = True
+    mapped: Any = None  # the map process's PageResult for it, once applied
 
 
 class Timer:

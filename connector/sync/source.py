@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from connector.common import jsonutil
 from connector.common.timeutil import parse_timestamp, to_iso
 from connector.errors import IssueCode
 from connector.moesif.management import MoesifError
@@ -82,8 +83,17 @@ class SourceStage:
     def _joined(self, pages: Iterator[Any]) -> Iterator[Joined]:
         """Users pages with their metrics (in the prefetch thread); their companies are
         joined on the run's thread, which owns the state store's connection."""
-        for page in pages:
-            yield self._join(page.sources, total=page.total, companies=False)
+        pages = iter(pages)
+        while True:
+            before = jsonutil.fallback_count()
+            page = next(pages, None)
+            if page is None:
+                return
+            joined = self._join(page.sources, total=page.total, companies=False)
+            # Any fallback meanwhile (this page's or another thread's) counts: a doubt
+            # only costs the map process a pickle instead of JSON.
+            joined.exact = jsonutil.fallback_count() == before
+            yield joined
 
     def _plain(self, pages: Iterator[Any]) -> Iterator[Joined]:
         for page in pages:

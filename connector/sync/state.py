@@ -249,6 +249,11 @@ class CompanyCache:
         for cid, _, text, _ in rows:  # once stored: the memory never runs ahead
             self._remember(cid, text)
 
+    def kept_texts(self) -> dict[str, tuple[str, bool]]:
+        """The texts held in memory (id -> (text, exact with orjson)), not a copy: read
+        them, do not change them."""
+        return self._memory
+
     def get_many(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Fresh documents (decoded anew for each call: callers may keep or change them)."""
         found: dict[str, dict[str, Any]] = {}

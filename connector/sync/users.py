@@ -7,7 +7,9 @@ from typing import Any
 
 from connector.errors import IssueCode
 from connector.schema_drift import check_stop
+from connector.sync import mapworker
 from connector.sync.mapper import Mapped
+from connector.sync.mapworker import MapProcess, PageResult, RecordResult
 from connector.sync.records import (
     Candidate,
     Joined,
@@ -16,6 +18,7 @@ from connector.sync.records import (
     _fingerprint,
     _id_text,
     _log_unforeseen,
+    log,
 )
 from connector.sync.state import PageCommit
 
@@ -48,12 +51,20 @@ class UserStage:
             cache = self.map_cache  # each company (id, version) is mapped once (bounded)
             if len(cache) > 20_000:
                 cache.clear()
+        mapped = self._mapped_result(page)  # the map process's work, if it did the page
+        shaped_by: dict[int, RecordResult] = {}
         with Timer(self.report.phases, "map"):
-            for doc in page.docs:
+            for index, doc in enumerate(page.docs):
                 counts["fetched"] += 1
                 if not members:
                     self.inventory.add(entity, doc)
-                candidate = self._map_user_guarded(doc, page, cache)
+                if mapped is None:
+                    candidate = self._map_user_guarded(doc, page, cache)
+                else:
+                    result = mapped.records[index]
+                    candidate = self._apply_record(result, doc, page)
+                    if candidate is not None:
+                        shaped_by[id(candidate)] = result
                 if candidate is None:
                     key = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
                     self._count_left_out(counts, key)
@@ -82,7 +93,8 @@ class UserStage:
         sendable: list[Candidate] = []
         with Timer(self.report.phases, "map"):
             for c in changed:
-                if self._shape_guarded(c):
+                done = shaped_by.get(id(c))
+                if self._shape_guarded(c) if done is None else self._apply_shaped(c, done):
                     sendable.append(c)
                 else:
                     self._count_left_out(counts, c.id)
@@ -98,6 +110,83 @@ class UserStage:
         else:
             self._deliver(entity, sendable, cursor, outcomes)
         return outcomes
+
+    # --- the map process (connector.sync.mapworker) ---------------------------------------
+    def _map_process_for(self, page: Joined) -> bool:
+        """Hand a users page to the map process (started for a pass big enough); False:
+        the page is mapped here, in this process."""
+        if self._map_process is None:
+            if self._map_process_tried or not mapworker.wanted(
+                    self.settings.sync_map_process, page.total):
+                return False
+            self._map_process_tried = True
+            try:
+                self._map_process = MapProcess(self.mappings.files,
+                                               self.settings.sync_send_group_calls)
+            except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
+                self._map_process_failed(exc)
+                return False
+            log.info("mapping users in a second process (SYNC_MAP_PROCESS=%s)",
+                     self.settings.sync_map_process)
+            if self.settings.sync_map_process != "on":
+                return False  # this first page is mapped here while the process starts
+        try:
+            page.mapped = self._map_process.submit(
+                page, mapworker.company_texts(page, self.company_cache.kept_texts()))
+        except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
+            self._map_process_failed(exc)
+            return False
+        return True
+
+    def _mapped_result(self, page: Joined) -> PageResult | None:
+        future, page.mapped = page.mapped, None
+        if future is None:
+            return None
+        try:
+            result: PageResult = future.result()
+        except Exception as exc:  # noqa: BLE001 - the page is mapped here instead
+            self._map_process_failed(exc)
+            return None
+        if result.mappings_version != self.mappings.version:
+            self._map_process_failed(RuntimeError("the mapping files changed during the run"))
+            return None
+        return result
+
+    def _map_process_failed(self, exc: BaseException) -> None:
+        log.warning("map process unavailable (%s): users are mapped in this process for "
+                    "the rest of the run", type(exc).__name__ if str(exc) == "" else exc)
+        self._close_map_process()
+
+    def _close_map_process(self) -> None:
+        if self._map_process is not None:
+            self._map_process.close()
+            self._map_process = None
+
+    def _apply_record(self, result: RecordResult, doc: dict[str, Any],
+                      page: Joined) -> Candidate | None:
+        """A record the map process mapped, applied as `_map_user_guarded` applies its own."""
+        if result.failure is not None:
+            log.error("mapping a user failed: %s; the record was left out", result.failure_type)
+            rid = _id_text(doc.get("user_id")) or _id_text(doc.get("_id"))
+            self._mapping_failed("users", rid, result.failure)
+            return None
+        candidate = self._apply_mapped(
+            Mapped(result.candidate, result.issues, result.company_id, result.version),
+            page.companies, result.fingerprint)
+        if candidate is not None:
+            candidate.doc = doc
+        return candidate
+
+    def _apply_shaped(self, c: Candidate, result: RecordResult) -> bool:
+        """A record's messages the map process shaped, applied as `_shape_guarded` does."""
+        self._report_user_issues(result.shape_issues)
+        if result.shape_failure is not None:
+            log.error("shaping a user's messages failed: %s; the record was left out",
+                      result.shape_failure_type)
+            c.messages.clear()
+            self._mapping_failed("users", c.id, result.shape_failure)
+            return False
+        return result.shaped
 
     def _drift_guard(self) -> None:
         """SCHEMA_DRIFT_POLICY=stop: a vanished mapped field stops the run before the

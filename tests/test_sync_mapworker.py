@@ -60,7 +60,10 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
     return {k: report.get(k) for k in keep}
 
 
-def test_the_map_process_gives_what_the_run_gives(sandbox, tmp_path, monkeypatch):
+@pytest.mark.parametrize("texts_limit", [mapworker.TEXTS_LIMIT, 5])
+def test_the_map_process_gives_what_the_run_gives(sandbox, tmp_path, monkeypatch, texts_limit):
+    """With the process keeping every company text, and forgetting them every page."""
+    monkeypatch.setattr(mapworker, "TEXTS_LIMIT", texts_limit)
     poison(sandbox)
     here = run(sandbox, tmp_path, "off")
     submitted: list[bool] = []  # each page handed over: read exactly by orjson?

@@ -49,6 +49,10 @@ from connector.sync.source import SourceStage
 from connector.sync.state import CompanyCache, PageCommit, SyncState
 from connector.sync.users import UserStage
 
+# Users pages handed to the map process before the run waits for the oldest: the process
+# always has the next one at hand, whichever side is briefly slower.
+MAP_AHEAD = 2
+
 log = logging.getLogger(__name__)
 
 
@@ -203,7 +207,7 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
                     ahead.append(page)
                     # A page handed to the map process is mapped there while this process
                     # finishes the page before it; pages are always finished in order.
-                    keep = 1 if self._map_process_for(page) else 0
+                    keep = MAP_AHEAD if self._map_process_for(page) else 0
                     while len(ahead) > keep:
                         done = ahead.popleft()
                         self.process_users(done, cursor=done.cursor)

@@ -6,9 +6,10 @@ encode its messages (connector.sync.mapper). That part runs here, in a process o
 own, a page ahead of the run, while the run's process fetches, diffs, sends and commits.
 
 What crosses between the two is cheap to carry and exact:
-- in: the page's documents as JSON (orjson writes back exactly what it read; a page the
-  standard library had to read, with NaN or huge integers, goes as a pickle), the page's
-  companies as the texts the company cache keeps, and the 24-hour metrics;
+- in: the page's documents and 24-hour metrics as JSON (orjson writes back exactly what
+  it read; a page the standard library had to read, with NaN or huge integers, goes as a
+  pickle), and the ids of its companies, with the texts the company cache keeps of those
+  the process was not sent before;
 - out: per record the candidate without its documents (its messages as the bytes to
   send), the issues met in order, the company version it carries (with the document's
   fingerprint), and the page's schema inventory.
@@ -47,6 +48,9 @@ log = logging.getLogger("connector.sync.job")
 AUTO_MIN_USERS = 10_000
 # The map cache is cleared past this many entries, as the run's own (users.py) is.
 CACHE_LIMIT = 20_000
+# Company texts the process keeps (about 700 bytes each): past this, both sides forget
+# them all at the same page and the texts are sent again as pages need them.
+TEXTS_LIMIT = 50_000
 
 
 @dataclass(slots=True)
@@ -115,12 +119,15 @@ class _Worker:
         self.cache: dict[Any, Any] = {}
         self.fingerprints: dict[tuple[str, Any], bytes | None] = {}
         self.companies: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (text, document)
+        self.texts: dict[str, tuple[str, bool | None]] = {}  # as sent, see MapProcess.submit
 
-    def map_page(self, docs_blob: bytes, exact: bool,
-                 companies: dict[str, tuple[str, bool | None]],
-                 metrics: dict[str, Any]) -> PageResult:
-        docs = orjson.loads(docs_blob) if exact else pickle.loads(docs_blob)  # noqa: S301
-        joined = {cid: self.company(cid, text, ok) for cid, (text, ok) in companies.items()}
+    def map_page(self, blob: bytes, exact: bool, company_ids: list[str],
+                 new_texts: dict[str, tuple[str, bool | None]], forget: bool) -> PageResult:
+        docs, metrics = orjson.loads(blob) if exact else pickle.loads(blob)  # noqa: S301
+        if forget:
+            self.texts.clear()
+        self.texts.update(new_texts)
+        joined = {cid: self.company(cid, *self.texts[cid]) for cid in company_ids}
         if len(self.cache) > CACHE_LIMIT:
             self.cache.clear()
             self.fingerprints.clear()
@@ -186,10 +193,10 @@ def _start(mapping_files: list[str], send_group_calls: bool) -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _map_page(docs_blob: bytes, exact: bool, companies: dict[str, tuple[str, bool | None]],
-              metrics: dict[str, Any]) -> PageResult:
+def _map_page(blob: bytes, exact: bool, company_ids: list[str],
+              new_texts: dict[str, tuple[str, bool | None]], forget: bool) -> PageResult:
     assert _worker is not None, "the map process was not started"
-    return _worker.map_page(docs_blob, exact, companies, metrics)
+    return _worker.map_page(blob, exact, company_ids, new_texts, forget)
 
 
 def _ready() -> bool:
@@ -215,11 +222,20 @@ class MapProcess:
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start, initargs=([str(f) for f in mapping_files], send_group_calls))
         self._pool.submit(_ready)  # starts it now, while the run goes on
+        self._sent: dict[str, tuple[str, bool | None]] = {}  # company texts it holds
 
     def submit(self, page: Joined, companies: dict[str, tuple[str, bool | None]]
                ) -> Future[PageResult]:
-        blob = orjson.dumps(page.docs) if page.exact else pickle.dumps(page.docs, protocol=5)
-        return self._pool.submit(_map_page, blob, page.exact, companies, page.metrics)
+        """Hand a page over; of its companies' texts only those the process does not
+        hold yet (it keeps every text it was sent: about 700 bytes a company)."""
+        content = [page.docs, page.metrics]
+        blob = orjson.dumps(content) if page.exact else pickle.dumps(content, protocol=5)
+        forget = len(self._sent) > TEXTS_LIMIT  # both sides start over, in step
+        if forget:
+            self._sent.clear()
+        new = {cid: text for cid, text in companies.items() if self._sent.get(cid) != text}
+        self._sent.update(new)
+        return self._pool.submit(_map_page, blob, page.exact, list(companies), new, forget)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -240,7 +240,12 @@ class CompanyCache:
         for cid, doc in docs.items():
             version = doc.get("modified_time")
             text = _encode_doc(doc)
+            kept = self._memory.get(cid)
+            if kept is not None and kept[0] == text:
+                continue  # this run stored this very text already: nothing to write
             rows.append((cid, version if isinstance(version, str) else None, text, now))
+        if not rows:
+            return
         with Transaction(self.conn) as conn:
             conn.executemany(
                 "INSERT INTO company_cache (id, version, doc, fetched_at) VALUES (?, ?, ?, ?) "

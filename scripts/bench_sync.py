@@ -14,7 +14,9 @@ separate process:
 Prints users/s, messages/s and peak RSS of each, and the ratio to the baseline, and the
 Moesif queries per 1,000 users of each connector run, counted by the sandbox (the full sync
 with the 24-hour metrics enrichment on, and again, in a fresh state home, with
-SYNC_USER_METRICS=false; `--skip-metrics-off` leaves that run out).
+SYNC_USER_METRICS=false; `--skip-metrics-off` leaves that run out). The full sync maps in
+its map process (SYNC_MAP_PROCESS=auto from 10,000 users); `--map-process off` measures
+it without, and the map process's own peak RSS is printed beside the run's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,13 +48,54 @@ def start_sandbox(users: int, companies: int) -> tuple[subprocess.Popen, dict]:
     return proc, json.loads(line)
 
 
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def watch_children(pid: int, peaks: dict[int, float], done: threading.Event) -> None:
+    """Sample the RSS of `pid`'s child processes (the sync's map process) every 50 ms:
+    the kernel's peak of the waited process does not count a child it did not wait for."""
+    while not done.wait(0.05):
+        for child in _children(pid):
+            peaks[child] = max(peaks.get(child, 0.0), _rss_mb(child))
+
+
+CHILD_PEAKS: dict[int, float] = {}
+
+
 def timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run a child process; return (seconds, peak RSS in MB, stdout)."""
+    """Run a child process; return (seconds, peak RSS in MB, stdout). The peak RSS of its
+    own children (sampled) is left in CHILD_PEAKS."""
+    CHILD_PEAKS.clear()
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+        done = threading.Event()
+        watcher = threading.Thread(target=watch_children, args=(proc.pid, CHILD_PEAKS, done),
+                                   daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
+        done.set()
+        watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read()
@@ -141,6 +185,7 @@ def main() -> None:
     parser.add_argument("--companies", type=int, default=10_000)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-metrics-off", action="store_true")
+    parser.add_argument("--map-process", choices=("auto", "on", "off"), default="auto")
     args = parser.parse_args()
 
     print(f"seeding sandbox: {args.users:,} users, {args.companies:,} companies ...")
@@ -148,7 +193,8 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="bench-sync-")
     env = dict(os.environ, MOESIF_API_URL=urls["moesif_api_url"],
                SEGMENT_HOST=urls["segment_host"], MOESIF_MANAGEMENT_API_KEY=MGMT_KEY,
-               SEGMENT_WRITE_KEY=WRITE_KEY, CONNECTOR_HOME=home, MOESIF_PAGE_SIZE="1000")
+               SEGMENT_WRITE_KEY=WRITE_KEY, CONNECTOR_HOME=home, MOESIF_PAGE_SIZE="1000",
+               SYNC_MAP_PROCESS=args.map_process)
     cli = [sys.executable, "-m", "connector"]
     try:
         q0 = moesif_queries(urls)
@@ -161,6 +207,8 @@ def main() -> None:
         print(f"connector full sync : {secs:7.2f} s  {ours:9,.0f} users/s  "
               f"{stats.get('received_count', 0) / secs:9,.0f} messages/s  peak RSS {rss:6.1f} MB")
         print(f"  metrics on : {per_1000(queries, args.users)}")
+        if CHILD_PEAKS:
+            print(f"  map process peak RSS (sampled): {max(CHILD_PEAKS.values()):.1f} MB")
         reset_segment(urls)
         q0 = moesif_queries(urls)
         secs2, rss2, _ = timed_child(cli + ["sync", "--no-progress"], env)

@@ -144,3 +144,32 @@ def test_changed_mapping_files_keep_the_mapping_in_the_run(sandbox, tmp_path, mo
     ("auto", mapworker.AUTO_MIN_USERS - 1, False)])
 def test_when_the_map_process_is_used(setting, total, expected):
     assert mapworker.wanted(setting, total) is expected
+
+
+def test_a_stop_drops_the_page_mapped_ahead_and_the_next_run_sends_it(sandbox, tmp_path):
+    """A stop ends the run after the page in hand; the page the map process mapped ahead
+    is neither sent nor committed, and the next run sends everything that is left."""
+    import threading
+
+    sandbox.dataset.clear_mutations()
+    sandbox.segment.reset()
+    settings = make_settings(tmp_path / "stop", moesif_api_url=sandbox.moesif_url,
+                             segment_host=sandbox.segment_url, moesif_page_size=PAGE,
+                             sync_map_process="on")
+    stop = threading.Event()
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "fetched" and info.get("entity") == "users":
+            stop.set()
+
+    first = run_sync(settings, stop_event=stop, progress=progress)
+    sent_first = {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
+    assert first.report["status"] == "interrupted" and 0 < len(sent_first) <= PAGE
+    sandbox.segment.reset()
+    second = run_sync(settings)
+    sent_second = {m["userId"] for m in sandbox.segment.messages if m["type"] == "identify"}
+    assert second.exit_code == 0
+    assert not sent_first & sent_second  # the committed page is not sent again
+    everyone = {m["userId"] for m in run(sandbox, tmp_path, "off")["messages"]
+                if m["type"] == "identify"}
+    assert sent_first | sent_second == everyone

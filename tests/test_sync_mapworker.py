@@ -125,9 +125,9 @@ def test_changed_mapping_files_keep_the_mapping_in_the_run(sandbox, tmp_path, mo
     seen: list[bool] = []
 
     def with_other_version(self, page):
-        if page.mapped is not None:
-            result = page.mapped.result()
-            result.mappings_version = "not-the-run's"
+        future = page.mapped
+        if future is not None and not future.cancelled() and future.exception() is None:
+            future.result().mappings_version = "not-the-run's"
             seen.append(True)
         return original(self, page)
 
@@ -137,6 +137,19 @@ def test_changed_mapping_files_keep_the_mapping_in_the_run(sandbox, tmp_path, mo
     here = run(sandbox, tmp_path, "off")
     assert seen
     assert there["messages"] == here["messages"]
+
+
+def test_a_map_process_that_hangs_is_stopped_and_the_run_maps_itself(sandbox, tmp_path,
+                                                                     monkeypatch):
+    """A page not back within the time limit: the process is killed, and this page and
+    the rest are mapped in the run's process; nothing is lost or sent twice."""
+    sandbox.dataset.clear_mutations()
+    here = run(sandbox, tmp_path, "off")
+    monkeypatch.setattr(mapworker, "PAGE_TIMEOUT_SECONDS", 1e-9)
+    there = run(sandbox, tmp_path, "on")
+    assert there["outcome"].exit_code == here["outcome"].exit_code == 0
+    assert there["messages"] == here["messages"]
+    assert there["hashes"] == here["hashes"]
 
 
 @pytest.mark.parametrize(("setting", "total", "expected"), [

@@ -48,6 +48,9 @@ log = logging.getLogger("connector.sync.job")
 AUTO_MIN_USERS = 10_000
 # The map cache is cleared past this many entries, as the run's own (users.py) is.
 CACHE_LIMIT = 20_000
+# A page takes the process well under a second; one that takes this long means it hangs:
+# it is stopped and the run maps the rest itself.
+PAGE_TIMEOUT_SECONDS = 300.0
 # Company texts the process keeps (about 700 bytes each): past this, both sides forget
 # them all at the same page and the texts are sent again as pages need them.
 TEXTS_LIMIT = 50_000
@@ -237,7 +240,12 @@ class MapProcess:
         self._sent.update(new)
         return self._pool.submit(_map_page, blob, page.exact, list(companies), new, forget)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the process: once idle (after the last page), or at once (`kill`: it hung
+        or failed; what it was doing is not wanted any more)."""
+        if kill:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from types import EllipsisType
 from typing import Any
 
@@ -143,8 +144,9 @@ class UserStage:
         if future is None:
             return None
         try:
-            result: PageResult = future.result()
-        except Exception as exc:  # noqa: BLE001 - the page is mapped here instead
+            result: PageResult = future.result(timeout=mapworker.PAGE_TIMEOUT_SECONDS)
+        except (Exception, CancelledError) as exc:  # noqa: BLE001 - mapped here instead
+            # (CancelledError: a page handed over before the process was stopped)
             self._map_process_failed(exc)
             return None
         if result.mappings_version != self.mappings.version:
@@ -153,13 +155,14 @@ class UserStage:
         return result
 
     def _map_process_failed(self, exc: BaseException) -> None:
-        log.warning("map process unavailable (%s): users are mapped in this process for "
-                    "the rest of the run", type(exc).__name__ if str(exc) == "" else exc)
-        self._close_map_process()
+        if self._map_process is not None or not self._map_process_tried:
+            log.warning("map process unavailable (%s): users are mapped in this process for "
+                        "the rest of the run", type(exc).__name__ if str(exc) == "" else exc)
+        self._close_map_process(kill=True)
 
-    def _close_map_process(self) -> None:
+    def _close_map_process(self, kill: bool = False) -> None:
         if self._map_process is not None:
-            self._map_process.close()
+            self._map_process.close(kill=kill)
             self._map_process = None
 
     def _apply_record(self, result: RecordResult, doc: dict[str, Any],

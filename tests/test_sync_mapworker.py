@@ -10,6 +10,7 @@ the schema inventory, samples).
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import wait
 from typing import Any
 
 import pytest
@@ -126,9 +127,11 @@ def test_changed_mapping_files_keep_the_mapping_in_the_run(sandbox, tmp_path, mo
 
     def with_other_version(self, page):
         future = page.mapped
-        if future is not None and not future.cancelled() and future.exception() is None:
-            future.result().mappings_version = "not-the-run's"
-            seen.append(True)
+        if future is not None:
+            wait([future], timeout=30)  # never block on a process that was stopped
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().mappings_version = "not-the-run's"
+                seen.append(True)
         return original(self, page)
 
     monkeypatch.setattr(SyncRun, "_mapped_result", with_other_version)

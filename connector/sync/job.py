@@ -116,7 +116,7 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         self._issues_seen = 0
         self._sampled_codes: set[str] = set()
         self.all_users_pass = False
-        self.joined_companies: dict[str, Any] = {}  # id -> version, from an all-users pass
+        self.joined_companies: set[str] = set()  # ids an all-users pass joined
         # company -> failure code of its members this run (DELIVERY_FAILED wins)
         self.failed_companies: dict[str, str] = {}
         self.metrics_unavailable = False
@@ -203,11 +203,13 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
                 self.report.phases["fetch"] += time.perf_counter() - waited
                 self.progress("total", entity=entity, total=page.total)
                 if entity == "users":
-                    self._join_companies(page)
+                    handed = self._map_process_ready(page)
+                    # The map process reads the companies' texts: no need to read them here.
+                    self._join_companies(page, texts_only=handed)
                     ahead.append(page)
                     # A page handed to the map process is mapped there while this process
                     # finishes the page before it; pages are always finished in order.
-                    keep = MAP_AHEAD if self._map_process_for(page) else 0
+                    keep = MAP_AHEAD if handed and self._map_process_for(page) else 0
                     while len(ahead) > keep:
                         done = ahead.popleft()
                         self.process_users(done, cursor=done.cursor)

@@ -27,7 +27,9 @@ import logging
 import multiprocessing
 import os
 import pickle
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +242,24 @@ class MapProcess:
         self._sent.update(new)
         return self._pool.submit(_map_page, blob, page.exact, list(companies), new, forget)
 
+    def result(self, future: Future[PageResult]) -> PageResult:
+        """A page's result. Raises if the process died (checked every 0.2 s: a killed
+        worker can leave the pool's own bookkeeping waiting) or the page took longer than
+        PAGE_TIMEOUT_SECONDS."""
+        deadline = time.monotonic() + PAGE_TIMEOUT_SECONDS
+        while True:
+            try:
+                return future.result(timeout=min(0.2, PAGE_TIMEOUT_SECONDS))
+            except TimeoutError:
+                if not self.alive():
+                    raise BrokenProcessPool("the map process died") from None
+                if time.monotonic() >= deadline:
+                    raise
+
+    def alive(self) -> bool:
+        procs = getattr(self._pool, "_processes", None) or {}
+        return bool(procs) and all(p.exitcode is None for p in list(procs.values()))
+
     def close(self, kill: bool = False) -> None:
         """Stop the process: once idle (after the last page), or at once (`kill`: it hung
         or failed; what it was doing is not wanted any more)."""
@@ -249,12 +269,11 @@ class MapProcess:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def company_texts(page: Joined, kept: dict[str, tuple[str, bool]]
-                  ) -> dict[str, tuple[str, bool | None]]:
-    """The page's companies as text: the company cache's own where it holds them (those
-    are the texts the page's documents were read from), encoded here otherwise."""
-    out: dict[str, tuple[str, bool | None]] = {}
+def company_texts(page: Joined) -> dict[str, tuple[str, bool | None]]:
+    """The page's companies as text: the company cache's own (those the page was joined
+    with), and any document the page holds besides, encoded here."""
+    out = dict(page.company_texts)
     for cid, doc in page.companies.items():
-        text = kept.get(cid)
-        out[cid] = text if text is not None else (_encode_doc(doc), None)
+        if cid not in out:
+            out[cid] = (_encode_doc(doc), None)
     return out

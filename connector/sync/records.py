@@ -54,6 +54,9 @@ class Joined:
     # process is handed them as JSON, else as a pickle.
     exact: bool = True
     mapped: Any = None  # the map process's PageResult for it, once applied
+    # Its companies as the company cache's texts (id -> (text, exact with orjson)), when
+    # they were joined for the map process instead of read into `companies`.
+    company_texts: dict[str, tuple[str, bool | None]] = field(default_factory=dict)
 
 
 class Timer:

@@ -45,32 +45,46 @@ class SourceStage:
             if self.stop_event.is_set():
                 return
 
-    def _join_companies(self, joined: Joined) -> None:
+    def _join_companies(self, joined: Joined, texts_only: bool = False) -> None:
         """A users page's companies, from the state store; by id from Moesif only the
-        ones it does not hold (then kept too)."""
+        ones it does not hold (then kept too). `texts_only`: as the texts the store keeps
+        (`joined.company_texts`, for the map process), not read into documents here."""
         wanted = {cid for d in joined.docs if (cid := _id_text(d.get("company_id")))
                   and cid not in joined.companies}
         if not wanted:
             return
         t0 = time.perf_counter()
+        if texts_only:
+            found_texts = self.company_cache.get_texts(sorted(wanted))
+            missing = sorted(wanted - found_texts.keys() - self.absent_companies)
+            fetched = self._fetch_companies(missing, joined) if missing else {}
+            found_texts.update(self.company_cache.get_texts(sorted(fetched)))
+            joined.company_texts.update(found_texts)
+            if self.all_users_pass:
+                self.joined_companies.update(found_texts)
+            self.report.phases["fetch"] += time.perf_counter() - t0
+            return
         found = self.company_cache.get_many(sorted(wanted))
         missing = sorted(wanted - found.keys() - self.absent_companies)
         if missing:
-            fetched: dict[str, dict[str, Any]] = {}
-            for page in self.moesif.fetch_by_ids("companies", missing,
-                                                 page_size=self.settings.moesif_page_size):
-                for doc in page.sources:
-                    if cid := _id_text(doc.get("company_id")):
-                        fetched[cid] = doc
-            self.company_cache.put(fetched)
-            self.absent_companies.update(set(missing) - fetched.keys())
-            found.update(fetched)
-            joined.problems.extend(self._drain_decode_problems())
+            found.update(self._fetch_companies(missing, joined))
         joined.companies.update(found)
         if self.all_users_pass:
-            for cid, doc in found.items():
-                self.joined_companies[cid] = doc.get("modified_time")
+            self.joined_companies.update(found)
         self.report.phases["fetch"] += time.perf_counter() - t0
+
+    def _fetch_companies(self, missing: list[str], joined: Joined) -> dict[str, dict[str, Any]]:
+        """Companies the store does not hold, by id from Moesif, then kept there."""
+        fetched: dict[str, dict[str, Any]] = {}
+        for page in self.moesif.fetch_by_ids("companies", missing,
+                                             page_size=self.settings.moesif_page_size):
+            for doc in page.sources:
+                if cid := _id_text(doc.get("company_id")):
+                    fetched[cid] = doc
+        self.company_cache.put(fetched)
+        self.absent_companies.update(set(missing) - fetched.keys())
+        joined.problems.extend(self._drain_decode_problems())
+        return fetched
 
     def _page_cursor(self, docs: list[dict[str, Any]]) -> str | None:
         for doc in reversed(docs):

@@ -254,10 +254,24 @@ class CompanyCache:
         for cid, _, text, _ in rows:  # once stored: the memory never runs ahead
             self._remember(cid, text)
 
-    def kept_texts(self) -> dict[str, tuple[str, bool]]:
-        """The texts held in memory (id -> (text, exact with orjson)), not a copy: read
-        them, do not change them."""
-        return self._memory
+    def get_texts(self, ids: Iterable[str]) -> dict[str, tuple[str, bool | None]]:
+        """The stored texts (id -> (text, exact with orjson or None: unknown)), unread."""
+        found: dict[str, tuple[str, bool | None]] = {}
+        unknown: list[str] = []
+        for cid in ids:
+            kept = self._memory.get(cid)
+            if kept is None:
+                unknown.append(cid)
+            else:
+                found[cid] = kept
+        for start in range(0, len(unknown), 900):  # SQLite's bound-parameter limit
+            chunk = unknown[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for cid, text in self.conn.execute(
+                    f"SELECT id, doc FROM company_cache WHERE id IN ({marks})", tuple(chunk)):
+                self._remember(cid, text)
+                found[cid] = self._memory.get(cid) or (text, None)
+        return found
 
     def get_many(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Fresh documents (decoded anew for each call: callers may keep or change them)."""

@@ -21,7 +21,7 @@ from connector.sync.records import (
     _log_unforeseen,
     log,
 )
-from connector.sync.state import PageCommit
+from connector.sync.state import PageCommit, _decode_doc
 
 
 class UserStage:
@@ -44,6 +44,9 @@ class UserStage:
         counts = self.report.entities[entity]
         outcomes: dict[str, str] = {}
         candidates: list[Candidate] = []
+        mapped = self._mapped_result(page)  # the map process's work, if it did the page
+        if page.company_texts and (mapped is None or page.problems):
+            self._company_docs(page)
         self._report_decode_problems(entity, page.docs, page.problems)
         if page.problems and page.companies:
             self._report_decode_problems("companies", list(page.companies.values()),
@@ -52,7 +55,6 @@ class UserStage:
             cache = self.map_cache  # each company (id, version) is mapped once (bounded)
             if len(cache) > 20_000:
                 cache.clear()
-        mapped = self._mapped_result(page)  # the map process's work, if it did the page
         shaped_by: dict[int, RecordResult] = {}
         with Timer(self.report.phases, "map"):
             for index, doc in enumerate(page.docs):
@@ -113,38 +115,51 @@ class UserStage:
         return outcomes
 
     # --- the map process (connector.sync.mapworker) ---------------------------------------
-    def _map_process_for(self, page: Joined) -> bool:
-        """Hand a users page to the map process (started for a pass big enough); False:
-        the page is mapped here, in this process."""
-        if self._map_process is None:
-            if self._map_process_tried or not mapworker.wanted(
-                    self.settings.sync_map_process, page.total):
-                return False
-            self._map_process_tried = True
-            try:
-                self._map_process = MapProcess(self.mappings.files,
-                                               self.settings.sync_send_group_calls)
-            except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
-                self._map_process_failed(exc)
-                return False
-            log.info("mapping users in a second process (SYNC_MAP_PROCESS=%s)",
-                     self.settings.sync_map_process)
-            if self.settings.sync_map_process != "on":
-                return False  # this first page is mapped here while the process starts
+    def _map_process_ready(self, page: Joined) -> bool:
+        """Whether this users page goes to the map process (started here for a pass big
+        enough); False: it is mapped in this process."""
+        if self._map_process is not None:
+            return True
+        if self._map_process_tried or not mapworker.wanted(self.settings.sync_map_process,
+                                                           page.total):
+            return False
+        self._map_process_tried = True
         try:
-            page.mapped = self._map_process.submit(
-                page, mapworker.company_texts(page, self.company_cache.kept_texts()))
+            self._map_process = MapProcess(self.mappings.files,
+                                           self.settings.sync_send_group_calls)
+        except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
+            self._map_process_failed(exc)
+            return False
+        log.info("mapping users in a second process (SYNC_MAP_PROCESS=%s)",
+                 self.settings.sync_map_process)
+        # auto: this first page is mapped here while the process starts
+        return self.settings.sync_map_process == "on"
+
+    def _map_process_for(self, page: Joined) -> bool:
+        """Hand a users page to the map process; False: it is mapped here after all."""
+        if self._map_process is None:
+            return False
+        try:
+            page.mapped = self._map_process.submit(page, mapworker.company_texts(page))
         except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
             self._map_process_failed(exc)
             return False
         return True
+
+    def _company_docs(self, page: Joined) -> None:
+        """A page joined for the map process but mapped here after all (or reporting a
+        decoding problem): its companies read from their texts."""
+        missing = page.company_texts.keys() - page.companies.keys()
+        page.companies.update({cid: _decode_doc(*page.company_texts[cid]) for cid in missing})
 
     def _mapped_result(self, page: Joined) -> PageResult | None:
         future, page.mapped = page.mapped, None
         if future is None:
             return None
         try:
-            result: PageResult = future.result(timeout=mapworker.PAGE_TIMEOUT_SECONDS)
+            if self._map_process is None:  # stopped since the page was handed over
+                raise CancelledError
+            result = self._map_process.result(future)
         except (Exception, CancelledError) as exc:  # noqa: BLE001 - mapped here instead
             # (CancelledError: a page handed over before the process was stopped)
             self._map_process_failed(exc)

@@ -155,6 +155,26 @@ def test_a_map_process_that_hangs_is_stopped_and_the_run_maps_itself(sandbox, tm
     assert there["hashes"] == here["hashes"]
 
 
+def test_a_map_process_that_cannot_start_is_logged_and_the_run_maps_itself(
+        sandbox, tmp_path, monkeypatch, caplog):
+    """No process (a locked-down host): one warning naming the error's type, never its
+    text, and the same delivery as without it."""
+    sandbox.dataset.clear_mutations()
+
+    def refuse(self, *args, **kwargs):
+        raise OSError("cannot fork: secret-looking detail 4242")
+
+    monkeypatch.setattr(mapworker.MapProcess, "__init__", refuse)
+    with caplog.at_level("WARNING", logger="connector.sync.job"):
+        there = run(sandbox, tmp_path, "on")
+    monkeypatch.undo()
+    here = run(sandbox, tmp_path, "off")
+    warnings = [r.getMessage() for r in caplog.records if "map process" in r.getMessage()]
+    assert warnings == ["map process unavailable (OSError): users are mapped in this "
+                        "process for the rest of the run"]
+    assert there["messages"] == here["messages"] and there["hashes"] == here["hashes"]
+
+
 @pytest.mark.parametrize(("setting", "total", "expected"), [
     ("off", 10**6, False), ("on", 1, True),
     ("auto", mapworker.AUTO_MIN_USERS - 1, False)])

@@ -128,7 +128,7 @@ class UserStage:
             self._map_process = MapProcess(self.mappings.files,
                                            self.settings.sync_send_group_calls)
         except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
-            self._map_process_failed(exc)
+            self._map_process_failed(exc, starting=True)
             return False
         log.info("mapping users in a second process (SYNC_MAP_PROCESS=%s)",
                  self.settings.sync_map_process)
@@ -165,14 +165,17 @@ class UserStage:
             self._map_process_failed(exc)
             return None
         if result.mappings_version != self.mappings.version:
-            self._map_process_failed(RuntimeError("the mapping files changed during the run"))
+            self._map_process_failed(RuntimeError(), "the mapping files changed during the run")
             return None
         return result
 
-    def _map_process_failed(self, exc: BaseException) -> None:
-        if self._map_process is not None or not self._map_process_tried:
+    def _map_process_failed(self, exc: BaseException, why: str | None = None,
+                            starting: bool = False) -> None:
+        """Stop using the map process (once: later pages it held are mapped here quietly).
+        The log names the exception's type, never its text (it may quote a record)."""
+        if self._map_process is not None or starting:
             log.warning("map process unavailable (%s): users are mapped in this process for "
-                        "the rest of the run", type(exc).__name__ if str(exc) == "" else exc)
+                        "the rest of the run", why or type(exc).__name__)
         self._close_map_process(kill=True)
 
     def _close_map_process(self, kill: bool = False) -> None:

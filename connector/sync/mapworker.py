@@ -75,9 +75,9 @@ class RecordResult:
     shape_failure_type: str = ""
 
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as plain tuples, lists, text and bytes (a tenth of the cost of pickling
-        the objects): the message bytes, not the messages; no documents."""
+    def packed(self) -> tuple[Any, ...]:
+        """Plain tuples, lists, text and bytes (a tenth of the cost of pickling the
+        objects): the message bytes, not the messages; no documents."""
         c = self.candidate
         packed = None
         if c is not None:
@@ -87,10 +87,9 @@ class RecordResult:
                       None if group is None else group.fields,
                       [(m.encoded, m.library_size, m.kind, m.message_id) for m in c.messages],
                       c.trimmed)
-        return (_unpack_record, (self.issues, packed, self.failure, self.failure_type,
-                                 self.company_id, self.version, self.fingerprint, self.shaped,
-                                 self.shape_issues, self.shape_failure,
-                                 self.shape_failure_type))
+        return (self.issues, packed, self.failure, self.failure_type, self.company_id,
+                self.version, self.fingerprint, self.shaped, self.shape_issues,
+                self.shape_failure, self.shape_failure_type)
 
 
 def _unpack_record(issues: list[Issue], packed: tuple[Any, ...] | None,
@@ -110,7 +109,11 @@ def _unpack_record(issues: list[Issue], packed: tuple[Any, ...] | None,
 @dataclass(slots=True)
 class PageResult:
     mappings_version: str
-    records: list[RecordResult]
+    packed: list[tuple[Any, ...]]  # RecordResult.packed() of each record, in page order
+
+    @property
+    def records(self) -> list[RecordResult]:
+        return [_unpack_record(*p) for p in self.packed]
 
 
 # --- in the map process -------------------------------------------------------------------
@@ -137,8 +140,10 @@ class _Worker:
             self.cache.clear()
             self.fingerprints.clear()
             self.companies.clear()
-        records = [self.map_record(doc, joined, metrics) for doc in docs]
-        return PageResult(self.mapper.mappings.version, records)
+        # Packed record by record: each record's documents and message bodies are freed
+        # while still in the cache, not all at once after the page.
+        packed = [self.map_record(doc, joined, metrics).packed() for doc in docs]
+        return PageResult(self.mapper.mappings.version, packed)
 
     def map_record(self, doc: dict[str, Any], companies: dict[str, dict[str, Any]],
                    metrics: dict[str, Any]) -> RecordResult:

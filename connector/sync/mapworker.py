@@ -142,7 +142,10 @@ class _Worker:
             self.companies.clear()
         # Packed record by record: each record's documents and message bodies are freed
         # while still in the cache, not all at once after the page.
-        packed = [self.map_record(doc, joined, metrics).packed() for doc in docs]
+        packed = []
+        for index, doc in enumerate(docs):
+            docs[index] = None  # the record holds the only reference: freed once packed
+            packed.append(self.map_record(doc, joined, metrics).packed())
         return PageResult(self.mapper.mappings.version, packed)
 
     def map_record(self, doc: dict[str, Any], companies: dict[str, dict[str, Any]],

@@ -111,9 +111,9 @@ class PageResult:
     mappings_version: str
     packed: list[tuple[Any, ...]]  # RecordResult.packed() of each record, in page order
 
-    @property
-    def records(self) -> list[RecordResult]:
-        return [_unpack_record(*p) for p in self.packed]
+    def record(self, index: int) -> RecordResult:
+        """The page's `index`-th record, unpacked when the run applies it."""
+        return _unpack_record(*self.packed[index])
 
 
 # --- in the map process -------------------------------------------------------------------

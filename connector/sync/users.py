@@ -56,7 +56,6 @@ class UserStage:
             if len(cache) > 20_000:
                 cache.clear()
         shaped_by: dict[int, RecordResult] = {}
-        records = mapped.records if mapped is not None else []
         with Timer(self.report.phases, "map"):
             for index, doc in enumerate(page.docs):
                 counts["fetched"] += 1
@@ -65,7 +64,7 @@ class UserStage:
                 if mapped is None:
                     candidate = self._map_user_guarded(doc, page, cache)
                 else:
-                    result = records[index]
+                    result = mapped.record(index)
                     candidate = self._apply_record(result, doc, page)
                     if candidate is not None:
                         shaped_by[id(candidate)] = result

@@ -1,23 +1,25 @@
 """The map process: the users pass's per-record work in a second process.
 
 A full sync is CPU-bound in Python, and one process holds one core (the GIL). Per user,
-most of the work is pure: count its fields for the schema inventory, map, hash, shape and
-encode its messages (connector.sync.mapper). That part runs here, in a process of its
-own, a page ahead of the run, while the run's process fetches, diffs, sends and commits.
+most of the work is pure: map, hash, shape and encode its messages (connector.sync.mapper).
+That part runs here, in a process of its own, a page ahead of the run, while the run's
+process fetches, counts the schema inventory, diffs, sends and commits.
 
 What crosses between the two is cheap to carry and exact:
 - in: the page's documents and 24-hour metrics as JSON (orjson writes back exactly what
   it read; a page the standard library had to read, with NaN or huge integers, goes as a
   pickle), and the ids of its companies, with the texts the company cache keeps of those
   the process was not sent before;
-- out: per record the candidate without its documents (its messages as the bytes to
-  send), the issues met in order, the company version it carries (with the document's
-  fingerprint), and the page's schema inventory.
+- out: per record, packed into plain tuples as soon as it is mapped (its documents and
+  message bodies are freed while still in the CPU's cache, which measured 8% faster),
+  the candidate without its documents (its messages as the bytes to send), the issues
+  met in order, and the company version it carries (with the document's fingerprint).
 
 The run applies the results exactly as it applies its own in-process mapping, so the
 messages, hashes, issues and report are the same either way (tests compare both). The
-process is only a means: if it cannot start or dies, the run maps in its own process
-again and says so in its log. It holds no key: it shapes messages, never sends them.
+process is only a means: if it cannot start, dies, hangs or loaded other mapping files,
+the run maps in its own process again and says so in its log. It holds no key: it
+shapes messages, never sends them.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ class RecordResult:
     shape_issues: list[Issue] = field(default_factory=list)
     shape_failure: str | None = None     # an unforeseen error while shaping
     shape_failure_type: str = ""
-
 
     def packed(self) -> tuple[Any, ...]:
         """Plain tuples, lists, text and bytes (a tenth of the cost of pickling the

@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connector.common.jsonutil import fix_text, text_ok
 from connector.common.timeutil import iso_utc, parse_timestamp
 from connector.settings import ConfigError
 
@@ -247,26 +248,11 @@ def _show(value: Any) -> str:
         return type(value).__name__
 
 
-def _text_ok(text: str) -> bool:
-    """True unless the text holds a lone surrogate (which no UTF-8 encoder writes)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _fix_text(text: str) -> str:
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 def _to_string(value: Any) -> tuple[Any, bool]:
     if type(value) is str and value.isascii():  # the common case first
         return value, False
     if isinstance(value, str):
-        if _text_ok(value):
+        if text_ok(value):
             return value, False
         raise ConversionProblem("BAD_VALUE", "text with a lone surrogate")
     if isinstance(value, bool):
@@ -393,7 +379,7 @@ def encodable(value: Any, depth: int = 0) -> bool:
     kind = type(value)
     if kind is dict:
         for key in value:
-            if type(key) is not str or not (key.isascii() or _text_ok(key)):
+            if type(key) is not str or not (key.isascii() or text_ok(key)):
                 return False
         items: Any = value.values()
     elif kind is list:
@@ -405,7 +391,7 @@ def encodable(value: Any, depth: int = 0) -> bool:
     for item in items:
         kind = type(item)
         if kind is str:
-            if not item.isascii() and not _text_ok(item):
+            if not item.isascii() and not text_ok(item):
                 return False
         elif kind is dict or kind is list:
             if not encodable(item, depth + 1):
@@ -424,7 +410,7 @@ def encodable(value: Any, depth: int = 0) -> bool:
 def _leaf_ok(value: Any) -> bool:
     kind = type(value)
     if kind is str:
-        return value.isascii() or _text_ok(value)
+        return value.isascii() or text_ok(value)
     if kind is int:
         return INT_MIN <= value <= INT_MAX
     if kind is float:
@@ -447,10 +433,10 @@ def _sanitise(value: Any, path: str, depth: int, problems: list[tuple[str, str]]
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        if _text_ok(value):
+        if text_ok(value):
             return str(value)
         problems.append((path, "text with a lone surrogate (replaced with U+FFFD)"))
-        return _fix_text(value)
+        return fix_text(value)
     if isinstance(value, int):
         if INT_MIN <= value <= INT_MAX:
             return int(value)
@@ -470,7 +456,7 @@ def _sanitise(value: Any, path: str, depth: int, problems: list[tuple[str, str]]
             if not isinstance(key, str):
                 problems.append((path, f"a key that is not text: {_show(key)} (left out)"))
                 continue
-            name = key if _text_ok(key) else _fix_text(key)
+            name = key if text_ok(key) else fix_text(key)
             cleaned = _sanitise(item, _child(path, name), depth + 1, problems)
             if cleaned is not MISSING:
                 out[name] = cleaned

@@ -101,18 +101,20 @@ def _parse_constant(notes: list[str]) -> Callable[[str], float]:
     return parse
 
 
-def _fix_text(text: str) -> str:
+def fix_text(text: str) -> str:
+    """The text with each lone surrogate replaced by U+FFFD."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _needs_fix(text: str) -> bool:
+def text_ok(text: str) -> bool:
+    """True unless the text holds a lone surrogate (which no UTF-8 encoder writes)."""
     if text.isascii():
-        return False
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _repair_surrogates(value: Any) -> tuple[Any, int]:
@@ -122,7 +124,7 @@ def _repair_surrogates(value: Any) -> tuple[Any, int]:
     cannot exhaust Python's recursion limit here.
     """
     if isinstance(value, str):
-        return (_fix_text(value), 1) if _needs_fix(value) else (value, 0)
+        return (fix_text(value), 1) if not text_ok(value) else (value, 0)
     fixed = 0
     stack: list[Any] = [value]
     while stack:
@@ -130,20 +132,20 @@ def _repair_surrogates(value: Any) -> tuple[Any, int]:
         if isinstance(node, list):
             for i, item in enumerate(node):
                 if isinstance(item, str):
-                    if _needs_fix(item):
-                        node[i] = _fix_text(item)
+                    if not text_ok(item):
+                        node[i] = fix_text(item)
                         fixed += 1
                 elif isinstance(item, list | dict):
                     stack.append(item)
         elif isinstance(node, dict):
-            bad_keys = [k for k in node if _needs_fix(k)]
+            bad_keys = [k for k in node if not text_ok(k)]
             for key in bad_keys:
-                node[_fix_text(key)] = node.pop(key)
+                node[fix_text(key)] = node.pop(key)
                 fixed += 1
             for key, item in node.items():
                 if isinstance(item, str):
-                    if _needs_fix(item):
-                        node[key] = _fix_text(item)
+                    if not text_ok(item):
+                        node[key] = fix_text(item)
                         fixed += 1
                 elif isinstance(item, list | dict):
                     stack.append(item)

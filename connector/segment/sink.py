@@ -155,11 +155,6 @@ class OutMessage:
     def size(self) -> int:
         return len(self.encoded)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as its bytes only: the message is read back from them if needed."""
-        return (OutMessage, (None, self.encoded, self.library_size, self.record_key,
-                             self.kind, self.message_id))
-
     @classmethod
     def of(cls, message: dict[str, Any], record_key: tuple[str, str]) -> OutMessage:
         encoded = orjson.dumps(message)

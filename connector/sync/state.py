@@ -275,23 +275,7 @@ class CompanyCache:
 
     def get_many(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Fresh documents (decoded anew for each call: callers may keep or change them)."""
-        found: dict[str, dict[str, Any]] = {}
-        unknown: list[str] = []
-        for cid in ids:
-            kept = self._memory.get(cid)
-            if kept is None:
-                unknown.append(cid)
-            else:
-                found[cid] = _decode_doc(*kept)
-        for start in range(0, len(unknown), 900):  # SQLite's bound-parameter limit
-            chunk = unknown[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for cid, text in self.conn.execute(
-                    f"SELECT id, doc FROM company_cache WHERE id IN ({marks})", tuple(chunk)):
-                self._remember(cid, text)
-                kept = self._memory.get(cid)
-                found[cid] = _decode_doc(*kept) if kept else _decode_doc(text)
-        return found
+        return {cid: _decode_doc(*kept) for cid, kept in self.get_texts(ids).items()}
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM company_cache").fetchone()[0])

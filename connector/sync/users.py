@@ -128,7 +128,7 @@ class UserStage:
             self._map_process = MapProcess(self.mappings.files,
                                            self.settings.sync_send_group_calls)
         except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
-            self._map_process_failed(exc, starting=True)
+            self._map_process_failed(type(exc).__name__, starting=True)
             return False
         log.info("mapping users in a second process (SYNC_MAP_PROCESS=%s)",
                  self.settings.sync_map_process)
@@ -142,7 +142,7 @@ class UserStage:
         try:
             page.mapped = self._map_process.submit(page, mapworker.company_texts(page))
         except Exception as exc:  # noqa: BLE001 - an optimisation, never the run's end
-            self._map_process_failed(exc)
+            self._map_process_failed(type(exc).__name__)
             return False
         return True
 
@@ -162,20 +162,19 @@ class UserStage:
             result = self._map_process.result(future)
         except (Exception, CancelledError) as exc:  # noqa: BLE001 - mapped here instead
             # (CancelledError: a page handed over before the process was stopped)
-            self._map_process_failed(exc)
+            self._map_process_failed(type(exc).__name__)
             return None
         if result.mappings_version != self.mappings.version:
-            self._map_process_failed(RuntimeError(), "the mapping files changed during the run")
+            self._map_process_failed("the mapping files changed during the run")
             return None
         return result
 
-    def _map_process_failed(self, exc: BaseException, why: str | None = None,
-                            starting: bool = False) -> None:
+    def _map_process_failed(self, why: str, starting: bool = False) -> None:
         """Stop using the map process (once: later pages it held are mapped here quietly).
-        The log names the exception's type, never its text (it may quote a record)."""
+        `why` names an exception by its type, never its text (it may quote a record)."""
         if self._map_process is not None or starting:
             log.warning("map process unavailable (%s): users are mapped in this process for "
-                        "the rest of the run", why or type(exc).__name__)
+                        "the rest of the run", why)
         self._close_map_process(kill=True)
 
     def _close_map_process(self, kill: bool = False) -> None:

@@ -129,24 +129,20 @@ def _repair_surrogates(value: Any) -> tuple[Any, int]:
     stack: list[Any] = [value]
     while stack:
         node = stack.pop()
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                if isinstance(item, str):
-                    if not text_ok(item):
-                        node[i] = fix_text(item)
-                        fixed += 1
-                elif isinstance(item, list | dict):
-                    stack.append(item)
-        elif isinstance(node, dict):
-            bad_keys = [k for k in node if not text_ok(k)]
-            for key in bad_keys:
+        if isinstance(node, dict):
+            for key in [k for k in node if not text_ok(k)]:
                 node[fix_text(key)] = node.pop(key)
                 fixed += 1
-            for key, item in node.items():
-                if isinstance(item, str):
-                    if not text_ok(item):
-                        node[key] = fix_text(item)
-                        fixed += 1
-                elif isinstance(item, list | dict):
-                    stack.append(item)
+            items: Any = list(node.items())
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:  # a number, a boolean or null at the top
+            continue
+        for slot, item in items:
+            if isinstance(item, str):
+                if not text_ok(item):
+                    node[slot] = fix_text(item)
+                    fixed += 1
+            elif isinstance(item, list | dict):
+                stack.append(item)
     return value, fixed

@@ -170,7 +170,7 @@ class _Worker:
             c.messages.clear()
             result.shape_failure = f"shaping or encoding failed: {_failure_text(exc)}"
             result.shape_failure_type = type(exc).__name__
-        result.candidate = c  # sent without its document and message bodies (__reduce__)
+        result.candidate = c  # packed without its document and message bodies (packed)
         return result
 
     def company(self, cid: str, text: str, exact: bool | None) -> dict[str, Any]:

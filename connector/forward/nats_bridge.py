@@ -179,7 +179,7 @@ class NatsPublisher:
                                              chunk.position_unit, chunk.skipped,
                                              self.settings.forward_max_line_bytes, None)
             else:
-                result = process_lines(self.encoder, "log", chunk.source, chunk.lines,
+                result = process_lines(self.encoder, "log", chunk.source, chunk.body,
                                        chunk.first_position, chunk.position_unit, None)
             if not self._publish(result.events):
                 break  # stopped before JetStream acknowledged: the offset stays

@@ -17,7 +17,7 @@ from connector.errors import DeadLetterCode
 from connector.forward.encoder import EncoderSpec, EventEncoder
 from connector.forward.errors import MalformedEvent
 from connector.forward.logline import parse_metrics_line
-from connector.forward.sources import jsonl_object
+from connector.forward.sources import jsonl_object, split_lines
 from connector.forward.spool import DeadLetter
 
 
@@ -42,10 +42,11 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {"log": _parse_log_line, "jsonl": _
 
 
 
-def process_lines(encoder: EventEncoder, fmt: str, source: str, lines: list[bytes],
+def process_lines(encoder: EventEncoder, fmt: str, source: str, body: list[bytes] | bytes,
                   first_position: int, unit: str, inode: int | None) -> ChunkResult:
-    """Parse, validate, mask, map and encode each line; malformed ones become dead
-    letters with their position (byte offset or line number) and reason."""
+    """Parse, validate, mask, map and encode each line (`body`: a LineChunk's); malformed
+    ones become dead letters with their position (byte offset or line number) and reason."""
+    lines = split_lines(body)
     parse = PARSERS[fmt]
     events: list[tuple[str, bytes]] = []
     dead: list[DeadLetter] = []
@@ -121,10 +122,10 @@ def _exit_with_parent(sentinel: int) -> None:
 
 
 
-def _work(fmt: str, source: str, lines: list[bytes], first_position: int, unit: str,
+def _work(fmt: str, source: str, body: list[bytes] | bytes, first_position: int, unit: str,
           inode: int | None) -> ChunkResult:
     assert _worker_encoder is not None
-    return process_lines(_worker_encoder, fmt, source, lines, first_position, unit, inode)
+    return process_lines(_worker_encoder, fmt, source, body, first_position, unit, inode)
 
 
 

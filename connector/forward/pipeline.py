@@ -290,7 +290,7 @@ class Forwarder:
             if chunk.skipped:
                 result = self._skipped(chunk)
             else:
-                result = process_lines(self.encoder, fmt, chunk.source, chunk.lines,
+                result = process_lines(self.encoder, fmt, chunk.source, chunk.body,
                                        chunk.first_position, chunk.position_unit,
                                        _inode(chunk))
             self._commit(chunk, result)
@@ -321,7 +321,7 @@ class Forwarder:
                     future: Future[ChunkResult] = Future()
                     future.set_result(self._skipped(chunk))
                 else:
-                    future = pool.submit(_work, fmt, chunk.source, chunk.lines,
+                    future = pool.submit(_work, fmt, chunk.source, chunk.body,
                                          chunk.first_position, chunk.position_unit,
                                          _inode(chunk))
                 pending.append((chunk, future))

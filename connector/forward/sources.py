@@ -72,13 +72,19 @@ class LineChunk:
     """Complete lines from one source, and where reading resumes once they are spooled."""
 
     source: str                        # "log:/path", "jsonl:/path", "jsonl:-"
-    lines: list[bytes]                 # without their line terminator
+    # The lines without their terminators; from a file, the bytes as read (the lines
+    # joined by b"\n"), split only where they are parsed: a parse worker, not the reader.
+    body: list[bytes] | bytes
     first_position: int                # byte offset (files) or line number (stdin)
     position_unit: str                 # "byte" or "line"
     offset_update: OffsetUpdate | None  # None for stdin
     # > 0: no lines; one line of this many bytes at first_position was skipped unread
     # (over FORWARD_MAX_LINE_BYTES): it becomes a LINE_TOO_LONG dead letter.
     skipped: int = 0
+
+    @property
+    def lines(self) -> list[bytes]:
+        return split_lines(self.body)
 
     def positions(self) -> Iterator[tuple[int, bytes]]:
         """(position, line) pairs: the byte offset or number of each line."""
@@ -91,6 +97,11 @@ class LineChunk:
         for line in self.lines:
             yield pos, line
             pos += len(line) + 1
+
+
+def split_lines(body: list[bytes] | bytes) -> list[bytes]:
+    """A chunk's lines: a block read from a file is split on its newlines."""
+    return body.split(b"\n") if isinstance(body, bytes) else body
 
 
 # --- file identity ---------------------------------------------------------------------
@@ -329,11 +340,11 @@ class LogTailer:
             scan += len(piece)
 
     def _emit(self, start: int, data: bytes, end_nl: int) -> LineChunk:
-        lines = data[:end_nl].split(b"\n")
+        block = data[:end_nl]
         self._offset = start + end_nl + 1
         self._scan_from = 0
         self._refresh_fingerprint()
-        return LineChunk(self.source, lines, start, "byte",
+        return LineChunk(self.source, block, start, "byte",
                          (self.key, self._ident, self._offset))  # type: ignore[arg-type]
 
     def _skipped(self, start: int, end: int) -> LineChunk:

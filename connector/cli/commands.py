@@ -13,17 +13,19 @@ import sys
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from connector.cli.errors import command_boundary, fail
-from connector.cli.progress import SyncProgress
 from connector.errors import ExitCode
 from connector.ops.signals import stop_on_signals
-from connector.reports.model import RunReport, Status
 from connector.settings import ConfigError, Settings, load_settings
-from connector.sync.job import SyncOutcome
+
+if TYPE_CHECKING:  # the sync's modules load only for the commands that run a sync
+    from connector.cli.progress import SyncProgress
+    from connector.reports.model import RunReport
+    from connector.sync.job import SyncOutcome
 
 app = typer.Typer(no_args_is_help=True, add_completion=True,
                   help="Sync Moesif users/companies into Segment; forward WSO2 APIM "
@@ -109,6 +111,8 @@ def _note_legacy_home(settings: Settings) -> None:
 def _progress_callback(enabled: bool) -> SyncProgress:
     """A rich progress bar on a terminal, plain log lines otherwise (a context manager
     that is also the run's progress callback)."""
+    from connector.cli.progress import SyncProgress
+
     return SyncProgress(enabled=enabled and sys.stderr.isatty())
 
 
@@ -145,6 +149,7 @@ def sync(
     .env.example). Exit: 0 all delivered; 1 some deliveries failed or the run was
     interrupted (the next run retries); 2 a configuration mistake.
     """
+    from connector.reports.model import Status
     from connector.reports.render import render_summary
 
     settings = _settings()
@@ -178,6 +183,7 @@ def run_sync_locked(settings: Settings, mode: str, stop: threading.Event,
     """A sync run under the state store's lease, so it never overlaps a scheduled one.
     A missing key or an unusable state home raises ConfigError before anything runs."""
     from connector.ops.lease import Lease, default_holder_id
+    from connector.reports.model import Status
     from connector.state.store import connect_state
     from connector.sync.job import failed_outcome, run_sync
 
@@ -229,6 +235,7 @@ def schedule(
     after a stop (a routine SIGTERM included); with --once, the run's own exit code; 2 a
     configuration mistake.
     """
+    from connector.reports.model import Status
     from connector.sync.job import run_sync
     from connector.sync.schedule import build_trigger, run_schedule
 

@@ -72,7 +72,7 @@ import hashlib
 import math
 import tomllib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -505,21 +505,33 @@ class Coverage:
     """Per target field: present / missing / converted / trimmed counts.
 
     Counted as small integer event ids (one per field and slot, see
-    `MappingSet.event_id`) in a Counter: `update()` with a record's whole list runs in C
-    and hashes ints, which matters at thousands of records per second.
+    `MappingSet.event_id`). A record's whole list is counted as one key: records repeat a
+    few lists, so that is one dict increment per record instead of one per field (the
+    per-field counts are expanded only when read, at the end of the run).
     """
 
     SLOTS = ("present", "missing", "converted", "trimmed")
 
     def __init__(self, event_names: list[tuple[str, int]] | None = None) -> None:
         self.event_names = event_names if event_names is not None else []
-        self.counts: Counter[int] = Counter()
+        self._lists: dict[tuple[int, ...], int] = {}
 
     def add(self, event: int) -> None:
-        self.counts[event] += 1
+        self.add_all((event,))
 
-    def add_all(self, events: list[int]) -> None:
-        self.counts.update(events)
+    def add_all(self, events: Sequence[int]) -> None:
+        key = events if type(events) is tuple else tuple(events)
+        lists = self._lists
+        lists[key] = lists.get(key, 0) + 1
+
+    @property
+    def counts(self) -> Counter[int]:
+        """Event id -> records."""
+        counts: Counter[int] = Counter()
+        for events, n in self._lists.items():
+            for event in events:
+                counts[event] += n
+        return counts
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         table: dict[str, dict[str, int]] = {}

@@ -3,6 +3,7 @@
 
     python scripts/bench_sync.py                 # 100,000 users, 10,000 companies
     python scripts/bench_sync.py --users 1000000 # the 1M-user variant
+    python scripts/bench_sync.py --repeat 3      # 3 (full sync, baseline) pairs, median
 
 Starts the sandbox (Moesif Management + Segment) in its own process, then, each in a
 separate process:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +178,23 @@ def baseline_worker() -> None:
     print(json.dumps({"messages": sent, "dropped_queue_full": refused}))
 
 
+def repeat_pairs(args: argparse.Namespace, env: dict[str, str], urls: dict, cli: list[str],
+                 ratios: list[float]) -> None:
+    """More (full sync, baseline) pairs, each run right after the other so both see the
+    same machine; the median of the pairs' ratios is the figure to quote."""
+    for n in range(2, args.repeat + 1):
+        reset_segment(urls)
+        fresh = dict(env, CONNECTOR_HOME=tempfile.mkdtemp(prefix=f"bench-sync-{n}-"))
+        ours, _, _ = timed_child(cli + ["sync", "--full", "--no-progress"], fresh)
+        reset_segment(urls)
+        base, _, _ = timed_child([sys.executable, __file__, "--baseline-worker"], env)
+        ratios.append(base / ours)
+        print(f"pair {n}: full sync {ours:6.2f} s ({args.users / ours:,.0f} users/s), "
+              f"baseline {base:6.2f} s, ratio {base / ours:.2f}x")
+    print(f"ratio over {len(ratios)} pairs: median {statistics.median(ratios):.2f}x "
+          f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+
+
 def main() -> None:
     if "--baseline-worker" in sys.argv:
         baseline_worker()
@@ -186,6 +205,9 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-metrics-off", action="store_true")
     parser.add_argument("--map-process", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure N (full sync, baseline) pairs in turn and print the "
+                             "median ratio: on a shared machine speed drifts within minutes")
     args = parser.parse_args()
 
     print(f"seeding sandbox: {args.users:,} users, {args.companies:,} companies ...")
@@ -239,6 +261,8 @@ def main() -> None:
                   f"{worker.get('messages', 0):,} messages; the library dropped "
                   f"{worker.get('dropped_queue_full', 0):,} on a full queue, silently")
             print(f"ratio connector / baseline: {ours / base:.2f}x")
+            if args.repeat > 1:
+                repeat_pairs(args, env, urls, cli, [secs / secs3])
     finally:
         sandbox.terminate()
         sandbox.wait()

@@ -262,7 +262,7 @@ def main() -> None:
                   f"{worker.get('dropped_queue_full', 0):,} on a full queue, silently")
             print(f"ratio connector / baseline: {ours / base:.2f}x")
             if args.repeat > 1:
-                repeat_pairs(args, env, urls, cli, [secs / secs3])
+                repeat_pairs(args, env, urls, cli, [secs3 / secs])
     finally:
         sandbox.terminate()
         sandbox.wait()

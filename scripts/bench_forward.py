@@ -14,7 +14,10 @@ Everything runs on 127.0.0.1 and every child has a time limit. Phases:
      its parse workers are separate processes), exit code 0, every valid event delivered;
   3. a baseline in a separate process doing what WSO2's reporter does: read the file,
      parse each metrics line and map it with the same EventMapper, post batches of 50
-     synchronously with `requests` (stdlib `json`, no gzip, no spool); ratio to it;
+     synchronously with `requests` (stdlib `json`, no gzip, no spool); ratio to it
+     (`--repeat N`: N pairs in turn, median ratio; `--collector-latency MS`: both again,
+     on `--remote-lines` records, against a Collector that answers after MS milliseconds,
+     as Moesif across the internet does);
   4. HTTP ingest: `forward --listen` in a separate process, a paced keep-alive client at
      500 requests/s (one event each) for `--duration` s; time to 202, then SIGTERM;
   5. line-to-Moesif latency: `forward --from-log` following a file this process appends
@@ -217,12 +220,12 @@ class Child:
 
 # --- the Collector sandbox in its own process ---------------------------------------------
 class CollectorProcess:
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, latency: float = 0.0) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "connector.sandbox.moesif_collector", "--app-id", APP_ID,
-             "--no-record"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=env, cwd=cwd)
+             "--no-record", "--latency", str(latency)], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
         ready: list[str] = []
         reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()),
                                   daemon=True)
@@ -418,6 +421,29 @@ def repeat_pairs(work: Path, log_path: Path, expected: int, collector: Collector
         res.figures["ratios"] = ratios
         print(f"  ratio over {len(ratios)} pairs: median {res.figures['ratio']:.2f}x "
               f"({', '.join(f'{r:.2f}' for r in ratios)})")
+
+
+def run_remote(work: Path, latency_ms: float, lines: int, res: Results) -> None:
+    """forward --once and the baseline again, against a Collector that holds every request
+    `latency_ms` (the round trip to Moesif across the internet, which loopback lacks)."""
+    from connector.sandbox.apim_log import LogGenerator
+
+    log_path = work / "remote" / "apim_metrics.log"
+    log_path.parent.mkdir()
+    stats = LogGenerator(seed=11).write(log_path, lines)
+    print(f"remote Collector ({latency_ms:.0f} ms a request), {stats.events:,} valid events:")
+    remote = Results()
+    collector = CollectorProcess(work, latency=latency_ms / 1000)
+    try:
+        run_once(work, log_path, stats.events, collector, remote, home_name="home-remote")
+        run_baseline(work, log_path, stats.events, collector, remote)
+    finally:
+        collector.stop()
+    res.failures.extend(remote.failures)
+    if "ratio" in remote.figures:
+        res.figures.update(remote_ms=latency_ms, remote_ratio=remote.figures["ratio"],
+                           remote_rate=remote.figures["once_rate"],
+                           remote_base_rate=remote.figures["base_rate"])
 
 
 # --- phase 4: HTTP ingest ------------------------------------------------------------------
@@ -714,6 +740,10 @@ def summary(res: Results, args: argparse.Namespace, log_stats: Any) -> None:
     if "base_rate" in f:
         print(f"baseline        : {f['base_seconds']:.2f} s, {f['base_rate']:,.0f} events/s "
               f"(parse + same mapping, stdlib json, {BASELINE_BATCH}/batch, synchronous)")
+    if "remote_ratio" in f:
+        print(f"remote ({f['remote_ms']:.0f} ms): forward --once {f['remote_rate']:,.0f} "
+              f"events/s, baseline {f['remote_base_rate']:,.0f} events/s, ratio "
+              f"{f['remote_ratio']:.1f}x")
     if "ratio" in f:
         pairs = f" (median of {len(f['ratios'])} pairs)" if "ratios" in f else ""
         print(f"ratio           : {f['ratio']:.2f}x{pairs}   target >= {TARGET_RATIO}x: "
@@ -805,6 +835,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure N (forward --once, baseline) pairs in turn; the ratio "
                              "quoted is their median (a shared machine drifts within minutes)")
+    parser.add_argument("--collector-latency", type=float, default=0.0, metavar="MS",
+                        help="also measure forward --once and the baseline against a "
+                             "Collector that answers after MS milliseconds (e.g. 50)")
+    parser.add_argument("--remote-lines", type=int, default=20_000,
+                        help="log records for the --collector-latency phase")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--nats", default=os.environ.get("TEST_NATS_URL", ""),
@@ -836,6 +871,8 @@ def main() -> int:
             if not args.skip_baseline:
                 run_baseline(work, log_path, log_stats.events, collector, res)
                 repeat_pairs(work, log_path, log_stats.events, collector, res, args.repeat)
+            if args.collector_latency > 0 and not args.skip_baseline:
+                run_remote(work, args.collector_latency, args.remote_lines, res)
             if not args.skip_ingest:
                 run_ingest(work, collector, args.duration, args.ingest_rate, res)
             if args.nats:

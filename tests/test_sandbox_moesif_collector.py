@@ -396,3 +396,16 @@ def test_cli_prints_url_and_stops_on_sigterm() -> None:
             proc.kill()
     assert proc.returncode == 0
     assert orjson.loads(out.strip().splitlines()[-1])["stats"]["received_count"] == 1
+
+
+def test_latency_holds_each_event_request_like_a_remote_round_trip() -> None:
+    app = MoesifCollectorSandbox({APP_ID}, latency=0.25)
+    with app.server() as srv:
+        headers = {"X-Moesif-Application-Id": APP_ID}
+        started = time.perf_counter()
+        answer = requests.post(srv.url + "/v1/events/batch", json=[make_event()],
+                               headers=headers, timeout=10)
+        held = time.perf_counter() - started
+    assert answer.status_code == 201
+    assert held >= 0.25
+    assert app.stats()["received_count"] == 1

@@ -65,11 +65,15 @@ class MoesifCollectorSandbox:
         reject_older_than_days: int | None = 30,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        latency: float = 0.0,
     ) -> None:
         ids = {application_ids} if isinstance(application_ids, str) else set(application_ids)
         self.application_ids = frozenset(ids)
         self.record_events = record_events
         self.reject_older_than_days = reject_older_than_days
+        # Seconds every event request is held before it is answered: the round trip to a
+        # Collector across the internet, which loopback does not have (benchmarks).
+        self.latency = latency
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
         # One condition guards all state; waiters (`wait_for`) are woken on every request.
@@ -384,6 +388,8 @@ class CollectorHandler(JsonHandler):
 
     def _answer_events(self, raw: bytes | None, gzip_used: bool, batch: bool) -> _Reply:
         """The answer to one event request; status None means drop the connection."""
+        if self.app.latency > 0:
+            time.sleep(self.app.latency)  # simulated network round trip (--latency)
         action, arg = self.app.take_fault()
         if action == "close":
             return None, None, None
@@ -513,9 +519,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep counts only, not the events (for long benchmarks)")
     parser.add_argument("--accept-old", action="store_true",
                         help="accept events older than 30 days")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="hold every event request this long (a remote round trip)")
     args = parser.parse_args(argv)
     app = MoesifCollectorSandbox(set(args.app_id), record_events=not args.no_record,
-                                 reject_older_than_days=None if args.accept_old else 30)
+                                 reject_older_than_days=None if args.accept_old else 30,
+                                 latency=max(0.0, args.latency))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -745,8 +745,10 @@ class _IngestHandler(JsonHandler):
                                      "limit_bytes": app.max_body_bytes})
                 return None
         try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            # As the file inputs decode a line: an escaped lone surrogate in one event
+            # must not refuse the other events of the request.
+            value = loads_event(body)
+        except ValueError as exc:  # orjson's message names a position, never the content
             self.send_json(400, {"error": "invalid_json", "detail": str(exc)})
             return None
         events = value if isinstance(value, list) else [value]

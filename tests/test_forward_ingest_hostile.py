@@ -1,0 +1,138 @@
+"""HTTP ingest under hostile requests: framing (Content-Length, Transfer-Encoding),
+media type and content coding, gzip streams (several members, truncated, trailing
+bytes), bodies that end early or stop arriving, and event values JSON allows but
+Unicode does not (an escaped lone surrogate). Each gets a clear answer, the server keeps
+serving, and what was accepted is in the spool exactly once.
+
+Requests go over raw sockets on loopback, so malformed framing reaches the server as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from connector.forward.encoder import EventEncoder
+from connector.forward.masking import MaskConfig
+from connector.forward.sources import IngestApp, IngestServer
+from connector.forward.spool import Spool
+from connector.state.store import connect
+
+TOKEN = "ingest-token-hostile-5e4d3c"
+MAX_BODY = 64 * 1024
+
+
+class Server:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.conn = connect(state)
+        self.spool = Spool(self.conn, max_events=100_000)
+        self.encoder = EventEncoder(False, MaskConfig.from_table({"userName": "EMAIL"}))
+        self.app = IngestApp(self.spool, self.encoder, SecretStr(TOKEN), MAX_BODY,
+                             keep=self.encoder.kept, read_timeout=0.5)
+        self.server = IngestServer(self.app).start()
+
+    def send(self, request: bytes, half_close: bool = False) -> tuple[int, dict[str, Any]]:
+        with socket.create_connection(self.server.address, timeout=10) as sock:
+            sock.sendall(request)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1]) if head else 0
+        return status, (orjson.loads(body) if body.startswith(b"{") else {})
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None,
+             length: str | None = None) -> tuple[int, dict[str, Any]]:
+        lines = [b"POST /v1/events HTTP/1.1", b"Host: test",
+                 f"Authorization: Bearer {TOKEN}".encode(), b"Connection: close"]
+        lines += [f"{k}: {v}".encode() for k, v in (headers or {}).items()]
+        if length != "":
+            lines.append(f"Content-Length: {len(body) if length is None else length}".encode())
+        return self.send(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+
+    def spooled_ids(self) -> list[str]:
+        other = sqlite3.connect(self.state)
+        try:
+            return [r[0] for r in other.execute("SELECT transaction_id FROM spool")]
+        finally:
+            other.close()
+
+    def close(self) -> None:
+        self.server.stop()
+        self.conn.close()
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path / "state.sqlite3")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("ingest") / "state.sqlite3")
+    yield s
+    s.close()
+
+
+def _ev(i: int, **extra: Any) -> dict[str, Any]:
+    return {"correlationId": f"hostile-{i}", "requestTimestamp": "2025-01-01T00:00:00Z",
+            "apiName": "PizzaShackAPI", "proxyResponseCode": 200, **extra}
+
+
+def _alive(s: Server) -> None:
+    status, answer = s.post(orjson.dumps(_ev(10_000)))
+    assert status == 202 and answer == {"accepted": 1}
+
+
+# --- values JSON allows but Unicode does not -------------------------------------------
+def test_a_lone_surrogate_in_one_event_does_not_refuse_the_others(server: Server) -> None:
+    # Before: orjson refused the whole body ("invalid_json"), so the two valid events were
+    # lost to a client that drops refused requests, while the same events in a log file
+    # were taken (lone surrogates become U+FFFD there).
+    body = ("[" + json.dumps(_ev(1)) + "," + json.dumps(_ev(2, userName="jo\ud800@x.org"))
+            + "," + json.dumps(_ev(3)) + "]").encode()
+    assert b"\\ud800" in body
+    status, answer = server.post(body, {"Content-Type": "application/json"})
+    assert status == 202 and answer == {"accepted": 3}
+    assert len(server.spooled_ids()) == 3
+    bodies = [orjson.loads(r[0]) for r in server.conn.execute("SELECT body FROM spool")]
+    assert [b["metadata"].get("userName") for b in bodies] == [None, "*****@x.org", None]
+
+
+def test_a_utf8_bom_before_the_body_is_taken(server: Server) -> None:
+    status, answer = server.post(b"\xef\xbb\xbf" + orjson.dumps([_ev(1)]))
+    assert status == 202 and answer == {"accepted": 1}
+
+
+_counter = iter(range(1_000_000, 10_000_000))
+# Any code point, lone surrogates included (json.dumps writes them as `\ud800` escapes).
+_strings = st.lists(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)),
+                    max_size=8).map("".join)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(_strings, min_size=1, max_size=5))
+def test_escaped_unicode_in_any_event_never_refuses_the_body(shared: Server,
+                                                             values: list[str]) -> None:
+    before = len(shared.spooled_ids())
+    events = [_ev(next(_counter), apiResourceTemplate=value) for value in values]
+    status, answer = shared.post(json.dumps(events).encode())
+    assert status == 202, answer
+    assert answer == {"accepted": len(values)}
+    assert len(shared.spooled_ids()) == before + len(values)

@@ -136,3 +136,29 @@ def test_escaped_unicode_in_any_event_never_refuses_the_body(shared: Server,
     assert status == 202, answer
     assert answer == {"accepted": len(values)}
     assert len(shared.spooled_ids()) == before + len(values)
+# --- framing ---------------------------------------------------------------------------
+@pytest.mark.parametrize("length", ["1_0", "+10", "\u0661\u0660", "10, 10", " ", "0x0a"])
+def test_a_content_length_that_is_not_plain_digits_is_400(server: Server, length: str) -> None:
+    # int() takes "1_0" and "+10" (and Arabic-Indic digits): the body was read by them.
+    status, answer = server.post(b"[{},{},{}]", length=length)
+    assert status == 400 and answer["error"] == "invalid_request"
+    assert server.spooled_ids() == [] and server.spool.dead_letters() == []
+    _alive(server)
+
+
+def test_two_different_content_lengths_are_400(server: Server) -> None:
+    body = orjson.dumps([_ev(1)])
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+               + b"\r\nContent-Length: 2\r\nContent-Length: " + str(len(body)).encode()
+               + b"\r\nConnection: close\r\n\r\n" + body)
+    status, answer = server.send(request)
+    assert status == 400 and answer["error"] == "invalid_request"
+    assert server.spooled_ids() == []
+
+
+@pytest.mark.parametrize("coding", ["chunked", "gzip, chunked", "Chunked ", "identity"])
+def test_any_transfer_encoding_is_411_even_with_a_content_length(server: Server,
+                                                                  coding: str) -> None:
+    status, answer = server.post(b"[]", {"Transfer-Encoding": coding})
+    assert status == 411 and answer["error"] == "length_required"
+    _alive(server)

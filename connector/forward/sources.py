@@ -718,18 +718,21 @@ class _IngestHandler(JsonHandler):
         self.send_json(status, payload, {"Connection": "close", **(headers or {})})
 
     def _content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or value is None:
-            self._refuse(411, {"error": "length_required"})
+        # Any Transfer-Encoding (chunked, or a list ending in it) frames the body itself:
+        # never read such a body by a Content-Length as well (request smuggling).
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or not values:
+            self._refuse(411, {"error": "length_required",
+                               "detail": "send the body with one Content-Length, "
+                                         "without Transfer-Encoding"})
             return None
-        try:
-            length = int(value)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        texts = {value.strip() for value in values}
+        text = texts.pop()
+        # int() would also take "1_0", "+5" or non-ASCII digits: only plain digits frame.
+        if texts or not (text.isascii() and text.isdigit()):
             self._refuse(400, {"error": "invalid_request", "detail": "bad Content-Length"})
             return None
-        return length
+        return int(text)
 
     def _decode(self, body: bytes) -> list[Any] | None:
         app: IngestApp = self.app

@@ -162,3 +162,23 @@ def test_any_transfer_encoding_is_411_even_with_a_content_length(server: Server,
     status, answer = server.post(b"[]", {"Transfer-Encoding": coding})
     assert status == 411 and answer["error"] == "length_required"
     _alive(server)
+
+
+# --- bodies that end early or stop -----------------------------------------------------
+def test_a_body_that_ends_early_gets_400_not_silence(server: Server) -> None:
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+               + b"\r\nContent-Length: 500\r\n\r\n[{\"a\":1}")
+    status, answer = server.send(request, half_close=True)
+    assert status == 400 and answer["error"] == "incomplete_body"
+    assert server.spooled_ids() == []
+    _alive(server)
+
+
+def test_a_body_that_stops_arriving_gets_408(server: Server) -> None:
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + TOKEN.encode()
+               + b"\r\nContent-Length: 500\r\n\r\n[{\"a\":1}")
+    # The client keeps its side open and sends nothing more: the server's read timeout
+    # (0.5 s here) ends the wait with an answer.
+    status, answer = server.send(request)
+    assert status == 408 and answer["error"] == "request_timeout"
+    _alive(server)

@@ -32,6 +32,7 @@ the `Bearer` scheme in any case, and checks the spool limit atomically with the 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import hmac
@@ -662,11 +663,16 @@ class _IngestHandler(JsonHandler):
             return
         try:
             body = self.rfile.read(length) if length else b""
-        except OSError:  # the read timeout (TimeoutError) or the client went away
+        except TimeoutError:  # the client stopped sending: say so before closing
+            self._answer_and_close(408, {"error": "request_timeout",
+                                         "detail": "the body did not arrive in time"})
+            return
+        except OSError:  # the client went away
             self.close_connection = True
             return
-        if len(body) < length:
-            self.close_connection = True
+        if len(body) < length:  # the client closed its side early
+            self._answer_and_close(400, {"error": "incomplete_body",
+                                         "detail": f"{len(body)} of {length} bytes arrived"})
             return
         if app.spool.is_full():
             self._spool_full()
@@ -716,6 +722,12 @@ class _IngestHandler(JsonHandler):
         # The body was not read: close the connection rather than misread it as a request.
         self.close_connection = True
         self.send_json(status, payload, {"Connection": "close", **(headers or {})})
+
+    def _answer_and_close(self, status: int, payload: dict[str, Any]) -> None:
+        """An answer to a client that may already be gone (best effort), then close."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.send_json(status, payload, {"Connection": "close"})
 
     def _content_length(self) -> int | None:
         # Any Transfer-Encoding (chunked, or a list ending in it) frames the body itself:

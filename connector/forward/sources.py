@@ -28,12 +28,17 @@ the same transaction as the events it covers.
 The HTTP ingest server answers 202 only after `Spool.append` committed the events; it
 has a read timeout on every connection, a cap on open connections (503 over it), takes
 the `Bearer` scheme in any case, and checks the spool limit atomically with the write.
+It reads a request's framing strictly (exactly one Content-Length of ASCII digits, no
+Transfer-Encoding: 411), takes a JSON body (no Content-Type, or a JSON media type; any
+other is 415) that is plain or gzip (`gzip` / `x-gzip`, every member, nothing after the
+last; any other Content-Encoding is 415), answers a body that ends early 400 and one that
+stops arriving 408, and decodes it like the file inputs (`loads_event`), so an event is
+refused or taken by the same rules whichever way it came.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import hmac
 import logging
@@ -661,6 +666,8 @@ class _IngestHandler(JsonHandler):
             # Checked before reading a byte; the connection is closed, not drained.
             self._refuse(413, {"error": "body_too_large", "limit_bytes": app.max_body_bytes})
             return
+        if not self._acceptable_body_type():
+            return
         try:
             body = self.rfile.read(length) if length else b""
         except TimeoutError:  # the client stopped sending: say so before closing
@@ -746,19 +753,35 @@ class _IngestHandler(JsonHandler):
             return None
         return int(text)
 
+    def _acceptable_body_type(self) -> bool:
+        """A JSON body (Content-Type absent or a JSON media type), plain or gzip; 415
+        otherwise, before the body is read."""
+        media = self.headers.get("Content-Type")
+        if media is not None and not _is_json_media(media):
+            self._refuse(415, {"error": "unsupported_media_type",
+                               "detail": "send Content-Type: application/json"})
+            return False
+        coding = (self.headers.get("Content-Encoding") or "").strip().lower()
+        if coding not in _CODINGS:
+            self._refuse(415, {"error": "unsupported_encoding",
+                               "detail": "Content-Encoding must be gzip or identity"},
+                         {"Accept-Encoding": "gzip"})
+            return False
+        return True
+
     def _decode(self, body: bytes) -> list[Any] | None:
         app: IngestApp = self.app
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = inflater.decompress(body, app.max_body_bytes + 1)
-            except (zlib.error, gzip.BadGzipFile):
-                self.send_json(400, {"error": "invalid_gzip"})
+        if (self.headers.get("Content-Encoding") or "").strip().lower() in _GZIP:
+            inflated = gunzip(body, app.max_body_bytes)
+            if inflated is None:
+                self.send_json(400, {"error": "invalid_gzip",
+                                     "detail": "not a complete gzip stream"})
                 return None
-            if len(body) > app.max_body_bytes:
+            if len(inflated) > app.max_body_bytes:
                 self.send_json(413, {"error": "body_too_large",
                                      "limit_bytes": app.max_body_bytes})
                 return None
+            body = inflated
         try:
             # As the file inputs decode a line: an escaped lone surrogate in one event
             # must not refuse the other events of the request.
@@ -790,6 +813,38 @@ class _IngestHandler(JsonHandler):
                 letters.append(DeadLetter("http", f"request event {index}", reason, detail,
                                           _kept(app.keep, raw)))
         return encoded, letters, rejected
+
+
+_GZIP = frozenset({"gzip", "x-gzip"})
+_CODINGS = _GZIP | {"", "identity"}
+
+
+def _is_json_media(value: str) -> bool:
+    media = value.partition(";")[0].strip().lower()
+    return media in ("", "application/json", "text/json") or (
+        media.startswith("application/") and media.endswith("+json"))
+
+
+def gunzip(data: bytes, limit: int) -> bytes | None:
+    """The inflated gzip `data`: every member (RFC 1952 allows several), at most
+    `limit + 1` bytes (more means too large; a bomb is never inflated further). None when
+    it is no complete gzip stream: truncated, corrupt, or followed by anything but zero
+    padding."""
+    out = bytearray()
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
+            return None
+        if len(out) > limit:
+            return bytes(out)
+        if not inflater.eof:  # the stream ended inside a member
+            return None
+        rest = inflater.unused_data
+        if not rest.strip(b"\x00"):
+            return bytes(out)
 
 
 def _kept(keep: Keeper, raw: Any) -> bytes:

@@ -146,8 +146,11 @@ class LogTailer:
 
     def __init__(self, path: Path | str, spool_key: str, state: Spool, *,
                  chunk_bytes: int = CHUNK_BYTES, poll_seconds: float = POLL_SECONDS,
-                 source: str | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+                 source: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
+                 tail_complete: Callable[[bytes], bool] | None = None) -> None:
         self.path = Path(path).absolute()
+        # Whether an unterminated last line holds a whole record (see final_tail).
+        self.tail_complete = tail_complete
         self.key = spool_key
         self.state = state
         self.chunk_bytes = chunk_bytes
@@ -388,6 +391,37 @@ class LogTailer:
         return LineChunk(self.source, [data], start, "byte",
                          (self.key, self._ident, self._offset))
 
+    def final_tail(self) -> LineChunk | None:
+        """At the end of a `once` run: the unterminated last line when `tail_complete`
+        says it holds a whole record (a JSON-lines export, or a log, whose last line has
+        no newline), so its event is not left behind.
+
+        Safe against a writer still writing it: a proper prefix of a JSON object is never
+        a whole JSON object, so a line taken here is complete; the newline written after
+        it later is read as a blank line. An incomplete one stays for a later run (the
+        offset does not move), with a warning naming its position and length only."""
+        if self.tail_complete is None or self._fd is None or self._ident is None:
+            return None
+        if self._skipping:
+            return None
+        start = self._offset
+        size = os.fstat(self._fd).st_size
+        if size <= start or size - start > self.max_line_bytes:
+            return None
+        data = os.pread(self._fd, size - start, start)
+        if b"\n" in data or not data.strip():
+            return None
+        if not self.tail_complete(data):
+            log.warning("%s: the last line (%d bytes at byte %d) has no newline and is not "
+                        "a complete record yet; left for a later run", self.path, len(data),
+                        start)
+            return None
+        self._offset = start + len(data)
+        self._scan_from = 0
+        self._refresh_fingerprint()
+        return LineChunk(self.source, [data], start, "byte",
+                         (self.key, self._ident, self._offset))  # type: ignore[arg-type]
+
     def _skip_to(self, start: int, size: int) -> LineChunk:
         """An unterminated over-long last line of a rotated file: skip to its end."""
         chunk = self._skipped(start, size)
@@ -434,6 +468,9 @@ class LogTailer:
                 yield chunk
                 continue
             if once:
+                tail = self.final_tail()
+                if tail is not None:
+                    yield tail
                 return
             if on_idle is not None:
                 on_idle()

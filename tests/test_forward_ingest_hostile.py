@@ -9,10 +9,13 @@ Requests go over raw sockets on loopback, so malformed framing reaches the serve
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +186,43 @@ def test_a_body_that_stops_arriving_gets_408(server: Server) -> None:
     status, answer = server.send(request)
     assert status == 408 and answer["error"] == "request_timeout"
     _alive(server)
+
+
+def test_a_body_trickled_slower_than_the_minimum_rate_gets_408(tmp_path: Path) -> None:
+    # Each byte arrives well within the read timeout, so the per-read timeout alone never
+    # fires: before, a client could hold a connection slot for as long as it liked
+    # (64 such clients and every other client got 503).
+    s = Server(tmp_path / "state.sqlite3")
+    s.app.min_body_rate = 200.0  # 100 bytes: 0.5 s grace + 0.5 s
+    try:
+        stop = threading.Event()
+        with socket.create_connection(s.server.address, timeout=10) as sock:
+            sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+                         + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n")
+            started = time.monotonic()
+            sent = 0
+            while sent < 100 and time.monotonic() - started < 5:
+                try:
+                    sock.sendall(b" ")
+                except OSError:  # the server closed the connection
+                    break
+                sent += 1
+                stop.wait(0.1)  # the slow client's pace (10 bytes/s), not a synchronisation
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 3 and sent < 100
+        _alive(s)
+    finally:
+        s.close()
+
+
+def test_a_large_body_at_a_normal_rate_is_taken(server: Server) -> None:
+    events = [_ev(i, apiResourceTemplate="/" + "x" * 100) for i in range(150)]
+    status, answer = server.post(orjson.dumps(events))
+    assert status == 202 and answer == {"accepted": 150}
 
 
 # --- media type and content coding -----------------------------------------------------

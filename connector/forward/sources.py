@@ -622,6 +622,9 @@ INGEST_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
 RETRY_AFTER_SECONDS = 1
 READ_TIMEOUT_SECONDS = 10.0     # a client must send each part of a request within this
+# ... and a whole body at this rate at least (after READ_TIMEOUT_SECONDS of grace): a
+# client trickling one byte per read timeout cannot hold a connection slot for hours.
+MIN_BODY_BYTES_PER_SECOND = 16_384
 MAX_CONNECTIONS = 64            # open connections at once; one more is answered 503
 MAX_REPORTED_EVENTS = 100       # refused events listed in one 400 answer
 _BEARER = b"bearer"
@@ -638,7 +641,8 @@ class IngestApp:
                  max_body_bytes: int = 1_048_576,
                  on_spooled: Callable[[], None] | None = None, *,
                  keep: Keeper = _withheld, read_timeout: float = READ_TIMEOUT_SECONDS,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 min_body_rate: float = MIN_BODY_BYTES_PER_SECOND) -> None:
         secret = token.get_secret_value()
         if not secret:
             raise ValueError("FORWARD_INGEST_TOKEN is empty")
@@ -649,6 +653,7 @@ class IngestApp:
         self.max_body_bytes = max_body_bytes
         self.on_spooled = on_spooled
         self.read_timeout = read_timeout
+        self.min_body_rate = min_body_rate
         self.max_connections = max_connections
 
     def authorized(self, header: str | None) -> bool:
@@ -706,7 +711,7 @@ class _IngestHandler(JsonHandler):
         if not self._acceptable_body_type():
             return
         try:
-            body = self.rfile.read(length) if length else b""
+            body = self._read_body(length)
         except TimeoutError:  # the client stopped sending: say so before closing
             self._answer_and_close(408, {"error": "request_timeout",
                                          "detail": "the body did not arrive in time"})
@@ -766,6 +771,31 @@ class _IngestHandler(JsonHandler):
         # The body was not read: close the connection rather than misread it as a request.
         self.close_connection = True
         self.send_json(status, payload, {"Connection": "close", **(headers or {})})
+
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes (fewer if the client closed its side), within the read timeout
+        per read AND a deadline for the whole body (read timeout + length at the minimum
+        rate); TimeoutError past either."""
+        app: IngestApp = self.app
+        if not length:
+            return b""
+        deadline = time.monotonic() + app.read_timeout + length / app.min_body_rate
+        pieces: list[bytes] = []
+        missing = length
+        try:
+            while missing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the body is arriving too slowly")
+                self.connection.settimeout(min(app.read_timeout, left))
+                piece = self.rfile.read1(min(missing, 1 << 20))
+                if not piece:
+                    break
+                pieces.append(piece)
+                missing -= len(piece)
+        finally:
+            self.connection.settimeout(app.read_timeout)
+        return b"".join(pieces)
 
     def _answer_and_close(self, status: int, payload: dict[str, Any]) -> None:
         """An answer to a client that may already be gone (best effort), then close."""

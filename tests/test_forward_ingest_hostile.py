@@ -219,6 +219,31 @@ def test_a_body_trickled_slower_than_the_minimum_rate_gets_408(tmp_path: Path) -
         s.close()
 
 
+def test_headers_trickled_byte_by_byte_do_not_hold_the_connection(server: Server) -> None:
+    # The stdlib reads the request line and headers with the per-read timeout only: a
+    # client sending one header byte per 0.1 s (read timeout 0.5 s) was never cut off.
+    pace = threading.Event()
+    with socket.create_connection(server.server.address, timeout=10) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in b"POST /v1/events HTTP/1.1\r\nHost: t\r\n" + b"X-Slow: " + b"a" * 200:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if time.monotonic() - started > 5:
+                break
+            pace.wait(0.02)  # the slow client's pace, not a synchronisation
+        if not closed:
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+        # Cut off at the request deadline (two read timeouts: 1 s), not after 5 s.
+        assert time.monotonic() - started < 3
+    _alive(server)
+
+
 def test_a_large_body_at_a_normal_rate_is_taken(server: Server) -> None:
     events = [_ev(i, apiResourceTemplate="/" + "x" * 100) for i in range(150)]
     status, answer = server.post(orjson.dumps(events))

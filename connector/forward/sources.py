@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import logging
 import os
 import select
@@ -682,6 +683,17 @@ class _IngestHandler(JsonHandler):
         # keep-alive connection) cannot hold a connection slot for ever.
         self.timeout = self.app.read_timeout
         super().setup()
+        # ... nor one that keeps sending a byte now and then: every read also stops at a
+        # deadline for the request (its line and headers, then its body).
+        self.deadline = float("inf")
+        plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self))
+        plain.close()  # (the socket stays open: it is closed when the request is done)
+
+    def handle_one_request(self) -> None:
+        # Waiting for the request (keep-alive idle) and reading its headers: two read
+        # timeouts in all.
+        self.deadline = time.monotonic() + 2 * self.app.read_timeout
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if urlsplit(self.path).path != HEALTH_PATH:
@@ -779,23 +791,8 @@ class _IngestHandler(JsonHandler):
         app: IngestApp = self.app
         if not length:
             return b""
-        deadline = time.monotonic() + app.read_timeout + length / app.min_body_rate
-        pieces: list[bytes] = []
-        missing = length
-        try:
-            while missing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the body is arriving too slowly")
-                self.connection.settimeout(min(app.read_timeout, left))
-                piece = self.rfile.read1(min(missing, 1 << 20))
-                if not piece:
-                    break
-                pieces.append(piece)
-                missing -= len(piece)
-        finally:
-            self.connection.settimeout(app.read_timeout)
-        return b"".join(pieces)
+        self.deadline = time.monotonic() + app.read_timeout + length / app.min_body_rate
+        return self.rfile.read(length)
 
     def _answer_and_close(self, status: int, payload: dict[str, Any]) -> None:
         """An answer to a client that may already be gone (best effort), then close."""
@@ -912,6 +909,26 @@ def gunzip(data: bytes, limit: int) -> bytes | None:
         rest = inflater.unused_data
         if not rest.strip(b"\x00"):
             return bytes(out)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The handler's socket as a raw stream whose every read waits at most the read
+    timeout and never past `handler.deadline` (then TimeoutError, as a socket timeout)."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self.handler = handler
+        self.sock: socket.socket = handler.connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request is arriving too slowly")
+        self.sock.settimeout(min(self.handler.app.read_timeout, left))
+        return self.sock.recv_into(buffer)
 
 
 def _kept(keep: Keeper, raw: Any) -> bytes:

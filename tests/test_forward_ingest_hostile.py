@@ -323,3 +323,27 @@ def test_gunzip_reads_all_members_or_refuses(n: int, cuts: list[int], drop: int,
         # Never a member cut short: refused, unless whole members were dropped (then it
         # is a complete stream of the members left).
         assert out is None or out in [body[:p] for p in points[1:-1]]
+
+
+def test_a_client_that_resets_the_connection_prints_no_traceback(
+        server: Server, capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # socketserver's default handle_error printed a traceback to stderr for every client
+    # that reset the connection while it was answered (seen under fuzzing).
+    httpd = server.server.httpd
+    for error in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe"),
+                  TimeoutError("timed out")):
+        try:
+            raise error
+        except OSError:
+            httpd.handle_error(None, ("127.0.0.1", 1))
+    assert "Traceback" not in capfd.readouterr().err
+    assert caplog.records == []
+    try:
+        raise KeyError("a bug")
+    except KeyError:
+        httpd.handle_error(None, ("127.0.0.1", 1))
+    assert "Traceback" not in capfd.readouterr().err  # logged, not printed
+    assert [r.getMessage() for r in caplog.records] == [
+        "ingest: a request failed unexpectedly (KeyError)"]
+    _alive(server)

@@ -960,6 +960,16 @@ class _IngestHTTPServer(FastThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for every failed request, including a
+        # client that reset the connection while we answered: that is no error of ours,
+        # and a client must not be able to fill the forwarder's stderr with tracebacks.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        log.error("ingest: a request failed unexpectedly (%s)", type(exc).__name__,
+                  exc_info=exc)
+
     def _busy(self, request: socket.socket) -> None:
         body = orjson.dumps({"error": "too_many_connections", "detail": "retry later"})
         head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"

@@ -303,3 +303,53 @@ def test_without_send_headers_captured_headers_are_dropped_at_any_depth() -> Non
     assert masked["properties"]["nested"][0] == {"keep": 1}
     assert masked["userIp"] == "1.2.***.4"
     assert event == original  # the input is never mutated
+
+
+# Captured headers that are no object: with send_headers = true a dead letter keeps the
+# event's masked form, so these must be masked too (before: kept verbatim, Authorization
+# value included, because only an object's header names were matched).
+_HEADER_SHAPES = [
+    [["Authorization", "Bearer SECRET-TOKEN"]],
+    "Authorization: Bearer SECRET-TOKEN",
+    [{"name": "Authorization", "value": "Bearer SECRET-TOKEN"}],
+    ["Bearer SECRET-TOKEN"],
+    42,
+]
+
+
+@pytest.mark.parametrize("shape", _HEADER_SHAPES)
+@pytest.mark.parametrize("field", ["requestHeaders", "responseHeaders"])
+def test_captured_headers_that_are_no_object_are_masked_whole(field: str, shape: object) -> None:
+    from connector.forward.encoder import EventEncoder
+
+    cfg = MaskConfig.from_table({"request_headers": ["Authorization"],
+                                 "response_headers": ["Set-Cookie"]})
+    masked = cfg.apply({"requestTimestamp": "2025-01-01T00:00:00Z", field: shape,
+                        "properties": {field: shape}})
+    assert masked[field] == MASK and masked["properties"][field] == MASK
+    # The dead letter of such an event (BAD_TYPE) keeps no header value.
+    encoder = EventEncoder(True, cfg)
+    kept = encoder.kept({"requestTimestamp": "2025-01-01T00:00:00Z", field: shape})
+    assert b"SECRET" not in kept and b"42" not in kept
+    # Without a rule on that side nothing is masked: there is nothing to hide.
+    other = "responseHeaders" if field == "requestHeaders" else "requestHeaders"
+    bare = MaskConfig.from_table({other.replace("Headers", "_headers"): ["X"]})
+    assert bare.apply({field: shape}) == {field: shape}
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=_json, name=st.sampled_from(["Authorization", "authorization", "AUTHORIZATION"]),
+       wrap=st.sampled_from(["pairs", "block", "list", "dict"]))
+def test_no_authorization_value_survives_any_header_shape(shape: object, name: str,
+                                                          wrap: str) -> None:
+    secret = "Bearer SECRET-TOKEN"
+    headers = {"pairs": [[name, secret], shape], "block": f"{name}: {secret}",
+               "list": [shape, {name: secret}], "dict": {name: secret, "x": shape}}[wrap]
+    cfg = MaskConfig.from_table({"request_headers": ["Authorization"]})
+    masked = cfg.apply({"requestHeaders": headers, "nested": [{"requestHeaders": headers}]})
+    assert "SECRET-TOKEN" not in repr(masked)

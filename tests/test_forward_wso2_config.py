@@ -217,3 +217,14 @@ def test_dotted_keys_at_the_root_are_read_and_located(tmp_path: Path) -> None:
         load_wso2_config(path)
     path = write(tmp_path, "apim.analytics.enable = false\n")
     assert load_wso2_config(path).enable is False
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path: Path) -> None:
+    # Before: "TOML syntax error: Invalid statement (at line 1, column 1)" for a file
+    # saved by an editor that writes a UTF-8 BOM; its mask errors keep their line numbers.
+    path = tmp_path / "deployment.toml"
+    path.write_bytes(b"\xef\xbb\xbf[apim.analytics.mask]\r\n\"userIp\" = \"IPV4\"\r\n")
+    assert load_wso2_config(path).mask.rules == {"userIp": MaskRule.IPV4}
+    path.write_bytes(b"\xef\xbb\xbf[apim.analytics.mask]\n\"userIp\" = \"IPV5\"\n")
+    with pytest.raises(ConfigError, match=r"'userIp' \(line 2\)"):
+        load_wso2_config(path)

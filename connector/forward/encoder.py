@@ -21,6 +21,10 @@ from connector.forward.masking import MaskConfig, Masker
 
 # What a dead letter keeps of a masked event (the spool clips it further).
 DEAD_LETTER_KEEP_BYTES = 8192
+# The Collector's documented limit per event (connector.moesif.collector.MAX_EVENT_BYTES;
+# not imported: parse workers do not load the HTTP client). An event over it is refused
+# here, never spooled to be refused by Moesif (or dropped unseen) later.
+MOESIF_MAX_EVENT_BYTES = 1_000_000
 
 
 
@@ -84,7 +88,7 @@ class EventEncoder:
     def __call__(self, raw: dict[str, Any], kind: str | None) -> tuple[str, bytes]:
         try:
             event = self.mapper.process(raw, kind)
-            return event["transaction_id"], orjson.dumps(event)
+            body = orjson.dumps(event)
         except MalformedEvent:
             raise
         except orjson.JSONEncodeError as exc:  # its messages name no value
@@ -94,6 +98,11 @@ class EventEncoder:
             # The type only: an exception's text may quote the (unmasked) value.
             raise MalformedEvent(DeadLetterCode.BAD_VALUE,
                                  f"the event cannot be mapped ({type(exc).__name__})") from None
+        if len(body) > MOESIF_MAX_EVENT_BYTES:
+            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
+                                 f"the Moesif event would be {len(body)} bytes, over the "
+                                 f"Collector's limit of {MOESIF_MAX_EVENT_BYTES} bytes per event")
+        return event["transaction_id"], body
 
     def kept(self, event: Any, line: bytes | None = None) -> bytes:
         """What a dead letter may keep: the event masked by the mask rules when it is an

@@ -19,6 +19,8 @@ the field appears (top level, `properties`, nested objects such as `aiMetadata`)
 * `STRING` whole value -> `*****`.
 * `request_headers` / `response_headers`: header names matched case-insensitively in
   `requestHeaders` / `responseHeaders`; the name stays, the value becomes `*****`.
+  Captured headers that are no object (a list of pairs, a raw `Name: value` block)
+  cannot be matched by name: with any header rule on their side they are masked whole.
 
 Beyond WSO2: a header that repeats a masked field is masked by that field's rule too, so
 nothing a rule names leaks through captured headers: `User-Agent` under the `userAgent`
@@ -239,6 +241,15 @@ class Masker:
                     continue  # masked whole above
                 else:
                     new = self._walk(value)
+            elif key in _HEADER_FIELDS:
+                # Captured headers that are no object (a list of pairs, a raw header
+                # block): names cannot be matched, so with any header rule on that side
+                # the whole value is masked (only a dead letter can hold such an event).
+                side = (self.request_header_rules if key == REQUEST_HEADERS_FIELD
+                        else self.response_header_rules)
+                if not side or value is None or value == "":
+                    continue
+                new = MASK
             elif kind is list and key not in rules:
                 new = self._walk_list(value)
             else:

@@ -41,6 +41,21 @@ def _parse_jsonl_line(line: bytes) -> tuple[None, dict[str, Any]] | None:
 PARSERS: dict[str, Callable[[bytes], Any]] = {"log": _parse_log_line, "jsonl": _parse_jsonl_line}
 
 
+def record_is_complete(fmt: str) -> Callable[[bytes], bool]:
+    """For LogTailer.final_tail: whether an unterminated last line of format `fmt` holds
+    a whole record (it parses: a metrics line with a whole JSON object, or a JSON-lines
+    object). A line that does not parse may still be being written: it is not taken."""
+    parse = PARSERS[fmt]
+
+    def complete(line: bytes) -> bool:
+        try:
+            return parse(line.rstrip(b"\r")) is not None
+        except Exception:  # noqa: BLE001 - not complete (or never will be): leave it
+            return False
+
+    return complete
+
+
 
 def process_lines(encoder: EventEncoder, fmt: str, source: str, body: list[bytes] | bytes,
                   first_position: int, unit: str, inode: int | None) -> ChunkResult:

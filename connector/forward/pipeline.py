@@ -80,6 +80,7 @@ from connector.forward.parse import (
     _work,
     default_parse_workers,
     process_lines,
+    record_is_complete,
     skipped_line_result,
 )
 from connector.forward.sender import BatchSender
@@ -130,7 +131,8 @@ class Forwarder:
         if from_log is not None:
             path = Path(from_log).absolute()
             self.sources.append((LogTailer(path, f"log:{path}", self.spool,
-                                           max_line_bytes=max_line), "log"))
+                                           max_line_bytes=max_line,
+                                           tail_complete=record_is_complete("log")), "log"))
         if from_jsonl is not None:
             if from_jsonl == "-":
                 self.sources.append((StdinLines(stdin, max_line_bytes=max_line,
@@ -139,7 +141,9 @@ class Forwarder:
             else:
                 path = Path(from_jsonl).absolute()
                 self.sources.append((LogTailer(path, f"jsonl:{path}", self.spool,
-                                               max_line_bytes=max_line), "jsonl"))
+                                               max_line_bytes=max_line,
+                                               tail_complete=record_is_complete("jsonl")),
+                                     "jsonl"))
         workers = default_parse_workers() if parse_workers is None else parse_workers
         self.parse_workers = workers if self.sources else 0
         self._pool: ProcessPoolExecutor | None = None

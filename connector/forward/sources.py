@@ -28,13 +28,20 @@ the same transaction as the events it covers.
 The HTTP ingest server answers 202 only after `Spool.append` committed the events; it
 has a read timeout on every connection, a cap on open connections (503 over it), takes
 the `Bearer` scheme in any case, and checks the spool limit atomically with the write.
+It reads a request's framing strictly (exactly one Content-Length of ASCII digits, no
+Transfer-Encoding: 411), takes a JSON body (no Content-Type, or a JSON media type; any
+other is 415) that is plain or gzip (`gzip` / `x-gzip`, every member, nothing after the
+last; any other Content-Encoding is 415), answers a body that ends early 400 and one that
+stops arriving 408, and decodes it like the file inputs (`loads_event`), so an event is
+refused or taken by the same rules whichever way it came.
 """
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import hashlib
 import hmac
+import io
 import logging
 import os
 import select
@@ -140,8 +147,11 @@ class LogTailer:
 
     def __init__(self, path: Path | str, spool_key: str, state: Spool, *,
                  chunk_bytes: int = CHUNK_BYTES, poll_seconds: float = POLL_SECONDS,
-                 source: str | None = None, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+                 source: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
+                 tail_complete: Callable[[bytes], bool] | None = None) -> None:
         self.path = Path(path).absolute()
+        # Whether an unterminated last line holds a whole record (see final_tail).
+        self.tail_complete = tail_complete
         self.key = spool_key
         self.state = state
         self.chunk_bytes = chunk_bytes
@@ -382,6 +392,37 @@ class LogTailer:
         return LineChunk(self.source, [data], start, "byte",
                          (self.key, self._ident, self._offset))
 
+    def final_tail(self) -> LineChunk | None:
+        """At the end of a `once` run: the unterminated last line when `tail_complete`
+        says it holds a whole record (a JSON-lines export, or a log, whose last line has
+        no newline), so its event is not left behind.
+
+        Safe against a writer still writing it: a proper prefix of a JSON object is never
+        a whole JSON object, so a line taken here is complete; the newline written after
+        it later is read as a blank line. An incomplete one stays for a later run (the
+        offset does not move), with a warning naming its position and length only."""
+        if self.tail_complete is None or self._fd is None or self._ident is None:
+            return None
+        if self._skipping:
+            return None
+        start = self._offset
+        size = os.fstat(self._fd).st_size
+        if size <= start or size - start > self.max_line_bytes:
+            return None
+        data = os.pread(self._fd, size - start, start)
+        if b"\n" in data or not data.strip():
+            return None
+        if not self.tail_complete(data):
+            log.warning("%s: the last line (%d bytes at byte %d) has no newline and is not "
+                        "a complete record yet; left for a later run", self.path, len(data),
+                        start)
+            return None
+        self._offset = start + len(data)
+        self._scan_from = 0
+        self._refresh_fingerprint()
+        return LineChunk(self.source, [data], start, "byte",
+                         (self.key, self._ident, self._offset))  # type: ignore[arg-type]
+
     def _skip_to(self, start: int, size: int) -> LineChunk:
         """An unterminated over-long last line of a rotated file: skip to its end."""
         chunk = self._skipped(start, size)
@@ -428,6 +469,9 @@ class LogTailer:
                 yield chunk
                 continue
             if once:
+                tail = self.final_tail()
+                if tail is not None:
+                    yield tail
                 return
             if on_idle is not None:
                 on_idle()
@@ -579,6 +623,9 @@ INGEST_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
 RETRY_AFTER_SECONDS = 1
 READ_TIMEOUT_SECONDS = 10.0     # a client must send each part of a request within this
+# ... and a whole body at this rate at least (after READ_TIMEOUT_SECONDS of grace): a
+# client trickling one byte per read timeout cannot hold a connection slot for hours.
+MIN_BODY_BYTES_PER_SECOND = 16_384
 MAX_CONNECTIONS = 64            # open connections at once; one more is answered 503
 MAX_REPORTED_EVENTS = 100       # refused events listed in one 400 answer
 _BEARER = b"bearer"
@@ -595,7 +642,8 @@ class IngestApp:
                  max_body_bytes: int = 1_048_576,
                  on_spooled: Callable[[], None] | None = None, *,
                  keep: Keeper = _withheld, read_timeout: float = READ_TIMEOUT_SECONDS,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 min_body_rate: float = MIN_BODY_BYTES_PER_SECOND) -> None:
         secret = token.get_secret_value()
         if not secret:
             raise ValueError("FORWARD_INGEST_TOKEN is empty")
@@ -606,6 +654,7 @@ class IngestApp:
         self.max_body_bytes = max_body_bytes
         self.on_spooled = on_spooled
         self.read_timeout = read_timeout
+        self.min_body_rate = min_body_rate
         self.max_connections = max_connections
 
     def authorized(self, header: str | None) -> bool:
@@ -634,6 +683,17 @@ class _IngestHandler(JsonHandler):
         # keep-alive connection) cannot hold a connection slot for ever.
         self.timeout = self.app.read_timeout
         super().setup()
+        # ... nor one that keeps sending a byte now and then: every read also stops at a
+        # deadline for the request (its line and headers, then its body).
+        self.deadline = float("inf")
+        plain, self.rfile = self.rfile, io.BufferedReader(_DeadlineReader(self))
+        plain.close()  # (the socket stays open: it is closed when the request is done)
+
+    def handle_one_request(self) -> None:
+        # Waiting for the request (keep-alive idle) and reading its headers: two read
+        # timeouts in all.
+        self.deadline = time.monotonic() + 2 * self.app.read_timeout
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         if urlsplit(self.path).path != HEALTH_PATH:
@@ -660,13 +720,20 @@ class _IngestHandler(JsonHandler):
             # Checked before reading a byte; the connection is closed, not drained.
             self._refuse(413, {"error": "body_too_large", "limit_bytes": app.max_body_bytes})
             return
+        if not self._acceptable_body_type():
+            return
         try:
-            body = self.rfile.read(length) if length else b""
-        except OSError:  # the read timeout (TimeoutError) or the client went away
+            body = self._read_body(length)
+        except TimeoutError:  # the client stopped sending: say so before closing
+            self._answer_and_close(408, {"error": "request_timeout",
+                                         "detail": "the body did not arrive in time"})
+            return
+        except OSError:  # the client went away
             self.close_connection = True
             return
-        if len(body) < length:
-            self.close_connection = True
+        if len(body) < length:  # the client closed its side early
+            self._answer_and_close(400, {"error": "incomplete_body",
+                                         "detail": f"{len(body)} of {length} bytes arrived"})
             return
         if app.spool.is_full():
             self._spool_full()
@@ -717,36 +784,73 @@ class _IngestHandler(JsonHandler):
         self.close_connection = True
         self.send_json(status, payload, {"Connection": "close", **(headers or {})})
 
+    def _read_body(self, length: int) -> bytes:
+        """`length` bytes (fewer if the client closed its side), within the read timeout
+        per read AND a deadline for the whole body (read timeout + length at the minimum
+        rate); TimeoutError past either."""
+        app: IngestApp = self.app
+        if not length:
+            return b""
+        self.deadline = time.monotonic() + app.read_timeout + length / app.min_body_rate
+        return self.rfile.read(length)
+
+    def _answer_and_close(self, status: int, payload: dict[str, Any]) -> None:
+        """An answer to a client that may already be gone (best effort), then close."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.send_json(status, payload, {"Connection": "close"})
+
     def _content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or value is None:
-            self._refuse(411, {"error": "length_required"})
+        # Any Transfer-Encoding (chunked, or a list ending in it) frames the body itself:
+        # never read such a body by a Content-Length as well (request smuggling).
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or not values:
+            self._refuse(411, {"error": "length_required",
+                               "detail": "send the body with one Content-Length, "
+                                         "without Transfer-Encoding"})
             return None
-        try:
-            length = int(value)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        texts = {value.strip() for value in values}
+        text = texts.pop()
+        # int() would also take "1_0", "+5" or non-ASCII digits: only plain digits frame.
+        if texts or not (text.isascii() and text.isdigit()):
             self._refuse(400, {"error": "invalid_request", "detail": "bad Content-Length"})
             return None
-        return length
+        return int(text)
+
+    def _acceptable_body_type(self) -> bool:
+        """A JSON body (Content-Type absent or a JSON media type), plain or gzip; 415
+        otherwise, before the body is read."""
+        media = self.headers.get("Content-Type")
+        if media is not None and not _is_json_media(media):
+            self._refuse(415, {"error": "unsupported_media_type",
+                               "detail": "send Content-Type: application/json"})
+            return False
+        coding = (self.headers.get("Content-Encoding") or "").strip().lower()
+        if coding not in _CODINGS:
+            self._refuse(415, {"error": "unsupported_encoding",
+                               "detail": "Content-Encoding must be gzip or identity"},
+                         {"Accept-Encoding": "gzip"})
+            return False
+        return True
 
     def _decode(self, body: bytes) -> list[Any] | None:
         app: IngestApp = self.app
-        if self.headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = inflater.decompress(body, app.max_body_bytes + 1)
-            except (zlib.error, gzip.BadGzipFile):
-                self.send_json(400, {"error": "invalid_gzip"})
+        if (self.headers.get("Content-Encoding") or "").strip().lower() in _GZIP:
+            inflated = gunzip(body, app.max_body_bytes)
+            if inflated is None:
+                self.send_json(400, {"error": "invalid_gzip",
+                                     "detail": "not a complete gzip stream"})
                 return None
-            if len(body) > app.max_body_bytes:
+            if len(inflated) > app.max_body_bytes:
                 self.send_json(413, {"error": "body_too_large",
                                      "limit_bytes": app.max_body_bytes})
                 return None
+            body = inflated
         try:
-            value = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            # As the file inputs decode a line: an escaped lone surrogate in one event
+            # must not refuse the other events of the request.
+            value = loads_event(body)
+        except ValueError as exc:  # orjson's message names a position, never the content
             self.send_json(400, {"error": "invalid_json", "detail": str(exc)})
             return None
         events = value if isinstance(value, list) else [value]
@@ -773,6 +877,58 @@ class _IngestHandler(JsonHandler):
                 letters.append(DeadLetter("http", f"request event {index}", reason, detail,
                                           _kept(app.keep, raw)))
         return encoded, letters, rejected
+
+
+_GZIP = frozenset({"gzip", "x-gzip"})
+_CODINGS = _GZIP | {"", "identity"}
+
+
+def _is_json_media(value: str) -> bool:
+    media = value.partition(";")[0].strip().lower()
+    return media in ("", "application/json", "text/json") or (
+        media.startswith("application/") and media.endswith("+json"))
+
+
+def gunzip(data: bytes, limit: int) -> bytes | None:
+    """The inflated gzip `data`: every member (RFC 1952 allows several), at most
+    `limit + 1` bytes (more means too large; a bomb is never inflated further). None when
+    it is no complete gzip stream: truncated, corrupt, or followed by anything but zero
+    padding."""
+    out = bytearray()
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
+            return None
+        if len(out) > limit:
+            return bytes(out)
+        if not inflater.eof:  # the stream ended inside a member
+            return None
+        rest = inflater.unused_data
+        if not rest.strip(b"\x00"):
+            return bytes(out)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The handler's socket as a raw stream whose every read waits at most the read
+    timeout and never past `handler.deadline` (then TimeoutError, as a socket timeout)."""
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self.handler = handler
+        self.sock: socket.socket = handler.connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request is arriving too slowly")
+        self.sock.settimeout(min(self.handler.app.read_timeout, left))
+        return self.sock.recv_into(buffer)
 
 
 def _kept(keep: Keeper, raw: Any) -> bytes:
@@ -803,6 +959,16 @@ class _IngestHTTPServer(FastThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr for every failed request, including a
+        # client that reset the connection while we answered: that is no error of ours,
+        # and a client must not be able to fill the forwarder's stderr with tracebacks.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        log.error("ingest: a request failed unexpectedly (%s)", type(exc).__name__,
+                  exc_info=exc)
 
     def _busy(self, request: socket.socket) -> None:
         body = orjson.dumps({"error": "too_many_connections", "detail": "retry later"})

@@ -90,7 +90,8 @@ def load_wso2_config(path: str | Path | None) -> Wso2AnalyticsConfig:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark (Windows editors write one) is not TOML text.
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: cannot read WSO2 config: not UTF-8 text") from None
     except OSError as exc:

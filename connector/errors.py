@@ -170,6 +170,7 @@ class DeadLetterCode(StrEnum):
     BAD_VALUE = "BAD_VALUE"                  # a value that cannot be mapped or encoded
     UNKNOWN_KIND = "UNKNOWN_KIND"
     LINE_TOO_LONG = "LINE_TOO_LONG"
+    EVENT_TOO_LARGE = "EVENT_TOO_LARGE"      # its Moesif form is over the Collector's limit
     REJECTED_BY_COLLECTOR = "REJECTED_BY_COLLECTOR"
 
 

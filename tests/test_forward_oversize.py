@@ -76,7 +76,7 @@ def test_an_oversize_event_in_the_log_is_dead_lettered_and_the_rest_delivered(
         rows = conn.execute("SELECT reason_code, detail, length(raw) FROM dead_letters").fetchall()
     finally:
         conn.close()
-    assert len(rows) == 1 and rows[0][0] == DeadLetterCode.BAD_VALUE.value
+    assert len(rows) == 1 and rows[0][0] == DeadLetterCode.EVENT_TOO_LARGE.value
     assert "1000000" in rows[0][1] and rows[0][2] <= 8192 + 200
 
 
@@ -87,7 +87,7 @@ def test_no_encoded_event_is_over_the_limit(size: int) -> None:
     try:
         _, body = encoder(_event(3, size), None)
     except MalformedEvent as exc:
-        assert exc.reason_code == DeadLetterCode.BAD_VALUE.value
+        assert exc.reason_code == DeadLetterCode.EVENT_TOO_LARGE.value
         assert "Collector" in exc.detail
     else:
         assert len(body) <= MOESIF_MAX_EVENT_BYTES

@@ -99,7 +99,7 @@ class EventEncoder:
             raise MalformedEvent(DeadLetterCode.BAD_VALUE,
                                  f"the event cannot be mapped ({type(exc).__name__})") from None
         if len(body) > MOESIF_MAX_EVENT_BYTES:
-            raise MalformedEvent(DeadLetterCode.BAD_VALUE,
+            raise MalformedEvent(DeadLetterCode.EVENT_TOO_LARGE,
                                  f"the Moesif event would be {len(body)} bytes, over the "
                                  f"Collector's limit of {MOESIF_MAX_EVENT_BYTES} bytes per event")
         return event["transaction_id"], body

@@ -621,3 +621,32 @@ def test_content_ids_are_unique_per_request(ips: list[tuple[int, int]]) -> None:
     ids = {m.process({"requestTimestamp": 1708575298433, "userIp": f"10.{a}.{b}.1"},
                      "response")["transaction_id"] for a, b in ips}
     assert len(ids) == len(ips)
+
+
+# --- a blank correlationId is no correlation id -------------------------------------------
+@pytest.mark.parametrize("blank", [" ", "\t", "  \r\n", "\u3000", "\u00a0"])
+def test_a_blank_correlation_id_never_makes_two_requests_share_an_id(blank: str) -> None:
+    # Before: " " was a correlation id like any other, so every event carrying it got
+    # uuid5("response: ") and Moesif kept only the first of them.
+    m = mapper(False, SEED_MASK, transaction_secret=b"w" * 32)
+    a = m.process({"requestTimestamp": 1708575298433, "correlationId": blank,
+                   "userIp": "10.1.2.3"}, "response")["transaction_id"]
+    b = m.process({"requestTimestamp": 1708575298434, "correlationId": blank,
+                   "userIp": "10.1.2.4"}, "response")["transaction_id"]
+    assert a != b
+    # The same event again still gets the same id (replays stay idempotent).
+    again = m.process({"requestTimestamp": 1708575298433, "correlationId": blank,
+                       "userIp": "10.1.2.3"}, "response")["transaction_id"]
+    assert again == a
+
+
+@given(blank=st.text(st.characters(whitelist_categories=("Zs", "Cc")), min_size=1,
+                     max_size=5).filter(str.isspace),
+       times=st.lists(st.integers(1_600_000_000_000, 1_800_000_000_000), min_size=2,
+                      max_size=6, unique=True))
+@settings(max_examples=40, deadline=None)
+def test_blank_correlation_ids_are_content_ids(blank: str, times: list[int]) -> None:
+    m = mapper(False, SEED_MASK, transaction_secret=b"v" * 32)
+    ids = {m.process({"requestTimestamp": t, "correlationId": blank}, "response")
+           ["transaction_id"] for t in times}
+    assert len(ids) == len(times)

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from connector import mapping as new_engine
@@ -165,11 +165,26 @@ EVENT_FIELDS = ["apiContext", "apiResourceTemplate", "apiMethod", "proxyResponse
                 "properties", "apiName", "apiVersion", "responseContentType"]
 
 
+def _has_blank(value) -> bool:
+    """A whitespace-only string anywhere in the value."""
+    if isinstance(value, str):
+        return value != "" and value.isspace()
+    if isinstance(value, dict):
+        return any(_has_blank(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_blank(v) for v in value)
+    return False
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(index=st.integers(0, 300), field=st.sampled_from(EVENT_FIELDS), value=POISON)
 def test_poison_apim_values_map_alike(index, field, value):
     from connector.forward.masking import MaskConfig
     from connector.sandbox.apim_log import LogGenerator
+
+    # The one intended change since the frozen engine: a whitespace-only value counts as
+    # unknown like "" (tests/test_forward_moesif_event.py covers it), so it is left out.
+    assume(not _has_blank(value))
 
     line = next(LogGenerator(seed=5).lines(1, start=index))
     parsed = parse(line)

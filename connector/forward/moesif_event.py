@@ -191,11 +191,13 @@ def _resolver(getters: tuple[Getter, ...], convert: Converter) -> Callable[[dict
             ns[f"g{number}"] = get
             lines.append(f"    v = g{number}(data)")
         else:
-            ns[f"u{number}"] = get.unknown  # type: ignore[attr-defined]
+            unknown = get.unknown  # type: ignore[attr-defined]
+            ns[f"u{number}"] = unknown
             lines.append("    v = data")
             for part in path:
                 lines.append(f"    v = v.get({part!r}) if type(v) is dict else None")
-            lines.append(f"    if v is None or (type(v) is str and v in u{number}): "
+            blank = " or v.isspace()" if "" in unknown else ""  # as _field does
+            lines.append(f"    if v is None or (type(v) is str and (v in u{number}{blank})): "
                          "v = _MISSING")
         lines.append("    if v is not _MISSING:")
         if convert is _to_text:
@@ -397,12 +399,17 @@ def _constant(value: Any) -> Getter:
 
 
 def _field(path: tuple[str, ...], unknown: frozenset[str]) -> Getter:
+    # A blank value (only whitespace) is as unknown as the empty string when "" is an
+    # unknown value: else every event whose correlationId is " " would share one
+    # transaction id, and Moesif would keep only one of them.
+    blank = "" in unknown
     if len(path) == 1:
         key = path[0]
 
         def get(data: dict[str, Any]) -> Any:
             value = data.get(key)
-            if value is None or (type(value) is str and value in unknown):
+            if value is None or (type(value) is str
+                                 and (value in unknown or (blank and value.isspace()))):
                 return _MISSING
             return value
 
@@ -414,7 +421,8 @@ def _field(path: tuple[str, ...], unknown: frozenset[str]) -> Getter:
                 if type(value) is not dict:
                     return _MISSING
                 value = value.get(part)
-            if value is None or (type(value) is str and value in unknown):
+            if value is None or (type(value) is str
+                                 and (value in unknown or (blank and value.isspace()))):
                 return _MISSING
             return value
 

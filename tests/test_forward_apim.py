@@ -6,8 +6,11 @@ import copy
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.forward.apim import (
+    _ACCEPTED_TYPES,
     ApimFaultyEvent,
     ApimResponseEvent,
     infer_kind,
@@ -289,3 +292,28 @@ def test_fast_path_gives_what_the_model_gives(raw: dict) -> None:
 def test_model_is_tolerant_of_ai_event_without_any_ai_fields() -> None:
     event = validate_event({"requestTimestamp": 1708575298433, "properties": {"aiMetadata": 5}})
     assert event.vendorName is None and event.properties == {"aiMetadata": 5}
+
+
+NUMBER_FIELDS = sorted(name for kind in ("response", "faulty")
+                       for name, types in _ACCEPTED_TYPES[kind].items()
+                       if int in types and bool not in types)
+
+
+@given(field=st.sampled_from(NUMBER_FIELDS), value=st.booleans(),
+       kind=st.sampled_from(["response", "faulty"]))
+def test_a_boolean_is_no_number(field: str, value: bool, kind: str) -> None:
+    """pydantic's lax mode reads True as 1: a status code of `true` must be refused."""
+    if field not in _ACCEPTED_TYPES[kind]:
+        return
+    raw = {"requestTimestamp": "2024-02-22T04:12:49.371Z", field: value}
+    for validate in (validate_event, validate_event_dict):
+        with pytest.raises(MalformedEvent) as caught:
+            validate(raw, kind)
+        assert caught.value.reason_code == "BAD_TYPE"
+        assert field in caught.value.detail
+
+
+def test_number_fields_are_found() -> None:
+    assert {"proxyResponseCode", "targetResponseCode", "errorCode", "responseLatency",
+            "hour"} <= set(NUMBER_FIELDS)
+

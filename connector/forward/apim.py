@@ -10,8 +10,9 @@ Every field of the seed's two tables is declared with the seed's type. Beyond th
 * Values the gateway nests under `properties` (see the reference page) are lifted to the
   top level when the top level lacks them; `properties` itself is kept unchanged.
 * Numbers stay numbers (an int stays an int, a float a float; a numeric string becomes a
-  number), booleans stay booleans. A value of the wrong kind is a BAD_TYPE error naming
-  the field, never echoing the value (events are not masked yet at this point).
+  number), booleans stay booleans; a boolean is no number (pydantic would read `true`
+  as 1). A value of the wrong kind is a BAD_TYPE error naming the field, never echoing
+  the value (events are not masked yet at this point).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     PrivateAttr,
     StrictFloat,
@@ -44,7 +46,18 @@ from connector.forward.errors import (
 EventKind = Literal["response", "faulty"]
 KINDS: tuple[str, ...] = ("response", "faulty")
 
-Number = int | float
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic's lax mode reads True as 1: a status code or latency of `true` is a
+    # reporter's bug to refuse (BAD_TYPE), not a number to send.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_boolean)]
+Number = Annotated[int | float, BeforeValidator(_not_a_boolean)]
 
 # properties.<key> -> top-level field, used when the top level does not have the field.
 LIFTED_FROM_PROPERTIES: tuple[tuple[str, str], ...] = (
@@ -93,14 +106,14 @@ class _ApimEventBase(BaseModel):
     gatewayType: str | None = None
     keyType: str | None = None
     userName: str | None = None
-    proxyResponseCode: int | None = None
+    proxyResponseCode: Int | None = None
     regionId: str | None = None
     requestMediationLatency: Number | None = None
     requestTimestamp: str | StrictInt | StrictFloat
     responseCacheHit: bool | None = None
     responseLatency: Number | None = None
     responseMediationLatency: Number | None = None
-    targetResponseCode: int | None = None
+    targetResponseCode: Int | None = None
     userAgent: str | None = None
     userIp: str | None = None
     # ELK mode replaces the raw user agent by browser family (userAgent) + OS (platform).
@@ -121,7 +134,7 @@ class _ApimEventBase(BaseModel):
     completionTokens: Number | None = None
     totalTokens: Number | None = None
     # The seed says String; an hour number is kept as a number rather than rejected.
-    hour: str | int | None = None
+    hour: str | Int | None = None
     properties: dict[str, Any] | None = None
 
     _request_time: datetime = PrivateAttr()
@@ -155,7 +168,7 @@ class ApimResponseEvent(_ApimEventBase):
 class ApimFaultyEvent(_ApimEventBase):
     """`apim_event_faulty`: a failed or throttled invocation."""
 
-    errorCode: int | None = None
+    errorCode: Int | None = None
     errorMessage: str | None = None
     errorType: str | None = None
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     forward_spool_max_events: int = Field(1_000_000, ge=100)
     forward_max_body_bytes: int = Field(1_048_576, ge=1024)
     forward_max_line_bytes: int = Field(1_048_576, ge=1024)
+    forward_dead_letters_max: int = Field(100_000, ge=100, le=100_000_000)
     forward_company_unknown_values: str = "UNKNOWN"
 
     # --- alerts and schema drift (see connector/alerts, connector/schema_drift.py) ---

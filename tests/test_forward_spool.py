@@ -179,3 +179,27 @@ def test_concurrent_appends_and_acks_keep_depth_exact(spool: Spool) -> None:
     assert not errors
     assert spool.depth() == 0
     assert spool.counters()["delivered"] == 1500 == spool.counters()["spooled"]
+
+
+def test_dead_letters_are_capped_oldest_first_and_all_are_counted(
+        state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    conn = connect(state)
+    spool = Spool(conn, max_events=100, max_dead_letters=10)
+    for chunk in range(3):  # 18 letters from reading, in three chunks
+        letters = [DeadLetter("log:a", f"byte {chunk * 6 + i}", "BAD_JSON", "broken", None)
+                   for i in range(6)]
+        spool.append([], None, letters, {"read": 6})
+    spool.append([_event(i) for i in range(2)])
+    seqs = [seq for seq, _, _ in spool.peek_batch(2, 10_000)]
+    spool.dead_letter(seqs, "REJECTED_BY_COLLECTOR", "HTTP 400")  # and 2 refused by Moesif
+    kept = spool.dead_letters(limit=100)
+    assert len(kept) == 10
+    positions = [letter["position"] for letter in kept]
+    # The newest ten: the last 8 read, then the 2 refused (the oldest 10 went).
+    assert positions[:8] == [f"byte {n}" for n in range(10, 18)]
+    assert all(p.startswith("transaction_id=") for p in positions[8:])
+    assert spool.counters()["dead_lettered"] == 20
+    assert spool.depth() == 0
+    warnings = [r for r in caplog.records if "FORWARD_DEAD_LETTERS_MAX" in r.getMessage()]
+    assert len(warnings) == 1
+    conn.close()

@@ -96,7 +96,8 @@ def replay(settings: Settings, ids: list[int] | None = None, reason: str | None 
     if conn is None:
         return result
     try:
-        spool = Spool(conn, settings.forward_spool_max_events)
+        spool = Spool(conn, settings.forward_spool_max_events,
+                      settings.forward_dead_letters_max)
         config = resolve_config(settings, wso2_config)
         encoder = EncoderSpec.of(config, spool.installation_secret(),
                                  settings.forward_max_line_bytes).build()

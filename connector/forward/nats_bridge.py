@@ -79,7 +79,8 @@ def _spool_and_encoder(settings: Settings, config: ForwardConfig
     """The state connection, its spool, and the event encoder keyed with the
     installation's secret: what both ends of the bridge start from."""
     conn = connect(settings.state_path)
-    spool = Spool(conn, settings.forward_spool_max_events)
+    spool = Spool(conn, settings.forward_spool_max_events,
+                  settings.forward_dead_letters_max)
     encoder = EncoderSpec.of(config, spool.installation_secret(),
                              settings.forward_max_line_bytes).build()
     return conn, spool, encoder

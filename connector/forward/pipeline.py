@@ -120,7 +120,8 @@ class Forwarder:
         self.once = once
         self.stop_event = stop_event or threading.Event()
         self.conn = connect(settings.state_path)
-        self.spool = Spool(self.conn, settings.forward_spool_max_events)
+        self.spool = Spool(self.conn, settings.forward_spool_max_events,
+                           settings.forward_dead_letters_max)
         self.encoder_spec = EncoderSpec.of(config, self.spool.installation_secret(),
                                            settings.forward_max_line_bytes)
         self.encoder = self.encoder_spec.build()

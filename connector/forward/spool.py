@@ -23,6 +23,7 @@ where SQLite's own busy handler sleeps whole milliseconds).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.state.store import Transaction, ensure_schema
+
+log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
     "read",           # lines or event maps taken from a source
@@ -45,6 +48,10 @@ COUNTER_NAMES = (
 
 # Dead letters keep enough of the original to diagnose it, not whole megabyte bodies.
 DEAD_LETTER_RAW_MAX = 4096
+# At most this many dead letters are kept (FORWARD_DEAD_LETTERS_MAX): a flood of bad lines
+# must not fill the disk. The oldest go first; the lifetime `dead_lettered` counter still
+# counts every one.
+DEFAULT_MAX_DEAD_LETTERS = 100_000
 DEAD_LETTER_DETAIL_MAX = 2000
 
 DDL = (
@@ -141,9 +148,12 @@ def _dead_letter_row(letter: DeadLetter, now: float) -> tuple[Any, ...]:
 class Spool:
     """The spool tables of one state file (see the module doc)."""
 
-    def __init__(self, conn: sqlite3.Connection, max_events: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, max_events: int,
+                 max_dead_letters: int = DEFAULT_MAX_DEAD_LETTERS) -> None:
         self.conn = conn
         self.max_events = max_events
+        self.max_dead_letters = max(1, max_dead_letters)
+        self._pruned_warned = False
         self._lock = threading.RLock()
         ensure_schema(conn, DDL)
         # This SQLite is built with SECURE_DELETE: every acknowledged event would be
@@ -205,8 +215,23 @@ class Spool:
                 "INSERT INTO dead_letters (source, position, reason_code, detail, raw, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 [_dead_letter_row(d, now) for d in dead_letters])
+            self._prune_dead_letters(conn)
         self._bump(conn, counters)
         return seqs
+
+    def _prune_dead_letters(self, conn: sqlite3.Connection) -> None:
+        """Keep at most `max_dead_letters`: the oldest go (in the inserting transaction)."""
+        (count,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+        excess = int(count) - self.max_dead_letters
+        if excess <= 0:
+            return
+        conn.execute("DELETE FROM dead_letters WHERE id IN "
+                     "(SELECT id FROM dead_letters ORDER BY id LIMIT ?)", (excess,))
+        if not self._pruned_warned:
+            self._pruned_warned = True
+            log.warning("more than %d dead letters (FORWARD_DEAD_LETTERS_MAX): the oldest are "
+                        "deleted as new ones arrive; the dead_lettered counter counts them "
+                        "all", self.max_dead_letters)
 
     @staticmethod
     def _next_seq(conn: sqlite3.Connection) -> int:
@@ -266,6 +291,7 @@ class Spool:
                     "INSERT INTO dead_letters (source, position, reason_code, detail, raw, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?)",
                     [_dead_letter_row(d, now) for d in letters])
+                self._prune_dead_letters(conn)
                 removed, size = self._delete(conn, seq_list)
                 self._bump(conn, {"dead_lettered": removed})
             self._depth -= removed

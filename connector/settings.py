@@ -10,12 +10,19 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connector.errors import ConfigError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+# Keys that go into HTTP headers (or are compared with one, the ingest token).
+_HEADER_SECRETS = ("moesif_management_api_key", "segment_write_key", "moesif_application_id",
+                   "forward_ingest_token")
+# Free-form lists where an empty value means "none" rather than "the default".
+_EMPTY_IS_A_VALUE = frozenset({"forward_company_unknown_values", "alert_rules_disabled"})
 
 
 class Settings(BaseSettings):
@@ -99,6 +106,42 @@ class Settings(BaseSettings):
     # The users pass's per-record work (inventory, map, hash, shape, encode) in a second
     # process: auto = for 10,000 users or more on a machine with 2+ cores.
     sync_map_process: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, data: object) -> object:
+        """Surrounding whitespace is never meant (a pasted key's line break, a stray CR
+        from a Windows-edited .env): it is stripped from every value, and a value that
+        is then empty counts as unset (its default), like pydantic-settings'
+        `env_ignore_empty`. Only the free-form lists keep an empty value as given."""
+        if not isinstance(data, dict):
+            return data
+        cleaned: dict[object, object] = {}
+        for key, value in data.items():
+            if isinstance(value, str):
+                value = value.strip()
+                if not value and str(key).lower() not in _EMPTY_IS_A_VALUE:
+                    continue
+            cleaned[key] = value
+        return cleaned
+
+    @field_validator(*_HEADER_SECRETS, mode="before")
+    @classmethod
+    def _check_key(cls, value: object) -> object:
+        """A key travels in an HTTP header: text that cannot be one would fail on every
+        request (and `requests` would quote the key in its error). Refused at load; the
+        message never repeats the value."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        text = text.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+            raise ValueError("is wrapped in quotes; set it without them")
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            raise ValueError("contains a space, line break or control character")
+        if not text.isascii():
+            raise ValueError("contains non-ASCII characters (a typographic quote?)")
+        return text or None
 
     @field_validator("state_url")
     @classmethod

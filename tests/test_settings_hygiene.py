@@ -1,0 +1,82 @@
+"""Pasted and hand-edited values: surrounding whitespace stripped, blank = unset, keys
+that could never travel in an HTTP header refused at load without repeating them."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.errors import ConfigError, ExitCode, exit_code_for
+from connector.settings import Settings, load_settings
+
+KEYS = ("MOESIF_MANAGEMENT_API_KEY", "SEGMENT_WRITE_KEY", "MOESIF_APPLICATION_ID",
+        "FORWARD_INGEST_TOKEN")
+KEY_CHARS = string.ascii_letters + string.digits + "-_.~+/="
+WHITESPACE = st.text(alphabet=" \t\r\n\x0b\x0c", max_size=4)
+
+
+def _load_env(monkeypatch, **env: str) -> Settings:
+    for name in [n.upper() for n in Settings.model_fields]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(_env_file=None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(KEYS), key=st.text(KEY_CHARS, min_size=1, max_size=60),
+       before=WHITESPACE, after=WHITESPACE)
+def test_a_pasted_key_loses_its_surrounding_whitespace(name, key, before, after):
+    loaded = load_settings(_env_file=None, **{name.lower(): before + key + after})
+    assert getattr(loaded, name.lower()).get_secret_value() == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(KEYS),
+       head=st.text(KEY_CHARS, min_size=1, max_size=20),
+       bad=st.one_of(st.sampled_from([" ", "\t", "\r", "\n", "\x00", "\x7f", "é", "…", "\u201c"]),
+                     st.characters(min_codepoint=128)),
+       tail=st.text(KEY_CHARS, min_size=1, max_size=20))
+def test_a_key_that_cannot_be_a_header_is_refused_without_repeating_it(name, head, bad,
+                                                                        tail):
+    head, tail = f"Hq7{head}", f"{tail}Tz9"  # distinctive, not words of the message
+    key = f"{head}{bad}{tail}"
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None, **{name.lower(): key})
+    text = str(err.value)
+    assert name in text and exit_code_for(err.value) == ExitCode.CONFIGURATION
+    assert head not in text and tail not in text, "the key was repeated in the error"
+
+
+@pytest.mark.parametrize("name", KEYS)
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_quoted_key_is_refused(name, quote):
+    with pytest.raises(ConfigError, match=f"{name}: is wrapped in quotes"):
+        load_settings(_env_file=None, **{name.lower(): f"{quote}abcdef123456{quote}"})
+
+
+@pytest.mark.parametrize("name", [n for n in Settings.model_fields
+                                  if n not in ("forward_company_unknown_values",
+                                               "alert_rules_disabled")])
+@pytest.mark.parametrize("blank", ["", "  ", "\n", "\r\n", "\t"])
+def test_a_blank_variable_is_the_same_as_an_unset_one(monkeypatch, name, blank):
+    loaded = _load_env(monkeypatch, **{name.upper(): blank})
+    assert getattr(loaded, name) == getattr(_load_env(monkeypatch), name)
+
+
+def test_a_blank_connector_home_is_not_the_working_directory(monkeypatch):
+    loaded = _load_env(monkeypatch, CONNECTOR_HOME="")
+    assert loaded.connector_home != Path(".")
+
+
+@pytest.mark.parametrize("name", ["CONNECTOR_HOME", "MAPPINGS_DIR", "SYNC_INTERVAL",
+                                  "SEGMENT_HOST", "STATE_URL"])
+def test_a_trailing_cr_or_newline_is_not_part_of_the_value(monkeypatch, name):
+    value = {"SEGMENT_HOST": "https://api.segment.io", "SYNC_INTERVAL": "15m",
+             "STATE_URL": "postgresql://db/x"}.get(name, "/var/lib/x")
+    loaded = _load_env(monkeypatch, **{name: value + "\r\n"})
+    assert str(getattr(loaded, name.lower())) == value

@@ -25,39 +25,47 @@ _HEADER_SECRETS = ("moesif_management_api_key", "segment_write_key", "moesif_app
 _EMPTY_IS_A_VALUE = frozenset({"forward_company_unknown_values", "alert_rules_disabled"})
 
 
+# Upper bounds: a number past them is a typo (or 1e23), and would otherwise overflow a
+# timestamp, an SQLite INTEGER or a sleep deep inside a run instead of failing at load.
+_HOUR, _DAY = 3600, 86400
+_MONTH, _YEAR = 31 * _DAY, 366 * _DAY
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # allow_inf_nan=False: `inf` is not a timeout (NaN already fails every bound).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True,
+                                      allow_inf_nan=False)
 
     # --- Moesif Management API (sync source) ---
     moesif_management_api_key: SecretStr | None = None
     moesif_api_url: str = "https://api.moesif.com"
     moesif_page_size: int = Field(1000, ge=1, le=10_000)
-    moesif_lookback_seconds: int = Field(600, ge=0)
-    moesif_timeout_seconds: float = Field(30.0, gt=0)
-    moesif_max_retries: int = Field(8, ge=0)
+    moesif_lookback_seconds: int = Field(600, ge=0, le=_MONTH)
+    moesif_timeout_seconds: float = Field(30.0, gt=0, le=_HOUR)
+    moesif_max_retries: int = Field(8, ge=0, le=1000)
 
     # --- Segment (sync destination) ---
     segment_write_key: SecretStr | None = None
     segment_host: str = "https://api.segment.io"
     segment_batch_messages: int = Field(500, ge=1, le=2500)
     segment_batch_bytes: int = Field(475_000, ge=10_000, le=500_000)
-    segment_timeout_seconds: float = Field(15.0, gt=0)
+    segment_timeout_seconds: float = Field(15.0, gt=0, le=_HOUR)
     # 5 retries (waits of ~0.5+1+2+4+8 s at most, equal jitter) keep an outage's
     # SEGMENT_MAX_FAILED_BATCHES (3) failed batches within about a minute (≤ ~47 s of waits).
-    segment_max_retries: int = Field(5, ge=0)
-    segment_max_failed_batches: int = Field(3, ge=1)
+    segment_max_retries: int = Field(5, ge=0, le=1000)
+    segment_max_failed_batches: int = Field(3, ge=1, le=1_000_000)
     sync_send_group_calls: bool = True
-    sync_max_attempts: int = Field(5, ge=1)
+    sync_max_attempts: int = Field(5, ge=1, le=1_000_000)
 
     # --- where state, reports and mappings live ---
     connector_home: Path = Field(default_factory=lambda: default_home())
     mappings_dir: Path | None = None
-    report_keep_runs: int = Field(50, ge=1)
+    report_keep_runs: int = Field(50, ge=1, le=1_000_000)
 
     # --- schedule ---
     sync_interval: str | None = None
     sync_cron: str | None = None
-    lease_seconds: int = Field(900, ge=10)
+    lease_seconds: int = Field(900, ge=10, le=7 * _DAY)
 
     # --- forwarder (WSO2 APIM -> Moesif Collector) ---
     moesif_application_id: SecretStr | None = None
@@ -65,10 +73,10 @@ class Settings(BaseSettings):
     forward_ingest_token: SecretStr | None = None
     forward_batch_events: int = Field(1000, ge=1, le=10_000)
     forward_batch_bytes: int = Field(5_000_000, ge=10_000, le=40_000_000)
-    forward_batch_age_seconds: float = Field(1.0, gt=0)
-    forward_spool_max_events: int = Field(1_000_000, ge=100)
-    forward_max_body_bytes: int = Field(1_048_576, ge=1024)
-    forward_max_line_bytes: int = Field(1_048_576, ge=1024)
+    forward_batch_age_seconds: float = Field(1.0, gt=0, le=_HOUR)
+    forward_spool_max_events: int = Field(1_000_000, ge=100, le=10**12)
+    forward_max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
+    forward_max_line_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     forward_company_unknown_values: str = "UNKNOWN"
 
     # --- alerts and schema drift (see connector/alerts, connector/schema_drift.py) ---
@@ -76,17 +84,17 @@ class Settings(BaseSettings):
     # off by name (comma-separated, e.g. "runtime,count_deviation").
     alert_webhook_url: str | None = None  # comma-separated for several receivers
     alert_webhook_secret: SecretStr | None = None
-    alert_webhook_max_seconds: float = Field(10.0, gt=0)  # the bound on one delivery pass
+    alert_webhook_max_seconds: float = Field(10.0, gt=0, le=_HOUR)  # the bound on one delivery pass
     alert_rules_disabled: str = ""
-    alert_rejected_pct: float = Field(5.0, ge=0)
-    alert_count_deviation_pct: float = Field(80.0, ge=0)
-    alert_count_deviation_runs: int = Field(5, ge=0)
-    alert_runtime_seconds: float = Field(3600.0, ge=0)
-    alert_stale_seconds: float = Field(86400.0, ge=0)
-    alert_backlog_age_seconds: float = Field(900.0, ge=0)
-    alert_delivery_stalled_seconds: float = Field(600.0, ge=0)
+    alert_rejected_pct: float = Field(5.0, ge=0, le=100)
+    alert_count_deviation_pct: float = Field(80.0, ge=0, le=1_000_000)
+    alert_count_deviation_runs: int = Field(5, ge=0, le=10_000)
+    alert_runtime_seconds: float = Field(3600.0, ge=0, le=_YEAR)
+    alert_stale_seconds: float = Field(86400.0, ge=0, le=_YEAR)
+    alert_backlog_age_seconds: float = Field(900.0, ge=0, le=_YEAR)
+    alert_delivery_stalled_seconds: float = Field(600.0, ge=0, le=_YEAR)
     schema_drift_policy: Literal["report", "alert", "stop"] = "report"
-    schema_drift_min_records: int = Field(50, ge=1)
+    schema_drift_min_records: int = Field(50, ge=1, le=10**12)
 
     # --- state backend (issue 11) ---
     # Unset: the SQLite file in CONNECTOR_HOME. `postgresql://user@host:5432/db`: cursors,
@@ -94,15 +102,15 @@ class Settings(BaseSettings):
     state_url: str | None = None
     # JetStream path of the forwarder: redelivery after this long without an ack (a send in
     # progress keeps extending it), and the limits of a stream the forwarder creates.
-    forward_nats_ack_wait_seconds: float = Field(30.0, ge=1)
-    forward_nats_stream_max_bytes: int = Field(1 << 30, ge=1 << 20)
-    forward_nats_stream_max_age_seconds: int = Field(7 * 86400, ge=60)
+    forward_nats_ack_wait_seconds: float = Field(30.0, ge=1, le=_DAY)
+    forward_nats_stream_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 50)
+    forward_nats_stream_max_age_seconds: int = Field(7 * 86400, ge=60, le=10 * _YEAR)
 
     # --- Moesif query budget (issue 12) ---
     # The 24-hour activity rollups (last24HourAggResults): one usermetrics query a page.
     sync_user_metrics: bool = True
     # Client-side limit per calendar minute, below Moesif's 500 so a sync never meets a 429.
-    moesif_queries_per_minute: int = Field(450, ge=1)
+    moesif_queries_per_minute: int = Field(450, ge=1, le=10_000_000)
     # The users pass's per-record work (inventory, map, hash, shape, encode) in a second
     # process: auto = for 10,000 users or more on a machine with 2+ cores.
     sync_map_process: Literal["auto", "on", "off"] = "auto"

@@ -80,3 +80,35 @@ def test_a_trailing_cr_or_newline_is_not_part_of_the_value(monkeypatch, name):
              "STATE_URL": "postgresql://db/x"}.get(name, "/var/lib/x")
     loaded = _load_env(monkeypatch, **{name: value + "\r\n"})
     assert str(getattr(loaded, name.lower())) == value
+
+
+# --- numbers: finite and within a bound the code can use -----------------------------------
+NUMERIC = sorted(n for n, f in Settings.model_fields.items() if f.annotation in (int, float))
+NUMBER_TEXT = st.one_of(
+    st.integers().map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["1e3", "1e23", "-0", "NaN", "inf", "-inf", "Infinity", "1_000",
+                     "99999999999999999999999", "0x10", "1.5"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(NUMERIC), text=NUMBER_TEXT)
+def test_a_number_is_refused_at_load_or_fits_where_the_code_puts_it(name, text):
+    """An accepted number is finite, fits an SQLite INTEGER, and as seconds can be added
+    to now (a lease expiry, a deadline) and slept on; else exit 2 naming the setting."""
+    import datetime
+    import sqlite3
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(name.upper(), text)
+            loaded = load_settings(_env_file=None)
+    except ConfigError as exc:
+        assert name.upper() in str(exc) and exit_code_for(exc) == ExitCode.CONFIGURATION
+        return
+    value = getattr(loaded, name)
+    assert value == value and abs(value) < float("inf"), f"{name}={text!r} loaded {value}"
+    sqlite3.connect(":memory:").execute("SELECT ?", (int(value),))
+    if name.endswith("_seconds"):
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=value)
+        assert value <= 10 * 366 * 86400

@@ -201,9 +201,18 @@ def check_url(value: str) -> str:
         raise ValueError("must not contain spaces or control characters")
     try:
         parts = urlsplit(text)
-        port = parts.port  # raises on a port that is not a number in 0..65535
     except ValueError as exc:
         raise ValueError(f"not a URL ({exc})") from None
+    if "@" in parts.netloc:
+        # Checked first, and never quoted: the URL is shown in `check`, logs and errors,
+        # and the key has its own setting.
+        raise ValueError("must not contain a user name or password (user:pass@); the "
+                         "key has its own setting")
+    try:
+        port = parts.port  # raises on a port that is not a number in 0..65535
+    except ValueError:
+        # Not urllib's text: it quotes the port part, which may be a piece of a secret.
+        raise ValueError("not a URL (the port must be a number in 1..65535)") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError("the scheme must be http or https (e.g. https://api.example.com)")
     if not parts.hostname:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.common.redaction import url_secrets
 from connector.errors import ConfigError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -180,8 +181,7 @@ class Settings(BaseSettings):
             self.alert_webhook_secret,
         ]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
-        password = urlsplit(self.state_url).password if self.state_url else None
-        return found + ([password] if password else [])
+        return found + url_secrets(self.state_url)
 
     def require(self, *names: str) -> None:
         """Fail with a ConfigError naming each missing required setting."""

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from connector.common.redaction import url_secrets
+from connector.common.redaction import remember_secrets, url_secrets
 from connector.errors import ConfigError
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -256,10 +256,12 @@ def load_settings(**overrides: object) -> Settings:
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: "
             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
         )
         raise ConfigError(f"invalid setting(s): {problems}") from None
+    remember_secrets(settings.secrets())  # so a command's last line is scrubbed of them
+    return settings

@@ -406,13 +406,15 @@ def forward(
     from connector.forward.pipeline import run_forward
 
     settings = _settings()
+    _remember_url_secrets(to_nats, from_nats)
     _logging(settings, log_format, log_level)
     if to_nats or from_nats:
         from connector.forward.nats_bridge import run_nats
 
         raise typer.Exit(run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
                                   from_nats=from_nats, stream=stream, durable=durable,
-                                  wso2_config_path=wso2_config, once=once))
+                                  wso2_config_path=wso2_config, once=once,
+                                  out=_RedactingStream(sys.stderr)))
     if not (from_log or from_jsonl or listen):
         _fail("say where events come from: --from-log, --from-jsonl or --listen")
     _ensure_home(settings)
@@ -439,6 +441,31 @@ def forward(
               "delivered; the rest stays spooled for the next run", ExitCode.FAILED)
     raise typer.Exit(code)
 
+
+
+def _remember_url_secrets(*urls: str | None) -> None:
+    """A URL option's password (nats://user:pass@host) is a secret like a key: scrubbed
+    from logs and from the last line."""
+    from connector.common.redaction import remember_secrets, url_secrets
+
+    for url in urls:
+        remember_secrets(url_secrets(url))
+
+
+class _RedactingStream:
+    """A text stream that scrubs every remembered secret from what is written to it (for
+    code that prints its own lines, such as the JetStream bridge's)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        from connector.common.redaction import redact, remembered_secrets
+
+        return self.stream.write(redact(text, remembered_secrets()))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _deadline_timer(seconds: float, stop: threading.Event,
@@ -472,6 +499,7 @@ def forward_status_cmd(
     if nats_url:
         from connector.forward.nats_bridge import nats_status
 
+        _remember_url_secrets(nats_url)
         typer.echo(dumps(nats_status(nats_url, stream, durable)).decode())
         return
     status = forward_status(settings)

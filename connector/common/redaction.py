@@ -53,6 +53,19 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
+# Every secret this process has been told about (settings, URL options): the last line a
+# command prints (`error: ...`) is scrubbed with them, whoever wrote its text.
+_remembered: set[str] = set()
+
+
+def remember_secrets(secrets: list[str]) -> None:
+    _remembered.update(s for s in secrets if s)
+
+
+def remembered_secrets() -> list[str]:
+    return sorted(_remembered)
+
+
 def secret_variants(secrets: list[str]) -> list[str]:
     variants: set[str] = set()
     for secret in secrets:

@@ -18,7 +18,7 @@ from typing import IO
 
 import orjson
 
-from connector.common.redaction import SecretFilter
+from connector.common.redaction import SecretFilter, remember_secrets, remembered_secrets
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _process_run_id: str | None = None
@@ -138,7 +138,8 @@ def setup_logging(level: str | int = "INFO", fmt: str = "text",
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     # Order matters: redact first, so nothing downstream ever sees the raw text.
-    handler.addFilter(SecretFilter(list(secrets or [])))
+    remember_secrets(list(secrets or []))
+    handler.addFilter(SecretFilter(remembered_secrets()))
     handler.addFilter(RunIdFilter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

@@ -1,0 +1,52 @@
+"""The last line a command prints is scrubbed of every secret the process knows, whoever
+wrote its text: settings' keys and the passwords of URL options (nats://user:pass@...)."""
+
+from __future__ import annotations
+
+import io
+
+import typer
+from typer.testing import CliRunner
+
+from connector.cli.commands import _remember_url_secrets, _RedactingStream
+from connector.cli.errors import command_boundary
+from connector.errors import ConfigError
+from connector.settings import load_settings
+
+runner = CliRunner()
+
+
+def _app_raising(text: str) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    @command_boundary
+    def boom() -> None:
+        raise ConfigError(text)
+
+    @app.command()
+    @command_boundary
+    def crash() -> None:
+        raise RuntimeError(text)
+
+    return app
+
+
+def test_an_error_quoting_a_key_is_printed_without_it():
+    key = "seg-LastLineKey-4711"
+    load_settings(_env_file=None, segment_write_key=key)
+    for command in ("boom", "crash"):
+        result = runner.invoke(_app_raising(f"refused {key} at host"), [command])
+        assert key not in result.output and "refused *** at host" in result.output
+        assert result.output.count("\n") == 1
+
+
+def test_a_nats_url_password_is_scrubbed_from_lines_the_bridge_prints():
+    _remember_url_secrets("nats://svc:NatsOptionPw99@nats:4222", None)
+    out = io.StringIO()
+    stream = _RedactingStream(out)
+    print("error: --from-nats: cannot connect to NATS at nats://svc:NatsOptionPw99@nats:4222",
+          file=stream)
+    assert "NatsOptionPw99" not in out.getvalue() and "svc:***@nats" in out.getvalue()
+    result = runner.invoke(_app_raising("at nats://svc:NatsOptionPw99@nats:4222"), ["boom"])
+    assert result.exit_code == 2 and "at nats://svc:***@nats:4222" in result.output

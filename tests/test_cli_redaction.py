@@ -8,7 +8,7 @@ import io
 import typer
 from typer.testing import CliRunner
 
-from connector.cli.commands import _remember_url_secrets, _RedactingStream
+from connector.cli.commands import _RedactingStream, _remember_url_secrets
 from connector.cli.errors import command_boundary
 from connector.errors import ConfigError
 from connector.settings import load_settings

@@ -67,20 +67,29 @@ def check_moesif(settings: Settings) -> CheckResult:
 
 
 def check_segment(settings: Settings) -> CheckResult:
+    """The answer judged by the sync's own table (SEGMENT_POLICY), so `check` passes only
+    what a sync would accept: a 404 or a proxy's HTML page is the wrong SEGMENT_HOST, a
+    5xx an outage, not "reachable"."""
+    from connector.http.policy import Action
+    from connector.segment.sink import SEGMENT_POLICY
+
     name = f"Segment host {settings.segment_host}"
     key = _secret(settings.segment_write_key)
     if not key:
         return CheckResult(name, False, "skipped: SEGMENT_WRITE_KEY is missing")
+    path = f"{settings.segment_host}/v1/batch"
     try:
-        # An empty batch sends nothing; any answer proves the host is reachable.
-        resp = requests.post(f"{settings.segment_host}/v1/batch", json={"batch": []},
-                             auth=(key, ""), timeout=10)
+        # An empty batch sends nothing; the Tracking API answers it like any batch.
+        resp = requests.post(path, json={"batch": []}, auth=(key, ""), timeout=10,
+                             allow_redirects=False)
     except requests.RequestException as exc:
-        return CheckResult(name, False, f"unreachable: {type(exc).__name__}")
-    if resp.status_code in (401, 403):
+        verdict = SEGMENT_POLICY.judge_exception(exc, path)
+        return CheckResult(name, False, f"unreachable: {verdict.message}")
+    verdict = SEGMENT_POLICY.judge(resp, path, [key])
+    if verdict.action is Action.AUTH:
         return CheckResult(name, False, f"answered {resp.status_code}: write key refused")
-    if resp.status_code >= 500:
-        return CheckResult(name, False, f"answered {resp.status_code}")
+    if verdict.action in (Action.CONFIG, Action.RETRY):
+        return CheckResult(name, False, verdict.message)
     return CheckResult(name, True, f"reachable (HTTP {resp.status_code}); note: Segment "
                                    "accepts unknown write keys with 200, check the source's "
                                    "debugger after the first run")

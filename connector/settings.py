@@ -255,8 +255,16 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings, turning pydantic's validation error into a ConfigError naming the field."""
     from pydantic import ValidationError
 
+    env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
     try:
         settings = Settings(**overrides)
+    except UnicodeDecodeError as exc:
+        # The byte itself is not shown: it may be part of a key.
+        raise ConfigError(f"{env_file}: not UTF-8 text (an invalid byte at offset "
+                          f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{env_file}: cannot be read ({exc.strerror or exc}); fix its "
+                          "permissions or remove it") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: "

@@ -112,3 +112,30 @@ def test_a_number_is_refused_at_load_or_fits_where_the_code_puts_it(name, text):
     if name.endswith("_seconds"):
         datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=value)
         assert value <= 10 * 366 * 86400
+
+
+# --- the .env file ---------------------------------------------------------------------------
+@settings(max_examples=50, deadline=None)
+@given(prefix=st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b),
+       bad=st.sampled_from([b"\xff", b"\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x80"]))
+def test_an_env_file_that_is_not_utf8_is_one_config_error(tmp_path_factory, prefix, bad):
+    path = tmp_path_factory.mktemp("envfile") / ".env"
+    path.write_bytes(b"MOESIF_MANAGEMENT_API_KEY=KeyHead" + prefix + bad + b"Tail\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=path)
+    assert str(path) in str(err.value) and "UTF-8" in str(err.value)
+    assert "KeyHead" not in str(err.value)
+
+
+def test_the_cli_names_a_broken_env_file_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"SEGMENT_WRITE_KEY=abc\xff\xfedef\n")
+    monkeypatch.setenv("CONNECTOR_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["check", "sync"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: .env: not UTF-8 text (an invalid byte at offset 21); save it as UTF-8"]

@@ -408,16 +408,12 @@ def forward(
     settings = _settings()
     _remember_url_secrets(to_nats, from_nats)
     _logging(settings, log_format, log_level)
-    if to_nats or from_nats:
-        from connector.forward.nats_bridge import run_nats
-
-        raise typer.Exit(run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
-                                  from_nats=from_nats, stream=stream, durable=durable,
-                                  wso2_config_path=wso2_config, once=once,
-                                  out=_RedactingStream(sys.stderr)))
-    if not (from_log or from_jsonl or listen):
-        _fail("say where events come from: --from-log, --from-jsonl or --listen")
+    if not (from_log or from_jsonl or listen or to_nats or from_nats):
+        _fail("say where events come from: --from-log, --from-jsonl, --listen or "
+              "--from-nats")
     _ensure_home(settings)
+    # --metrics-port and --deadline hold for every source, the JetStream ones included
+    # (the bridge keeps its counters and dead letters in the same state file).
     server = None
     if metrics_port is not None:
         from connector.ops.forward_metrics import ForwardMetrics
@@ -428,9 +424,19 @@ def forward(
     stop, expired = threading.Event(), threading.Event()
     timer = _deadline_timer(deadline, stop, expired) if once else None
     try:
-        # run_forward installs the one signal helper itself (also called without the CLI).
-        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                           wso2_config_path=wso2_config, once=once, stop_event=stop)
+        if to_nats or from_nats:
+            from connector.forward.nats_bridge import run_nats
+
+            code = run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
+                            from_nats=from_nats, stream=stream, durable=durable,
+                            wso2_config_path=wso2_config, once=once, stop_event=stop,
+                            out=_RedactingStream(sys.stderr))
+        else:
+            # run_forward installs the one signal helper itself (also called without the
+            # CLI).
+            code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl,
+                               listen=listen, wso2_config_path=wso2_config, once=once,
+                               stop_event=stop)
     finally:
         if timer is not None:
             timer.cancel()
@@ -440,7 +446,6 @@ def forward(
         _fail(f"forward --once: --deadline {deadline:g} s passed before everything was "
               "delivered; the rest stays spooled for the next run", ExitCode.FAILED)
     raise typer.Exit(code)
-
 
 
 def _remember_url_secrets(*urls: str | None) -> None:

@@ -74,6 +74,14 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     fail(message, code)
 
 
+def _check_home(settings: Settings) -> None:
+    """For the read-only views: CONNECTOR_HOME with a file in its place is exit 2, not a
+    status of zeros (a missing home is only "nothing yet")."""
+    from connector.state.store import check_home
+
+    check_home(settings.connector_home)
+
+
 def _ensure_home(settings: Settings) -> None:
     """CONNECTOR_HOME exists or can be created: else one line naming it, exit 2."""
     from connector.state.store import check_home, state_error
@@ -507,6 +515,7 @@ def forward_status_cmd(
         _remember_url_secrets(nats_url)
         typer.echo(dumps(nats_status(nats_url, stream, durable)).decode())
         return
+    _check_home(settings)
     status = forward_status(settings)
     if json_out:
         typer.echo(dumps(status).decode())
@@ -541,7 +550,9 @@ def forward_status_cmd(
         for key, info in sources.items():
             table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
         console.print(table)
-    console.print(f"state file: {status.get('state_file', '')}")
+    state_file = status.get("state_file")
+    console.print(f"state file: {state_file}" if state_file else
+                  f"state file: none yet in {settings.connector_home}")
 
 
 dead_letters_app = typer.Typer(help="Inspect and replay the forwarder's dead letters.",
@@ -564,7 +575,9 @@ def dead_letters_list(
     from connector.common.jsonutil import dumps
     from connector.forward.dead_letters import list_letters
 
-    letters = list_letters(_settings(), reason, limit)
+    settings = _settings()
+    _check_home(settings)
+    letters = list_letters(settings, reason, limit)
     if json_out:
         for letter in letters:
             typer.echo(dumps(letter).decode())
@@ -591,7 +604,9 @@ def dead_letters_show(letter_id: int = typer.Argument(..., help="A dead letter's
 
     from connector.forward.dead_letters import get_letter
 
-    letter = get_letter(_settings(), letter_id)
+    settings = _settings()
+    _check_home(settings)
+    letter = get_letter(settings, letter_id)
     if letter is None:
         _fail(f"no dead letter with id {letter_id} (see `moesif-segment forward dead-letters "
               "list`)")

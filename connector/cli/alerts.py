@@ -30,7 +30,7 @@ def list_alerts() -> None:
 
     settings = load_settings()
     check_home(settings.connector_home)
-    console = Console(highlight=False, width=160)
+    console = Console(highlight=False)  # the terminal's width (COLUMNS), 80 when piped
     if not settings.state_path.exists():
         console.print("no open alerts (no state file yet)")
         return

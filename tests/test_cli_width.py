@@ -1,0 +1,30 @@
+"""Human output fits an 80-column terminal (COLUMNS=80)."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from connector.alerts.rules import Verdict
+from connector.alerts.state import AlertStore
+from connector.cli import app
+from connector.state.store import connect
+
+runner = CliRunner()
+
+
+def test_alerts_list_fits_80_columns(tmp_path):
+    home = tmp_path / "home"
+    conn = connect(home / "state.sqlite3")
+    store = AlertStore(conn)
+    message = ("10 of 1,000 records failed delivery in run 20261201T000000Z-abcdef; the "
+               "next run retries them (see `moesif-segment report issues latest`)")
+    store.apply([Verdict("records_failed", True, message)], run_id="r1")
+    store.record_delivery(store.pending()[0][0], False, "127.0.0.1:9: connection refused "
+                          "after 5 attempts, the receiver did not answer at all")
+    conn.close()
+    result = runner.invoke(app, ["alerts", "list"],
+                           env={"CONNECTOR_HOME": str(home), "COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "records_failed" in result.output
+    wide = [line for line in result.output.splitlines() if len(line) > 80]
+    assert not wide, wide

@@ -28,3 +28,21 @@ def test_alerts_list_fits_80_columns(tmp_path):
     assert "records_failed" in result.output
     wide = [line for line in result.output.splitlines() if len(line) > 80]
     assert not wide, wide
+
+
+def test_sync_and_its_log_lines_fit_80_columns(tmp_path):
+    """The summary on stdout and the text log on stderr (the run id once per line, the
+    closing summary one line per entity)."""
+    from tests.conftest import MANAGEMENT_KEY, WRITE_KEY
+    from tests.helpers import sync_sandbox
+
+    with sync_sandbox(120, 10) as sb:
+        env = {"MOESIF_API_URL": sb.moesif_url, "SEGMENT_HOST": sb.segment_url,
+               "MOESIF_MANAGEMENT_API_KEY": MANAGEMENT_KEY, "SEGMENT_WRITE_KEY": WRITE_KEY,
+               "CONNECTOR_HOME": str(tmp_path / "home"), "COLUMNS": "80"}
+        for args in (["sync", "--no-progress"], ["schedule", "--once", "--no-progress"]):
+            result = runner.invoke(app, args, env=env)
+            assert result.exit_code == 0, result.output
+            assert "users:" in result.output
+            wide = [line for line in result.output.splitlines() if len(line) > 80]
+            assert not wide, wide

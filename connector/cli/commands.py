@@ -279,10 +279,14 @@ def schedule(
 def log_summary(report: RunReport, exit_code: int) -> None:
     """The run's summary as one log line: readable text, and in JSON logs structured
     fields (status, duration, counts per entity and outcome, issues by code)."""
-    from connector.ops.logsetup import fields, run_context
+    from connector.ops.logsetup import fields, json_mode, run_context
 
+    # JSON lines keep one line (with the counts as fields); a terminal gets one line per
+    # entity, each within 80 columns.
+    layout = ("run %s %s: users %s; companies %s" if json_mode() else
+              "run %s %s\n  users:     %s\n  companies: %s")
     with run_context(report.run_id):
-        log.info("run %s %s: users %s; companies %s", report.run_id, report.status,
+        log.info(layout, report.run_id, report.status,
                  _brief(report, "users"), _brief(report, "companies"),
                  extra=fields(event="sync_finished", status=str(report.status),
                               mode=str(report.mode), exit_code=exit_code,

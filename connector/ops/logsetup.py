@@ -65,10 +65,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         run_id = getattr(record, "run_id", None)
+        message = record.getMessage()
         prefix = f"{self.formatTime(record, self.datefmt)} {record.levelname}"
-        if run_id:
+        if run_id and run_id not in message:  # said once is enough on an 80-column line
             prefix += f" [run {run_id}]"
-        line = f"{prefix} {record.getMessage()}"
+        line = f"{prefix} {message}"
         exc = self._exception_text(record)
         return f"{line}\n{exc}" if exc else line
 

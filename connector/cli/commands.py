@@ -243,15 +243,16 @@ def schedule(
     after a stop (a routine SIGTERM included); with --once, the run's own exit code; 2 a
     configuration mistake.
     """
+    from connector.ops.checks import checked_trigger
     from connector.reports.model import Status
     from connector.sync.job import run_sync
-    from connector.sync.schedule import build_trigger, run_schedule
+    from connector.sync.schedule import run_schedule
 
     settings = _settings()
     _logging(settings, log_format, log_level)
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
-        build_trigger(settings)  # fail now, with the setting's name, not at the first tick
+        checked_trigger(settings)  # fail now, with the setting's name, not at a tick
         _ensure_home(settings)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))

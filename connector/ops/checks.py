@@ -196,14 +196,33 @@ class CheckWarning:
     detail: str
 
 
-def check_schedule(settings: Settings) -> CheckResult:
-    """SYNC_INTERVAL / SYNC_CRON exactly as `schedule` reads them."""
-    from connector.sync.schedule import build_trigger
+def checked_trigger(settings: Settings) -> object:
+    """The schedule's trigger as `schedule` builds it, proven usable: its next fire time
+    and period computed once, so an interval too long for a date ('99999999h') is a
+    ConfigError naming the setting now, not an OverflowError at start or at a tick."""
+    from datetime import UTC, datetime
 
-    name = "schedule (SYNC_INTERVAL / SYNC_CRON)"
+    from connector.sync.schedule import build_trigger, schedule_period
+
+    setting = "SYNC_CRON" if (settings.sync_cron or "").strip() else "SYNC_INTERVAL"
     try:
         trigger = build_trigger(settings)
-    except (ConfigError, ValueError) as exc:
+        trigger.get_next_fire_time(None, datetime.now(UTC))
+        schedule_period(trigger)
+    except ValueError as exc:
+        raise ConfigError(str(exc) if setting in str(exc) else f"{setting}: {exc}") from None
+    except OverflowError:
+        raise ConfigError(f"{setting}: too long to schedule (the next run would be "
+                          "past the year 9999)") from None
+    return trigger
+
+
+def check_schedule(settings: Settings) -> CheckResult:
+    """SYNC_INTERVAL / SYNC_CRON exactly as `schedule` reads them."""
+    name = "schedule (SYNC_INTERVAL / SYNC_CRON)"
+    try:
+        trigger = checked_trigger(settings)
+    except ConfigError as exc:
         return CheckResult(name, False, str(exc))
     return CheckResult(name, True, f"valid: {trigger}")
 

@@ -162,6 +162,16 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL (or unset for the SQLite file)")
         return text
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook_urls(cls, value: str | None) -> str | None:
+        """Each comma-separated receiver a usable URL, checked at start like the other
+        URL settings (a typo would otherwise surface only when an alert fires)."""
+        urls = [u.strip() for u in (value or "").split(",") if u.strip()]
+        for url in urls:
+            check_url(url)
+        return ",".join(urls) or None
+
     @field_validator("moesif_api_url", "segment_host", "moesif_collector_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

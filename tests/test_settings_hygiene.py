@@ -139,3 +139,17 @@ def test_the_cli_names_a_broken_env_file_in_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: .env: not UTF-8 text (an invalid byte at offset 21); save it as UTF-8"]
+
+
+# --- alert settings, checked at start like the others ---------------------------------------
+@pytest.mark.parametrize("value", ["hooks.slack.com/services/T/B/X",
+                                   "https://ok.example/hook, ftp://x/y", "https://a..b/x"])
+def test_a_bad_webhook_url_fails_at_load(value):
+    with pytest.raises(ConfigError, match="ALERT_WEBHOOK_URL"):
+        load_settings(_env_file=None, alert_webhook_url=value)
+
+
+def test_webhook_urls_are_kept_trimmed():
+    loaded = load_settings(_env_file=None,
+                           alert_webhook_url=" https://a.example/h , https://b.example/h ,")
+    assert loaded.alert_webhook_url == "https://a.example/h,https://b.example/h"

@@ -86,3 +86,13 @@ def test_cli_check_target_and_interval_mistakes_exit_2(tmp_path):
     result = runner.invoke(app, ["check", "sync"], env={**env, "SYNC_INTERVAL": "15x",
                                                         "COLUMNS": "200"})
     assert result.exit_code == 2 and "SYNC_INTERVAL: not an interval" in result.stdout
+
+
+def test_a_misspelt_rule_to_disable_fails_the_alerts_check(tmp_path):
+    from connector.ops.checks import check_alerts
+    from tests.conftest import make_settings
+
+    result = check_alerts(make_settings(tmp_path, alert_rules_disabled="runtime,Stale,runtim"))
+    assert not result.ok
+    assert "ALERT_RULES_DISABLED: unknown rule(s) Stale, runtim" in result.detail
+    assert check_alerts(make_settings(tmp_path, alert_rules_disabled="runtime,stale")).ok

@@ -151,7 +151,14 @@ def check_state_store(settings: Settings) -> list[CheckResult]:
 def check_alerts(settings: Settings) -> CheckResult:
     """Issue 9: no stale sync, every alert delivered, a usable ALERT_WEBHOOK_URL."""
     from connector.alerts import check_result
+    from connector.alerts.rules import RULES
 
+    # A misspelt name leaves its rule on without a word (rules.py compares names exactly).
+    disabled = [n.strip() for n in settings.alert_rules_disabled.split(",") if n.strip()]
+    unknown = [n for n in disabled if n not in RULES]
+    if unknown:
+        return CheckResult("alerts", False, f"ALERT_RULES_DISABLED: unknown rule(s) "
+                           f"{', '.join(unknown)} (known: {', '.join(RULES)})")
     try:
         ok, detail = check_result(settings)
     except ConfigError as exc:

@@ -287,6 +287,11 @@ def _known_variables() -> dict[str, str]:
     return {n: n for n in names}
 
 
+# How close (difflib's ratio) a name of any prefix must be to a setting's to be warned
+# about: 0.94 for SEGMNET_WRITE_KEY, under 0.8 for every common unrelated variable.
+_NEAR_MISS = 0.85
+
+
 def _connector_like(name: str, prefixes: set[str]) -> bool:
     return name.split("_", 1)[0] in prefixes and "_" in name
 
@@ -312,9 +317,14 @@ def check_unknown_variables(settings: Settings,
             found.setdefault(name.upper(), str(path))
     warnings = []
     for name, where in sorted(found.items()):
-        if name in known or not _connector_like(name, prefixes):
+        if name in known:
             continue
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+        # A typo in the first word (MOSEIF_..., CONECTOR_HOME) has no known prefix: a
+        # name this close to a setting is warned about whatever its prefix.
+        near = difflib.get_close_matches(name, list(known), n=1, cutoff=_NEAR_MISS)
+        if not near and not _connector_like(name, prefixes):
+            continue
+        close = near or difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
         hint = f"did you mean {close[0]}?" if close else "not a setting of the connector"
         warnings.append(CheckWarning(f"unknown variable {name}", f"({where}) ignored; {hint}"))
     return warnings

@@ -6,6 +6,10 @@ Secrets are `SecretStr`: their repr is masked, and nothing in the code base call
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -261,13 +265,45 @@ def _has_value(value: object) -> bool:
     return value not in (None, "")
 
 
+# What the last load found wrong in the .env file: lines python-dotenv could not parse
+# (it skips them). Logged by the commands once logging is set up, listed by `check`.
+ENV_FILE_PROBLEMS: list[str] = []
+
+
+@contextlib.contextmanager
+def dotenv_problems(env_file: object, into: list[str]) -> Iterator[None]:
+    """Collect python-dotenv's "could not parse statement starting at line N" as
+    "<file> line N: not NAME=value; ignored" instead of letting it print a bare line
+    (without the file's name, and plain text among JSON logs) on stderr."""
+    logger = logging.getLogger("dotenv.main")
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line = re.search(r"line (\d+)", record.getMessage())
+            where = f"{env_file} line {line.group(1)}" if line else str(env_file)
+            into.append(f"{where}: not NAME=value; ignored")
+
+    handler, propagate, level = _Collect(), logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)  # whatever --log-level made of the root's level
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings, turning pydantic's validation error into a ConfigError naming the field."""
     from pydantic import ValidationError
 
     env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    problems: list[str] = []
     try:
-        settings = Settings(**overrides)
+        with dotenv_problems(env_file, problems):
+            settings = Settings(**overrides)
     except UnicodeDecodeError as exc:
         # The byte itself is not shown: it may be part of a key.
         raise ConfigError(f"{env_file}: not UTF-8 text (an invalid byte at offset "
@@ -282,4 +318,5 @@ def load_settings(**overrides: object) -> Settings:
         )
         raise ConfigError(f"invalid setting(s): {problems}") from None
     remember_secrets(settings.secrets())  # so a command's last line is scrubbed of them
+    ENV_FILE_PROBLEMS[:] = sorted(set(problems))
     return settings

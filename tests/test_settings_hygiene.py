@@ -116,7 +116,8 @@ def test_a_number_is_refused_at_load_or_fits_where_the_code_puts_it(name, text):
 
 # --- the .env file ---------------------------------------------------------------------------
 @settings(max_examples=50, deadline=None)
-@given(prefix=st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b),
+@given(prefix=st.text(st.characters(max_codepoint=127, exclude_characters="\n\r"),
+                     max_size=30).map(str.encode),
        bad=st.sampled_from([b"\xff", b"\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x80"]))
 def test_an_env_file_that_is_not_utf8_is_one_config_error(tmp_path_factory, prefix, bad):
     path = tmp_path_factory.mktemp("envfile") / ".env"
@@ -153,3 +154,57 @@ def test_webhook_urls_are_kept_trimmed():
     loaded = load_settings(_env_file=None,
                            alert_webhook_url=" https://a.example/h , https://b.example/h ,")
     assert loaded.alert_webhook_url == "https://a.example/h,https://b.example/h"
+
+
+_WORD = st.text(st.sampled_from("abcXYZ019_.-éü中"), min_size=1, max_size=8).filter(
+    lambda w: w != "export")
+
+
+@settings(max_examples=50, deadline=None)
+@given(junk=st.lists(st.lists(_WORD, min_size=2, max_size=4).map(" ".join),
+                     min_size=1, max_size=3))
+def test_unparsable_env_lines_are_named_with_the_file_not_printed_bare(tmp_path_factory,
+                                                                       junk):
+    """python-dotenv skips a line it cannot parse and prints a bare warning without the
+    file's name; the connector collects them as '<file> line N: ...' instead."""
+    import contextlib
+    import io
+
+    from connector.settings import ENV_FILE_PROBLEMS
+
+    path = tmp_path_factory.mktemp("env") / ".env"
+    lines = ["SYNC_INTERVAL=5m", *[j.strip() for j in junk]]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        loaded = load_settings(_env_file=path)
+    assert loaded.sync_interval == "5m"
+    assert stderr.getvalue() == ""
+    expected = {f"{path} line {n}: not NAME=value; ignored" for n in range(2, len(lines) + 1)}
+    assert sorted(expected) == ENV_FILE_PROBLEMS
+
+
+def test_check_lists_unparsable_env_lines_and_json_logs_carry_them(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("SYNC_INTERVAL=5m\nthis is not a setting\n")
+    env = {"CONNECTOR_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
+    result = CliRunner().invoke(app, ["check", "sync"], env=env)
+    assert ".env line 2" in result.stdout and "not NAME=value" in result.stdout
+    assert "python-dotenv" not in result.output
+    result = CliRunner().invoke(app, ["sync", "--log-format", "json"], env=env)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(line["msg"] == ".env line 2: not NAME=value; ignored" for line in lines)
+
+
+def teardown_function() -> None:
+    import logging
+
+    root = logging.getLogger()  # the CLI's handler wrote to the runner's (closed) stream
+    for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
+        root.removeHandler(handler)

@@ -104,6 +104,10 @@ def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
     except ValueError:
         _fail(f"--log-level: unknown level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
     _note_legacy_home(settings)
+    from connector.settings import ENV_FILE_PROBLEMS
+
+    for problem in ENV_FILE_PROBLEMS:
+        log.warning("%s", problem)
 
 
 def _note_legacy_home(settings: Settings) -> None:

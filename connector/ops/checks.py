@@ -310,12 +310,19 @@ def check_unknown_variables(settings: Settings,
     for name in (environ if environ is not None else os.environ):
         found.setdefault(name.upper(), "environment")
     path = env_file if env_file is not None else Path(".env")
+    warnings = []
     if path.is_file():
         from dotenv import dotenv_values
 
-        for name in dotenv_values(path):
+        from connector.settings import dotenv_problems
+
+        problems: list[str] = []
+        with dotenv_problems(path, problems):
+            names = list(dotenv_values(path))
+        for name in names:
             found.setdefault(name.upper(), str(path))
-    warnings = []
+        warnings += [CheckWarning(p.split(":", 1)[0], p.split(": ", 1)[1])
+                     for p in sorted(set(problems))]
     for name, where in sorted(found.items()):
         if name in known:
             continue

@@ -31,3 +31,11 @@ def test_schedule_refuses_an_overflowing_interval_in_one_line(tmp_path):
     assert result.output.strip().splitlines() == [
         "error: SYNC_INTERVAL: too long to schedule (the next run would be past the year "
         "9999)"]
+
+
+def teardown_function() -> None:
+    import logging
+
+    root = logging.getLogger()  # the CLI's handler wrote to the runner's (closed) stream
+    for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
+        root.removeHandler(handler)

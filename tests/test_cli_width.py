@@ -46,3 +46,11 @@ def test_sync_and_its_log_lines_fit_80_columns(tmp_path):
             assert "users:" in result.output
             wide = [line for line in result.output.splitlines() if len(line) > 80]
             assert not wide, wide
+
+
+def teardown_function() -> None:
+    import logging
+
+    root = logging.getLogger()  # the CLI's handler wrote to the runner's (closed) stream
+    for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
+        root.removeHandler(handler)

@@ -232,7 +232,7 @@ def schedule(
     no_initial_run: bool = typer.Option(False, "--no-initial-run",
                                         help="Wait for the first trigger instead of "
                                              "running at launch."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port",
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
                                             help="Serve /healthz and /metrics on this port."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address for --metrics-port (0.0.0.0 in a "
@@ -341,9 +341,9 @@ def check(
 @app.command()
 @command_boundary
 def demo(
-    users: int = typer.Option(2000, help="Users in the sandbox."),
-    companies: int = typer.Option(200, help="Companies in the sandbox."),
-    events: int = typer.Option(5000, help="apim_metrics.log lines to forward."),
+    users: int = typer.Option(2000, min=0, help="Users in the sandbox."),
+    companies: int = typer.Option(200, min=0, help="Companies in the sandbox."),
+    events: int = typer.Option(5000, min=0, help="apim_metrics.log lines to forward."),
 ) -> None:
     """No keys needed: start the local sandbox, sync into it, forward a log, show reports."""
     from connector.demo import run_demo
@@ -354,12 +354,15 @@ def demo(
 @app.command()
 @command_boundary
 def sandbox(
-    users: int = typer.Option(1000, help="Moesif users in the sandbox."),
-    companies: int = typer.Option(100, help="Moesif companies in the sandbox."),
+    users: int = typer.Option(1000, min=0, help="Moesif users in the sandbox."),
+    companies: int = typer.Option(100, min=0, help="Moesif companies in the sandbox."),
     seed: int = typer.Option(7, help="Seed of the generated data set."),
-    moesif_port: int = typer.Option(0, "--moesif-port", help="0: a free port."),
-    segment_port: int = typer.Option(0, "--segment-port", help="0: a free port."),
-    collector_port: int = typer.Option(0, "--collector-port", help="0: a free port."),
+    moesif_port: int = typer.Option(0, "--moesif-port", min=0, max=65535,
+                                    help="0: a free port."),
+    segment_port: int = typer.Option(0, "--segment-port", min=0, max=65535,
+                                     help="0: a free port."),
+    collector_port: int = typer.Option(0, "--collector-port", min=0, max=65535,
+                                       help="0: a free port."),
 ) -> None:
     """Run the local Moesif Management API, Segment and Moesif Collector sandboxes until
     stopped; prints `export` lines to paste into another shell."""
@@ -394,7 +397,7 @@ def forward(
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
     log_format: LogFormat = _log_format_option(),
     log_level: str = _log_level_option(),
-    metrics_port: int | None = typer.Option(None, "--metrics-port",
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
                                             help="Serve /healthz and /metrics (backlog, "
                                                  "oldest event age, delivered, "
                                                  "dead-lettered, retried) on this port."),

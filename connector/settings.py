@@ -295,6 +295,25 @@ def dotenv_problems(env_file: object, into: list[str]) -> Iterator[None]:
         logger.setLevel(level)
 
 
+_BOUND_WORDS = (("Input should be greater than or equal to", "must be at least"),
+                ("Input should be less than or equal to", "must be at most"),
+                ("Input should be greater than", "must be more than"),
+                ("Input should be less than", "must be less than"),
+                ("Input should be", "must be"),
+                (", unable to parse string as an integer", ""),
+                (", unable to parse string as a number", ""))
+
+
+def plain_bound(message: str) -> str:
+    """pydantic's 'Input should be less than or equal to 604800' as 'must be at most
+    604800': the same fact, short enough for an 80-column error line."""
+    for long, short in _BOUND_WORDS:
+        if message.startswith(long):
+            message = short + message[len(long):]
+        message = message.replace(long, short) if long.startswith(",") else message
+    return message
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings, turning pydantic's validation error into a ConfigError naming the field."""
     from pydantic import ValidationError
@@ -314,7 +333,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+            f"{plain_bound(e['msg'].removeprefix('Value error, '))}" for e in exc.errors()
         )
         raise ConfigError(f"invalid setting(s): {problems}") from None
     remember_secrets(settings.secrets())  # so a command's last line is scrubbed of them

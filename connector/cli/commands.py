@@ -672,4 +672,42 @@ _add_alerts_app()
 
 
 def main() -> None:
-    app()
+    """The console script and `python -m connector`. A usage mistake (unknown option or
+    command, a value out of range) is one `error: ...` line and exit 2, like every other
+    configuration problem, instead of click's five-line box."""
+    from connector.cli.errors import usage_exception_base
+
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:  # outside a run (a run's own handler stops it cleanly)
+        sys.exit(128 + 2)
+    except typer.Abort:
+        sys.exit(int(ExitCode.FAILED))
+    except usage_exception_base() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `moesif-segment`: the help
+            app()
+            return
+        sys.exit(_usage_error(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> int:
+    import re
+
+    from connector.settings import plain_bound
+
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    # "Invalid value for '--limit' / '-n': Input should be ..." -> "--limit: must be ..."
+    found = re.match(r"Invalid value for '([^']+)'(?: / '[^']+')*: (.*)", message, re.S)
+    if found:
+        message = f"{found.group(1)}: {plain_bound(found.group(2))}"
+    where = ""
+    if ctx is not None:
+        root = ctx.find_root().command_path
+        where = ctx.command_path[len(root):].strip()
+    try:
+        fail(f"{where}: {message} (see --help)" if where else f"{message} (see --help)")
+    except typer.Exit as done:
+        return int(done.exit_code)
+    return int(ExitCode.CONFIGURATION)  # pragma: no cover - fail always exits

@@ -56,6 +56,11 @@ def _click_exception_base() -> type[Exception]:
 _CLICK_EXCEPTION = _click_exception_base()
 
 
+def usage_exception_base() -> type[Exception]:
+    """The class of click's usage and parameter errors (see `_click_exception_base`)."""
+    return _CLICK_EXCEPTION
+
+
 def command_boundary(fn: F) -> F:
     """Wrap a command so nothing escapes it as a traceback."""
     @functools.wraps(fn)

@@ -48,6 +48,24 @@ def test_sync_and_its_log_lines_fit_80_columns(tmp_path):
             assert not wide, wide
 
 
+def test_alerts_test_fits_80_columns_and_names_the_host_once(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CONNECTOR_HOME": str(tmp_path / "home"), "COLUMNS": "80",
+           "ALERT_WEBHOOK_URL": f"http://127.0.0.1:{port}/services/T0/B0/abcdefabcdef",
+           "ALERT_WEBHOOK_MAX_SECONDS": "0.5"}
+    result = runner.invoke(app, ["alerts", "test"], env=env)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"127.0.0.1:{port}: FAILED (") and lines[0].count(str(port)) == 1
+    assert lines[1] == "note: unsigned, ALERT_WEBHOOK_SECRET is not set"
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    assert "abcdefabcdef" not in result.output
+
+
 def teardown_function() -> None:
     import logging
 

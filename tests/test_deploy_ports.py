@@ -66,3 +66,14 @@ def test_kubernetes_scrapes_and_probes_the_port_the_container_serves():
     port = int(_metrics_port(container["args"]))
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == port
     assert {p["containerPort"] for p in container["ports"]} == {port}
+
+
+def test_the_metrics_service_stays_reachable_while_healthz_fails():
+    """The readiness probe is /healthz, which turns 503 when runs fail or go stale; the
+    Service Prometheus scrapes must still route to the pod then."""
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "deployment.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"].get("publishNotReadyAddresses") is True

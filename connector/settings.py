@@ -166,6 +166,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL (or unset for the SQLite file)")
         return text
 
+    @field_validator("connector_home", "mappings_dir")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        """`~/...` from a .env file or a systemd Environment= line reaches us unexpanded
+        (no shell did it): without this the state went into a directory named '~'."""
+        return value.expanduser() if value is not None else None
+
     @field_validator("alert_webhook_url")
     @classmethod
     def _check_webhook_urls(cls, value: str | None) -> str | None:

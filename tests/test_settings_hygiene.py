@@ -208,3 +208,10 @@ def teardown_function() -> None:
     root = logging.getLogger()  # the CLI's handler wrote to the runner's (closed) stream
     for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
         root.removeHandler(handler)
+
+
+@pytest.mark.parametrize("name", ["CONNECTOR_HOME", "MAPPINGS_DIR"])
+def test_a_tilde_in_a_directory_setting_is_the_home_directory(monkeypatch, tmp_path, name):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = _load_env(monkeypatch, **{name: "~/moesif-state"})
+    assert getattr(loaded, name.lower()) == tmp_path / "moesif-state"

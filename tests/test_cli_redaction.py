@@ -50,3 +50,26 @@ def test_a_nats_url_password_is_scrubbed_from_lines_the_bridge_prints():
     assert "NatsOptionPw99" not in out.getvalue() and "svc:***@nats" in out.getvalue()
     result = runner.invoke(_app_raising("at nats://svc:NatsOptionPw99@nats:4222"), ["boom"])
     assert result.exit_code == 2 and "at nats://svc:***@nats:4222" in result.output
+
+
+def test_with_json_logs_the_bridge_lines_become_json_lines_without_the_password():
+    import json
+    import logging
+
+    from connector.ops.logsetup import setup_logging
+
+    _remember_url_secrets("nats://svc:JsonModePw42@nats:4222")
+    captured = io.StringIO()
+    handler = setup_logging("INFO", "json", [], stream=captured)
+    try:
+        stream = _RedactingStream(io.StringIO())
+        print("error: --from-nats: cannot connect to NATS at nats://svc:JsonModePw42@nats",
+              file=stream)
+        stream.write("forward: delivered=0 ")
+        stream.write("exit=2\n")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert [(ln["level"], ln["msg"]) for ln in lines] == [
+        ("ERROR", "error: --from-nats: cannot connect to NATS at nats://svc:***@nats"),
+        ("INFO", "forward: delivered=0 exit=2")]

@@ -478,16 +478,26 @@ def _remember_url_secrets(*urls: str | None) -> None:
 
 
 class _RedactingStream:
-    """A text stream that scrubs every remembered secret from what is written to it (for
-    code that prints its own lines, such as the JetStream bridge's)."""
+    """A text stream for code that prints its own lines (the JetStream bridge's summary
+    and errors): every remembered secret scrubbed, and with --log-format json each line
+    becomes a JSON log line (nothing plain on stderr then)."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        self._pending = ""
 
     def write(self, text: str) -> int:
         from connector.common.redaction import redact, remembered_secrets
+        from connector.ops.logsetup import json_mode
 
-        return self.stream.write(redact(text, remembered_secrets()))
+        if not json_mode():
+            return self.stream.write(redact(text, remembered_secrets()))
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in filter(None, lines):
+            level = logging.ERROR if line.startswith("error:") else logging.INFO
+            log.log(level, "%s", line)  # the handler's filter scrubs the secrets
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()

@@ -73,3 +73,27 @@ def test_with_json_logs_the_bridge_lines_become_json_lines_without_the_password(
     assert [(ln["level"], ln["msg"]) for ln in lines] == [
         ("ERROR", "error: --from-nats: cannot connect to NATS at nats://svc:***@nats"),
         ("INFO", "forward: delivered=0 exit=2")]
+
+
+def test_a_failed_sync_with_json_logs_writes_only_json_on_stderr(tmp_path):
+    import json
+    import logging
+    import socket
+
+    from connector.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {"CONNECTOR_HOME": str(tmp_path / "home"), "MOESIF_API_URL": closed,
+           "SEGMENT_HOST": closed, "MOESIF_MAX_RETRIES": "0",
+           "MOESIF_MANAGEMENT_API_KEY": "mgmt-json-key-0001", "SEGMENT_WRITE_KEY": "wk-0002"}
+    try:
+        result = runner.invoke(app, ["sync", "--log-format", "json"], env=env)
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
+            root.removeHandler(handler)
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # a plain line fails
+    assert lines[-1]["level"] == "ERROR" and lines[-1]["msg"].startswith("error: ")

@@ -179,7 +179,7 @@ def sync(
         _fail(report.error)  # a person must act: one line, not a report of zeros
     typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))
     if report.error and report.status == Status.FAILED:
-        typer.echo(f"error: {report.error}", err=True)
+        _fail(report.error, outcome.exit_code)  # a JSON line with --log-format json
     raise typer.Exit(int(outcome.exit_code))
 
 

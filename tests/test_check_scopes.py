@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from rich.console import Console
 from typer.testing import CliRunner
@@ -16,6 +19,7 @@ from connector.ops.checks import (
     scoped_checks,
 )
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
+from connector.settings import Settings
 from tests.conftest import APP_ID, assert_no_keys_in
 
 
@@ -86,3 +90,42 @@ def test_cli_check_target_and_interval_mistakes_exit_2(tmp_path):
     result = runner.invoke(app, ["check", "sync"], env={**env, "SYNC_INTERVAL": "15x",
                                                         "COLUMNS": "200"})
     assert result.exit_code == 2 and "SYNC_INTERVAL: not an interval" in result.stdout
+
+
+def test_a_misspelt_rule_to_disable_fails_the_alerts_check(tmp_path):
+    from connector.ops.checks import check_alerts
+    from tests.conftest import make_settings
+
+    result = check_alerts(make_settings(tmp_path, alert_rules_disabled="runtime,Stale,runtim"))
+    assert not result.ok
+    assert "ALERT_RULES_DISABLED: unknown rule(s) Stale, runtim" in result.detail
+    assert check_alerts(make_settings(tmp_path, alert_rules_disabled="runtime,stale")).ok
+
+
+COMMON_VARIABLES = ("PATH", "HOME", "LANG", "TERM", "PWD", "SHELL", "PYTHONPATH",
+                    "HOSTNAME", "USER", "LC_ALL", "COLUMNS", "SSH_AUTH_SOCK", "TZ",
+                    "XDG_RUNTIME_DIR", "LS_COLORS", "KUBERNETES_SERVICE_HOST",
+                    "DATABASE_URL", "VIRTUAL_ENV", "HTTPS_PROXY", "NO_PROXY")
+
+
+def _typos(name: str) -> st.SearchStrategy[str]:
+    """One transposition, deletion or duplication in a setting's name."""
+    i = st.integers(0, len(name) - 2)
+    return st.one_of(
+        i.map(lambda k: name[:k] + name[k + 1] + name[k] + name[k + 2:]),
+        i.map(lambda k: name[:k] + name[k + 1:]),
+        i.map(lambda k: name[:k] + name[k] + name[k:]))
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(n.upper() for n in Settings.model_fields)).flatmap(_typos))
+def test_a_typo_anywhere_in_a_setting_name_is_warned(tmp_path_factory, typo):
+    """A typo in the first word (MOSEIF_..., CONECTOR_HOME) too, not only after a known
+    prefix; the common variables of a shell or a pod are never warned about."""
+    known = {n.upper() for n in Settings.model_fields}
+    if typo in known or len(typo) < 8:
+        return
+    environ = {typo: "x", **dict.fromkeys(COMMON_VARIABLES, "x")}
+    warnings = check_unknown_variables(Settings(_env_file=None), environ,
+                                       tmp_path_factory.mktemp("e") / ".env")
+    assert [w.name for w in warnings] == [f"unknown variable {typo}"]

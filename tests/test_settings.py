@@ -71,3 +71,26 @@ def test_any_value_is_refused_at_load_or_usable(value):
     parts = urlsplit(loaded.segment_host)
     assert parts.scheme.lower() in ("http", "https") and parts.hostname
     requests.Request("POST", loaded.segment_host + "/v1/batch").prepare()
+
+
+URL_SECRET = st.text(st.sampled_from("abcXYZ0129-._~%!$&'()*+,;="), min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(URL_SETTINGS + ("alert_webhook_url",)),
+       user=URL_SECRET, password=URL_SECRET,
+       rest=st.sampled_from(["api.example.com", "127.0.0.1:8080/x", "h:99999", "h:abc",
+                             "[::1]:1", "a..b/", "h:0"]))
+def test_credentials_in_a_url_are_refused_and_never_repeated(name, user, password, rest):
+    """A URL setting is printed by `check` and in logs: user:pass@ is refused at load (the
+    webhook's when it is read), without echoing either part."""
+    from connector.alerts.webhook import webhook_urls
+
+    user, password = f"Uq7{user}", f"Pz9{password}"
+    url = f"https://{user}:{password}@{rest}"
+    with pytest.raises(ConfigError) as err:
+        webhook_urls(load_settings(_env_file=None, **{name: url}))
+    text = str(err.value)
+    assert name.upper() in text and password not in text and user not in text
+    if not (name == "alert_webhook_url" and "," in url):  # a comma splits the list
+        assert "user name or password" in text

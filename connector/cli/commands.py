@@ -74,6 +74,14 @@ def _fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     fail(message, code)
 
 
+def _check_home(settings: Settings) -> None:
+    """For the read-only views: CONNECTOR_HOME with a file in its place is exit 2, not a
+    status of zeros (a missing home is only "nothing yet")."""
+    from connector.state.store import check_home
+
+    check_home(settings.connector_home)
+
+
 def _ensure_home(settings: Settings) -> None:
     """CONNECTOR_HOME exists or can be created: else one line naming it, exit 2."""
     from connector.state.store import check_home, state_error
@@ -96,6 +104,10 @@ def _logging(settings: Settings, fmt: LogFormat, level: str) -> None:
     except ValueError:
         _fail(f"--log-level: unknown level {level!r} (use DEBUG, INFO, WARNING or ERROR)")
     _note_legacy_home(settings)
+    from connector.settings import ENV_FILE_PROBLEMS
+
+    for problem in ENV_FILE_PROBLEMS:
+        log.warning("%s", problem)
 
 
 def _note_legacy_home(settings: Settings) -> None:
@@ -167,7 +179,7 @@ def sync(
         _fail(report.error)  # a person must act: one line, not a report of zeros
     typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))
     if report.error and report.status == Status.FAILED:
-        typer.echo(f"error: {report.error}", err=True)
+        _fail(report.error, outcome.exit_code)  # a JSON line with --log-format json
     raise typer.Exit(int(outcome.exit_code))
 
 
@@ -220,7 +232,7 @@ def schedule(
     no_initial_run: bool = typer.Option(False, "--no-initial-run",
                                         help="Wait for the first trigger instead of "
                                              "running at launch."),
-    metrics_port: int | None = typer.Option(None, "--metrics-port",
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
                                             help="Serve /healthz and /metrics on this port."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address for --metrics-port (0.0.0.0 in a "
@@ -235,15 +247,16 @@ def schedule(
     after a stop (a routine SIGTERM included); with --once, the run's own exit code; 2 a
     configuration mistake.
     """
+    from connector.ops.checks import checked_trigger
     from connector.reports.model import Status
     from connector.sync.job import run_sync
-    from connector.sync.schedule import build_trigger, run_schedule
+    from connector.sync.schedule import run_schedule
 
     settings = _settings()
     _logging(settings, log_format, log_level)
     try:
         settings.require("moesif_management_api_key", "segment_write_key")
-        build_trigger(settings)  # fail now, with the setting's name, not at the first tick
+        checked_trigger(settings)  # fail now, with the setting's name, not at a tick
         _ensure_home(settings)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
@@ -271,10 +284,14 @@ def schedule(
 def log_summary(report: RunReport, exit_code: int) -> None:
     """The run's summary as one log line: readable text, and in JSON logs structured
     fields (status, duration, counts per entity and outcome, issues by code)."""
-    from connector.ops.logsetup import fields, run_context
+    from connector.ops.logsetup import fields, json_mode, run_context
 
+    # JSON lines keep one line (with the counts as fields); a terminal gets one line per
+    # entity, each within 80 columns.
+    layout = ("run %s %s: users %s; companies %s" if json_mode() else
+              "run %s %s\n  users:     %s\n  companies: %s")
     with run_context(report.run_id):
-        log.info("run %s %s: users %s; companies %s", report.run_id, report.status,
+        log.info(layout, report.run_id, report.status,
                  _brief(report, "users"), _brief(report, "companies"),
                  extra=fields(event="sync_finished", status=str(report.status),
                               mode=str(report.mode), exit_code=exit_code,
@@ -324,9 +341,9 @@ def check(
 @app.command()
 @command_boundary
 def demo(
-    users: int = typer.Option(2000, help="Users in the sandbox."),
-    companies: int = typer.Option(200, help="Companies in the sandbox."),
-    events: int = typer.Option(5000, help="apim_metrics.log lines to forward."),
+    users: int = typer.Option(2000, min=0, help="Users in the sandbox."),
+    companies: int = typer.Option(200, min=0, help="Companies in the sandbox."),
+    events: int = typer.Option(5000, min=0, help="apim_metrics.log lines to forward."),
 ) -> None:
     """No keys needed: start the local sandbox, sync into it, forward a log, show reports."""
     from connector.demo import run_demo
@@ -337,12 +354,15 @@ def demo(
 @app.command()
 @command_boundary
 def sandbox(
-    users: int = typer.Option(1000, help="Moesif users in the sandbox."),
-    companies: int = typer.Option(100, help="Moesif companies in the sandbox."),
+    users: int = typer.Option(1000, min=0, help="Moesif users in the sandbox."),
+    companies: int = typer.Option(100, min=0, help="Moesif companies in the sandbox."),
     seed: int = typer.Option(7, help="Seed of the generated data set."),
-    moesif_port: int = typer.Option(0, "--moesif-port", help="0: a free port."),
-    segment_port: int = typer.Option(0, "--segment-port", help="0: a free port."),
-    collector_port: int = typer.Option(0, "--collector-port", help="0: a free port."),
+    moesif_port: int = typer.Option(0, "--moesif-port", min=0, max=65535,
+                                    help="0: a free port."),
+    segment_port: int = typer.Option(0, "--segment-port", min=0, max=65535,
+                                     help="0: a free port."),
+    collector_port: int = typer.Option(0, "--collector-port", min=0, max=65535,
+                                       help="0: a free port."),
 ) -> None:
     """Run the local Moesif Management API, Segment and Moesif Collector sandboxes until
     stopped; prints `export` lines to paste into another shell."""
@@ -377,7 +397,7 @@ def forward(
     once: bool = typer.Option(False, "--once", help="Drain what is there, deliver, exit."),
     log_format: LogFormat = _log_format_option(),
     log_level: str = _log_level_option(),
-    metrics_port: int | None = typer.Option(None, "--metrics-port",
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
                                             help="Serve /healthz and /metrics (backlog, "
                                                  "oldest event age, delivered, "
                                                  "dead-lettered, retried) on this port."),
@@ -406,16 +426,14 @@ def forward(
     from connector.forward.pipeline import run_forward
 
     settings = _settings()
+    _remember_url_secrets(to_nats, from_nats)
     _logging(settings, log_format, log_level)
-    if to_nats or from_nats:
-        from connector.forward.nats_bridge import run_nats
-
-        raise typer.Exit(run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
-                                  from_nats=from_nats, stream=stream, durable=durable,
-                                  wso2_config_path=wso2_config, once=once))
-    if not (from_log or from_jsonl or listen):
-        _fail("say where events come from: --from-log, --from-jsonl or --listen")
+    if not (from_log or from_jsonl or listen or to_nats or from_nats):
+        _fail("say where events come from: --from-log, --from-jsonl, --listen or "
+              "--from-nats")
     _ensure_home(settings)
+    # --metrics-port and --deadline hold for every source, the JetStream ones included
+    # (the bridge keeps its counters and dead letters in the same state file).
     server = None
     if metrics_port is not None:
         from connector.ops.forward_metrics import ForwardMetrics
@@ -426,9 +444,19 @@ def forward(
     stop, expired = threading.Event(), threading.Event()
     timer = _deadline_timer(deadline, stop, expired) if once else None
     try:
-        # run_forward installs the one signal helper itself (also called without the CLI).
-        code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl, listen=listen,
-                           wso2_config_path=wso2_config, once=once, stop_event=stop)
+        if to_nats or from_nats:
+            from connector.forward.nats_bridge import run_nats
+
+            code = run_nats(settings, from_log=from_log, to_nats=to_nats, subject=subject,
+                            from_nats=from_nats, stream=stream, durable=durable,
+                            wso2_config_path=wso2_config, once=once, stop_event=stop,
+                            out=_RedactingStream(sys.stderr))
+        else:
+            # run_forward installs the one signal helper itself (also called without the
+            # CLI).
+            code = run_forward(settings, from_log=from_log, from_jsonl=from_jsonl,
+                               listen=listen, wso2_config_path=wso2_config, once=once,
+                               stop_event=stop)
     finally:
         if timer is not None:
             timer.cancel()
@@ -439,6 +467,40 @@ def forward(
               "delivered; the rest stays spooled for the next run", ExitCode.FAILED)
     raise typer.Exit(code)
 
+
+def _remember_url_secrets(*urls: str | None) -> None:
+    """A URL option's password (nats://user:pass@host) is a secret like a key: scrubbed
+    from logs and from the last line."""
+    from connector.common.redaction import remember_secrets, url_secrets
+
+    for url in urls:
+        remember_secrets(url_secrets(url))
+
+
+class _RedactingStream:
+    """A text stream for code that prints its own lines (the JetStream bridge's summary
+    and errors): every remembered secret scrubbed, and with --log-format json each line
+    becomes a JSON log line (nothing plain on stderr then)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        from connector.common.redaction import redact, remembered_secrets
+        from connector.ops.logsetup import json_mode
+
+        if not json_mode():
+            return self.stream.write(redact(text, remembered_secrets()))
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in filter(None, lines):
+            level = logging.ERROR if line.startswith("error:") else logging.INFO
+            log.log(level, "%s", line)  # the handler's filter scrubs the secrets
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _deadline_timer(seconds: float, stop: threading.Event,
@@ -472,8 +534,10 @@ def forward_status_cmd(
     if nats_url:
         from connector.forward.nats_bridge import nats_status
 
+        _remember_url_secrets(nats_url)
         typer.echo(dumps(nats_status(nats_url, stream, durable)).decode())
         return
+    _check_home(settings)
     status = forward_status(settings)
     if json_out:
         typer.echo(dumps(status).decode())
@@ -508,7 +572,9 @@ def forward_status_cmd(
         for key, info in sources.items():
             table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
         console.print(table)
-    console.print(f"state file: {status.get('state_file', '')}")
+    state_file = status.get("state_file")
+    console.print(f"state file: {state_file}" if state_file else
+                  f"state file: none yet in {settings.connector_home}")
 
 
 dead_letters_app = typer.Typer(help="Inspect and replay the forwarder's dead letters.",
@@ -531,7 +597,9 @@ def dead_letters_list(
     from connector.common.jsonutil import dumps
     from connector.forward.dead_letters import list_letters
 
-    letters = list_letters(_settings(), reason, limit)
+    settings = _settings()
+    _check_home(settings)
+    letters = list_letters(settings, reason, limit)
     if json_out:
         for letter in letters:
             typer.echo(dumps(letter).decode())
@@ -558,7 +626,9 @@ def dead_letters_show(letter_id: int = typer.Argument(..., help="A dead letter's
 
     from connector.forward.dead_letters import get_letter
 
-    letter = get_letter(_settings(), letter_id)
+    settings = _settings()
+    _check_home(settings)
+    letter = get_letter(settings, letter_id)
     if letter is None:
         _fail(f"no dead letter with id {letter_id} (see `moesif-segment forward dead-letters "
               "list`)")
@@ -612,4 +682,42 @@ _add_alerts_app()
 
 
 def main() -> None:
-    app()
+    """The console script and `python -m connector`. A usage mistake (unknown option or
+    command, a value out of range) is one `error: ...` line and exit 2, like every other
+    configuration problem, instead of click's five-line box."""
+    from connector.cli.errors import usage_exception_base
+
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:  # outside a run (a run's own handler stops it cleanly)
+        sys.exit(128 + 2)
+    except typer.Abort:
+        sys.exit(int(ExitCode.FAILED))
+    except usage_exception_base() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `moesif-segment`: the help
+            app()
+            return
+        sys.exit(_usage_error(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> int:
+    import re
+
+    from connector.settings import plain_bound
+
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    # "Invalid value for '--limit' / '-n': Input should be ..." -> "--limit: must be ..."
+    found = re.match(r"Invalid value for '([^']+)'(?: / '[^']+')*: (.*)", message, re.S)
+    if found:
+        message = f"{found.group(1)}: {plain_bound(found.group(2))}"
+    where = ""
+    if ctx is not None:
+        root = ctx.find_root().command_path
+        where = ctx.command_path[len(root):].strip()
+    try:
+        fail(f"{where}: {message} (see --help)" if where else f"{message} (see --help)")
+    except typer.Exit as done:
+        return int(done.exit_code)
+    return int(ExitCode.CONFIGURATION)  # pragma: no cover - fail always exits

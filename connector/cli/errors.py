@@ -27,8 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def fail(message: str, code: ExitCode = ExitCode.CONFIGURATION) -> NoReturn:
     """One line, one prefix for every command, then the exit code. With JSON logs the
     line is a JSON log line too (nothing plain on stderr then)."""
+    from connector.common.redaction import redact, remembered_secrets
     from connector.ops.logsetup import fields, json_mode
 
+    message = redact(message, remembered_secrets())  # whoever wrote the text
     if json_mode():
         log.error("error: %s", message, extra=fields(event="error", exit_code=int(code)))
     else:
@@ -52,6 +54,11 @@ def _click_exception_base() -> type[Exception]:
 
 
 _CLICK_EXCEPTION = _click_exception_base()
+
+
+def usage_exception_base() -> type[Exception]:
+    """The class of click's usage and parameter errors (see `_click_exception_base`)."""
+    return _CLICK_EXCEPTION
 
 
 def command_boundary(fn: F) -> F:

@@ -8,8 +8,62 @@ from __future__ import annotations
 
 import base64
 import logging
+from urllib.parse import unquote, urlsplit
 
 REDACTED = "***"
+# libpq's connection parameters that carry a secret when given in a URL's query.
+_URL_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The secrets a connection URL carries: the password of `user:pass@` and the values
+    of `?password=` / `?sslpassword=`, as written and percent-decoded (a driver's error
+    may quote either form)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        raw = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    for chunk in parts.query.split("&"):
+        name, _, value = chunk.partition("=")
+        if unquote(name).strip().lower() in _URL_SECRET_PARAMS and value:
+            raw.append(value)
+    found = {form for value in raw for form in (value, unquote(value)) if form}
+    return sorted(found, key=len, reverse=True)
+
+
+def redact_url(url: str) -> str:
+    """The URL with every secret it carries (see `url_secrets`) replaced by `***`, for
+    messages and `check`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:{REDACTED}@{hostport}"
+    except ValueError:
+        return REDACTED
+    query = "&".join(
+        f"{chunk.partition('=')[0]}={REDACTED}"
+        if unquote(chunk.partition("=")[0]).strip().lower() in _URL_SECRET_PARAMS
+        else chunk for chunk in parts.query.split("&")) if parts.query else ""
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+# Every secret this process has been told about (settings, URL options): the last line a
+# command prints (`error: ...`) is scrubbed with them, whoever wrote its text.
+_remembered: set[str] = set()
+
+
+def remember_secrets(secrets: list[str]) -> None:
+    _remembered.update(s for s in secrets if s)
+
+
+def remembered_secrets() -> list[str]:
+    return sorted(_remembered)
 
 
 def secret_variants(secrets: list[str]) -> list[str]:

@@ -67,20 +67,29 @@ def check_moesif(settings: Settings) -> CheckResult:
 
 
 def check_segment(settings: Settings) -> CheckResult:
+    """The answer judged by the sync's own table (SEGMENT_POLICY), so `check` passes only
+    what a sync would accept: a 404 or a proxy's HTML page is the wrong SEGMENT_HOST, a
+    5xx an outage, not "reachable"."""
+    from connector.http.policy import Action
+    from connector.segment.sink import SEGMENT_POLICY
+
     name = f"Segment host {settings.segment_host}"
     key = _secret(settings.segment_write_key)
     if not key:
         return CheckResult(name, False, "skipped: SEGMENT_WRITE_KEY is missing")
+    path = f"{settings.segment_host}/v1/batch"
     try:
-        # An empty batch sends nothing; any answer proves the host is reachable.
-        resp = requests.post(f"{settings.segment_host}/v1/batch", json={"batch": []},
-                             auth=(key, ""), timeout=10)
+        # An empty batch sends nothing; the Tracking API answers it like any batch.
+        resp = requests.post(path, json={"batch": []}, auth=(key, ""), timeout=10,
+                             allow_redirects=False)
     except requests.RequestException as exc:
-        return CheckResult(name, False, f"unreachable: {type(exc).__name__}")
-    if resp.status_code in (401, 403):
+        verdict = SEGMENT_POLICY.judge_exception(exc, path)
+        return CheckResult(name, False, f"unreachable: {verdict.message}")
+    verdict = SEGMENT_POLICY.judge(resp, path, [key])
+    if verdict.action is Action.AUTH:
         return CheckResult(name, False, f"answered {resp.status_code}: write key refused")
-    if resp.status_code >= 500:
-        return CheckResult(name, False, f"answered {resp.status_code}")
+    if verdict.action in (Action.CONFIG, Action.RETRY):
+        return CheckResult(name, False, verdict.message)
     return CheckResult(name, True, f"reachable (HTTP {resp.status_code}); note: Segment "
                                    "accepts unknown write keys with 200, check the source's "
                                    "debugger after the first run")
@@ -142,7 +151,14 @@ def check_state_store(settings: Settings) -> list[CheckResult]:
 def check_alerts(settings: Settings) -> CheckResult:
     """Issue 9: no stale sync, every alert delivered, a usable ALERT_WEBHOOK_URL."""
     from connector.alerts import check_result
+    from connector.alerts.rules import RULES
 
+    # A misspelt name leaves its rule on without a word (rules.py compares names exactly).
+    disabled = [n.strip() for n in settings.alert_rules_disabled.split(",") if n.strip()]
+    unknown = [n for n in disabled if n not in RULES]
+    if unknown:
+        return CheckResult("alerts", False, f"ALERT_RULES_DISABLED: unknown rule(s) "
+                           f"{', '.join(unknown)} (known: {', '.join(RULES)})")
     try:
         ok, detail = check_result(settings)
     except ConfigError as exc:
@@ -187,14 +203,33 @@ class CheckWarning:
     detail: str
 
 
-def check_schedule(settings: Settings) -> CheckResult:
-    """SYNC_INTERVAL / SYNC_CRON exactly as `schedule` reads them."""
-    from connector.sync.schedule import build_trigger
+def checked_trigger(settings: Settings) -> object:
+    """The schedule's trigger as `schedule` builds it, proven usable: its next fire time
+    and period computed once, so an interval too long for a date ('99999999h') is a
+    ConfigError naming the setting now, not an OverflowError at start or at a tick."""
+    from datetime import UTC, datetime
 
-    name = "schedule (SYNC_INTERVAL / SYNC_CRON)"
+    from connector.sync.schedule import build_trigger, schedule_period
+
+    setting = "SYNC_CRON" if (settings.sync_cron or "").strip() else "SYNC_INTERVAL"
     try:
         trigger = build_trigger(settings)
-    except (ConfigError, ValueError) as exc:
+        trigger.get_next_fire_time(None, datetime.now(UTC))
+        schedule_period(trigger)
+    except ValueError as exc:
+        raise ConfigError(str(exc) if setting in str(exc) else f"{setting}: {exc}") from None
+    except OverflowError:
+        raise ConfigError(f"{setting}: too long to schedule (the next run would be "
+                          "past the year 9999)") from None
+    return trigger
+
+
+def check_schedule(settings: Settings) -> CheckResult:
+    """SYNC_INTERVAL / SYNC_CRON exactly as `schedule` reads them."""
+    name = "schedule (SYNC_INTERVAL / SYNC_CRON)"
+    try:
+        trigger = checked_trigger(settings)
+    except ConfigError as exc:
         return CheckResult(name, False, str(exc))
     return CheckResult(name, True, f"valid: {trigger}")
 
@@ -252,6 +287,11 @@ def _known_variables() -> dict[str, str]:
     return {n: n for n in names}
 
 
+# How close (difflib's ratio) a name of any prefix must be to a setting's to be warned
+# about: 0.94 for SEGMNET_WRITE_KEY, under 0.8 for every common unrelated variable.
+_NEAR_MISS = 0.85
+
+
 def _connector_like(name: str, prefixes: set[str]) -> bool:
     return name.split("_", 1)[0] in prefixes and "_" in name
 
@@ -270,16 +310,28 @@ def check_unknown_variables(settings: Settings,
     for name in (environ if environ is not None else os.environ):
         found.setdefault(name.upper(), "environment")
     path = env_file if env_file is not None else Path(".env")
+    warnings = []
     if path.is_file():
         from dotenv import dotenv_values
 
-        for name in dotenv_values(path):
+        from connector.settings import dotenv_problems
+
+        problems: list[str] = []
+        with dotenv_problems(path, problems):
+            names = list(dotenv_values(path))
+        for name in names:
             found.setdefault(name.upper(), str(path))
-    warnings = []
+        warnings += [CheckWarning(p.split(":", 1)[0], p.split(": ", 1)[1])
+                     for p in sorted(set(problems))]
     for name, where in sorted(found.items()):
-        if name in known or not _connector_like(name, prefixes):
+        if name in known:
             continue
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+        # A typo in the first word (MOSEIF_..., CONECTOR_HOME) has no known prefix: a
+        # name this close to a setting is warned about whatever its prefix.
+        near = difflib.get_close_matches(name, list(known), n=1, cutoff=_NEAR_MISS)
+        if not near and not _connector_like(name, prefixes):
+            continue
+        close = near or difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
         hint = f"did you mean {close[0]}?" if close else "not a setting of the connector"
         warnings.append(CheckWarning(f"unknown variable {name}", f"({where}) ignored; {hint}"))
     return warnings

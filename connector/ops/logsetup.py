@@ -18,7 +18,7 @@ from typing import IO
 
 import orjson
 
-from connector.common.redaction import SecretFilter
+from connector.common.redaction import SecretFilter, remember_secrets, remembered_secrets
 
 _run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 _process_run_id: str | None = None
@@ -65,10 +65,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         run_id = getattr(record, "run_id", None)
+        message = record.getMessage()
         prefix = f"{self.formatTime(record, self.datefmt)} {record.levelname}"
-        if run_id:
+        if run_id and run_id not in message:  # said once is enough on an 80-column line
             prefix += f" [run {run_id}]"
-        line = f"{prefix} {record.getMessage()}"
+        line = f"{prefix} {message}"
         exc = self._exception_text(record)
         return f"{line}\n{exc}" if exc else line
 
@@ -138,7 +139,8 @@ def setup_logging(level: str | int = "INFO", fmt: str = "text",
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     # Order matters: redact first, so nothing downstream ever sees the raw text.
-    handler.addFilter(SecretFilter(list(secrets or [])))
+    remember_secrets(list(secrets or []))
+    handler.addFilter(SecretFilter(remembered_secrets()))
     handler.addFilter(RunIdFilter())
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

@@ -20,8 +20,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from connector.common.redaction import redact, redact_url, url_secrets
 from connector.errors import ConfigError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -193,15 +193,6 @@ def _pg_sql(sql: str, with_params: bool) -> str:
     return "'".join(parts)
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
-
-
 class PgConnection:
     """A psycopg 3 connection that answers like the `sqlite3.Connection` the state
     modules use: `execute` / `executemany` returning a cursor (`fetchone`, `fetchall`,
@@ -223,6 +214,7 @@ class PgConnection:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=int(self.timeout))
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = redact(detail, url_secrets(self.url))  # libpq may quote a parameter
             raise ConfigError(f"STATE_URL: cannot connect to PostgreSQL at "
                               f"{redact_url(self.url)} ({detail}); check the server, the "
                               "address and the credentials") from None

@@ -129,3 +129,31 @@ def test_a_typo_anywhere_in_a_setting_name_is_warned(tmp_path_factory, typo):
     warnings = check_unknown_variables(Settings(_env_file=None), environ,
                                        tmp_path_factory.mktemp("e") / ".env")
     assert [w.name for w in warnings] == [f"unknown variable {typo}"]
+
+
+def test_a_detail_quoting_a_toml_section_prints_as_written(settings_factory, tmp_path):
+    toml = tmp_path / "deployment.toml"
+    toml.write_text('[apim.analytics]\nenable = true\ntype = "moesif"\n'
+                    '[apim.analytics.properties]\nmoesifKey = "$secret{moesif_key}"\n')
+    settings = settings_factory(moesif_application_id=None)
+    console = Console(width=300, record=True, color_system=None)
+    assert run_scoped_checks(settings, Scope.FORWARD, toml, console=console) != 0
+    text = console.export_text()
+    assert "moesifKey under [apim.analytics.properties] is a $secret{...}" in text
+
+
+@hyp_settings(max_examples=50, deadline=None)
+@given(detail=st.text(alphabet=st.sampled_from("[]/ab=#$\\{}:"), min_size=1, max_size=40))
+def test_any_detail_text_is_printed_literally_not_as_markup(detail: str) -> None:
+    from rich.table import Table
+
+    from connector.ops.checks import _row
+
+    table = Table()
+    for name in ("check", "result", "detail"):
+        table.add_column(name, no_wrap=True)
+    table.add_row(*_row("name [x]", False, detail))
+    console = Console(width=500, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert detail.strip() in text and "name [x]" in text and "FAIL" in text

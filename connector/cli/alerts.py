@@ -47,8 +47,8 @@ def list_alerts() -> None:
         for name in ("since", "severity", "source", "rule", "alert id", "message"):
             table.add_column(name, overflow="fold" if name == "message" else None)
         for a in opened:
-            table.add_row(a.raised_at, a.severity, a.source, a.rule, a.alert_id,
-                          Text(a.message))
+            table.add_row(*(Text(str(v)) for v in (a.raised_at, a.severity, a.source,
+                                                    a.rule, a.alert_id, a.message)))
         console.print(table)
     if undelivered:
         table = Table(title="Alert events not delivered", box=box.SIMPLE_HEAD,
@@ -56,8 +56,9 @@ def list_alerts() -> None:
         for name in ("at", "event", "rule", "passes", "error"):
             table.add_column(name, overflow="fold" if name == "error" else None)
         for u in undelivered:
-            table.add_row(u["at"], u["event"], u["rule"], str(u["passes"]),
-                          Text(u["error"] or "not tried yet"))
+            table.add_row(*(Text(str(v)) for v in (u["at"], u["event"], u["rule"],
+                                                    u["passes"],
+                                                    u["error"] or "not tried yet")))
         console.print(table)
 
 

@@ -544,6 +544,7 @@ def forward_status_cmd(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     summary = Table(title="forward status", show_header=False)
@@ -553,7 +554,7 @@ def forward_status_cmd(
     summary.add_row("backlog (events in the spool)", f"{status.get('backlog', 0):,}")
     summary.add_row("oldest unsent event", "-" if oldest is None else f"{oldest:.1f} s")
     for name, value in (status.get("counters") or {}).items():
-        summary.add_row(name, f"{value:,}")
+        summary.add_row(Text(name), f"{value:,}")
     console.print(summary)
     reasons = (status.get("dead_letters") or {}).get("by_reason") or {}
     if reasons:
@@ -561,7 +562,7 @@ def forward_status_cmd(
         table.add_column("reason")
         table.add_column("events", justify="right")
         for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            table.add_row(reason, f"{count:,}")
+            table.add_row(Text(reason), f"{count:,}")
         console.print(table)
     sources = status.get("sources") or {}
     if sources:
@@ -570,11 +571,12 @@ def forward_status_cmd(
         table.add_column("offset", justify="right")
         table.add_column("updated")
         for key, info in sources.items():
-            table.add_row(key, f"{info.get('offset', 0):,}", str(info.get("updated_at", "")))
+            table.add_row(Text(key), f"{info.get('offset', 0):,}",
+                          Text(str(info.get("updated_at", ""))))
         console.print(table)
     state_file = status.get("state_file")
-    console.print(f"state file: {state_file}" if state_file else
-                  f"state file: none yet in {settings.connector_home}")
+    console.print(Text(f"state file: {state_file}" if state_file else
+                       f"state file: none yet in {settings.connector_home}"))
 
 
 dead_letters_app = typer.Typer(help="Inspect and replay the forwarder's dead letters.",
@@ -593,6 +595,7 @@ def dead_letters_list(
     """The newest dead letters: id, reason, where the event came from, why."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from connector.common.jsonutil import dumps
     from connector.forward.dead_letters import list_letters
@@ -613,8 +616,8 @@ def dead_letters_list(
                          ("detail", {"overflow": "fold", "ratio": 1})):
         table.add_column(name, **kwargs)  # type: ignore[arg-type]
     for letter in letters:
-        table.add_row(str(letter["id"]), letter["reason_code"],
-                      f"{letter['source']} {letter['position']}", letter["detail"])
+        table.add_row(str(letter["id"]), Text(letter["reason_code"]),
+                      Text(f"{letter['source']} {letter['position']}"), Text(letter["detail"]))
     Console(highlight=False).print(table)
 
 

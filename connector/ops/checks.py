@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from connector.common.redaction import last4
 from connector.errors import ConnectorError, ExitCode
@@ -171,6 +172,14 @@ CHECKS: list[Callable[[Settings], CheckResult | list[CheckResult]]] = [
     check_state_store, check_alerts]
 
 
+def _row(name: str, ok: bool | None, detail: str) -> tuple[Text, Text, Text]:
+    """A table row as rich Text, never markup: a detail quoting a TOML section such as
+    `[apim.analytics.properties]` (or a path with brackets) must print as written."""
+    mark = (Text("WARN", style="yellow") if ok is None else
+            Text("PASS", style="green") if ok else Text("FAIL", style="red"))
+    return Text(name), mark, Text(detail)
+
+
 def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:
     console = console or Console()
     table = Table(title="moesif-segment check")
@@ -182,8 +191,7 @@ def run_checks(settings: Settings, console: Console | None = None) -> ExitCode:
         outcome = check(settings)
         for result in outcome if isinstance(outcome, list) else [outcome]:
             all_ok &= result.ok
-            mark = "[green]PASS[/green]" if result.ok else "[red]FAIL[/red]"
-            table.add_row(result.name, mark, result.detail)
+            table.add_row(*_row(result.name, result.ok, result.detail))
     console.print(table)
     return ExitCode.OK if all_ok else ExitCode.CONFIGURATION
 
@@ -381,9 +389,8 @@ def run_scoped_checks(settings: Settings, scope: Scope = Scope.ALL,
     table.add_column("result", no_wrap=True)
     table.add_column("detail", overflow="fold")
     for result in results:
-        mark = "[green]PASS[/green]" if result.ok else "[red]FAIL[/red]"
-        table.add_row(result.name, mark, result.detail)
+        table.add_row(*_row(result.name, result.ok, result.detail))
     for warning in warnings:
-        table.add_row(warning.name, "[yellow]WARN[/yellow]", warning.detail)
+        table.add_row(*_row(warning.name, None, warning.detail))
     console.print(table)
     return ExitCode.OK if all(r.ok for r in results) else ExitCode.CONFIGURATION

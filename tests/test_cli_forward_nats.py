@@ -6,44 +6,26 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import requests
 
+from tests.backends import free_port, nats_or_skip
 from tests.conftest import APP_ID
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-NATS_URL = "nats://127.0.0.1:4222"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _nats_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _nats_up(), reason="NATS JetStream is not running on 127.0.0.1:4222")
 def test_the_jetstream_forwarder_serves_metrics_and_healthz(tmp_path):
-    port = _free_port()
+    nats_url = nats_or_skip()  # the real server (a failure, not a skip, under CI=true)
+    port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
            "CONNECTOR_HOME": str(tmp_path / "home"), "MOESIF_APPLICATION_ID": APP_ID,
-           "MOESIF_COLLECTOR_URL": f"http://127.0.0.1:{_free_port()}"}
+           "MOESIF_COLLECTOR_URL": f"http://127.0.0.1:{free_port()}"}
     stream = f"TEST_METRICS_{secrets.token_hex(4).upper()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connector", "forward", "--from-nats", NATS_URL,
+        [sys.executable, "-m", "connector", "forward", "--from-nats", nats_url,
          "--stream", stream, "--durable", "d", "--metrics-port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

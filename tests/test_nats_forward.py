@@ -238,3 +238,27 @@ def _status(url: str, stream: str, durable: str) -> dict:
                          text=True, timeout=60, env=dict(os.environ, MOESIF_APPLICATION_ID=APP_ID))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def test_a_nats_address_that_refuses_is_one_clear_error_soon(tmp_path: Path) -> None:
+    """nats-py retries an address that refuses for ever: the first connection is bounded,
+    cancelled cleanly, and named without the URL's password."""
+    import time
+
+    from connector.errors import ConfigError
+    from connector.forward.nats_bridge import _Loop, _open
+    from tests.backends import free_port
+
+    loop = _Loop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught:
+            _open(loop, f"nats://bob:hunter2-secret@127.0.0.1:{free_port()}", "--from-nats",
+                  seconds=2)
+        assert time.monotonic() - started < 10
+    finally:
+        loop.close()
+    text = str(caught.value)
+    assert "--from-nats" in text and "127.0.0.1" in text
+    assert "hunter2" not in text and "bob" not in text
+    assert "no answer" in text or "cannot connect" in text

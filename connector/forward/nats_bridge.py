@@ -51,6 +51,7 @@ from connector.forward.parse import process_lines, skipped_line_result
 from connector.forward.sender import REJECTED_BY_COLLECTOR
 from connector.forward.sources import LogTailer
 from connector.forward.spool import DeadLetter, Spool
+from connector.http.policy import display_url
 from connector.moesif.collector import (
     BatchRejected,
     CollectorClient,
@@ -125,12 +126,27 @@ async def _connect(url: str) -> Any:
                               reconnected_cb=on_reconnect, error_cb=on_error)
 
 
-def _open(loop: _Loop, url: str, what: str) -> tuple[Any, Any]:
+# The first connection: nats-py keeps retrying an address that refuses (reconnects are
+# allowed), so it is bounded here and cancelled cleanly when the time is up.
+CONNECT_SECONDS = 10.0
+
+
+async def _first_connect(url: str, seconds: float) -> Any:
+    return await asyncio.wait_for(_connect(url), seconds)
+
+
+def _open(loop: _Loop, url: str, what: str,
+          seconds: float = CONNECT_SECONDS) -> tuple[Any, Any]:
+    where = display_url(url)  # never the user info of a nats://user:pass@host URL
     try:
-        nc = loop.run(_connect(url), timeout=30)
+        nc = loop.run(_first_connect(url, seconds))
+    except TimeoutError:
+        raise ConfigError(f"{what}: no answer from NATS at {where} within {seconds:.0f} s "
+                          "(nothing listening there, or a wrong address)") from None
     except Exception as exc:  # noqa: BLE001 - any failure to reach it is the setting's
-        raise ConfigError(f"{what}: cannot connect to NATS at {url} "
-                          f"({type(exc).__name__}: {exc})") from None
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ConfigError(f"{what}: cannot connect to NATS at {where} "
+                          f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
     return nc, nc.jetstream()
 
 

@@ -120,9 +120,9 @@ def free_port() -> int:
 # --- the tables as data -------------------------------------------------------------------------
 @pytest.mark.parametrize(("policy", "status", "action"), [
     *[(p, s, Action.RETRY) for p in (SEGMENT_POLICY, MANAGEMENT_POLICY, COLLECTOR_POLICY)
-      for s in (*RETRIED, 501, 599)],
+      for s in (*RETRIED, 599)],
     *[(p, s, Action.CONFIG) for p in (SEGMENT_POLICY, MANAGEMENT_POLICY, COLLECTOR_POLICY)
-      for s in (*REDIRECTS, 404, 405)],
+      for s in (*REDIRECTS, 404, 405, 501, 505)],
     *[(p, s, Action.SUCCESS) for p in (SEGMENT_POLICY, MANAGEMENT_POLICY, COLLECTOR_POLICY)
       for s in (200, 201, 204)],
     (SEGMENT_POLICY, 410, Action.RETRY), (SEGMENT_POLICY, 460, Action.RETRY),

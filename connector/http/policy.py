@@ -6,7 +6,7 @@ and their real special cases. A row says the action, the failure category and a 
 template that names the setting a person has to fix:
 
 - SUCCESS: the request did what we asked.
-- RETRY:   waiting can fix it (408, 429, 5xx, timeouts, connection errors).
+- RETRY:   waiting can fix it (408, 429, 5xx but 501/505, timeouts, connection errors).
 - REFUSE:  the destination refused this message or batch as such (retrying cannot help).
 - CONFIG:  the URL setting is wrong (404, 405, a redirect, a proxy's HTML page, a URL
            that `requests` cannot even use); never retried.
@@ -119,10 +119,14 @@ COMMON_FAMILIES: dict[int, Rule] = {
     5: Rule(Action.RETRY, RETRY_TEMPLATE),
 }
 
-# Rows every API shares: these are retried everywhere.
+# Rows every API shares: 408 and 429 are retried everywhere; 501 (the server does not
+# implement that method there) and 505 (nor that HTTP version) come from a server that is
+# not the API, which no wait heals, unlike the rest of the 5xx family.
 COMMON_STATUSES: dict[int, Rule] = {
     408: Rule(Action.RETRY, RETRY_TEMPLATE),
     429: Rule(Action.RETRY, RETRY_TEMPLATE),
+    501: Rule(Action.CONFIG, NOT_HERE_TEMPLATE),
+    505: Rule(Action.CONFIG, NOT_HERE_TEMPLATE),
 }
 
 

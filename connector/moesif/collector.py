@@ -143,8 +143,9 @@ _KEY = Rule(Action.AUTH, "")
 COLLECTOR_POLICY = HttpPolicy(
     api="Moesif Collector", url_setting="MOESIF_COLLECTOR_URL",
     key_setting="MOESIF_APPLICATION_ID",
-    statuses={**{k: _RETRY for k in COMMON_STATUSES}, 401: _KEY, 402: _KEY, 403: _KEY,
-              404: _NOT_HERE, 405: _NOT_HERE},
+    statuses={**{k: _RETRY if rule.action is Action.RETRY else _NOT_HERE
+                 for k, rule in COMMON_STATUSES.items()},
+              401: _KEY, 402: _KEY, 403: _KEY, 404: _NOT_HERE, 405: _NOT_HERE},
     families={2: Rule(Action.SUCCESS), 3: _NOT_HERE, 4: Rule(Action.REFUSE, ""),
               5: _RETRY},
 )

@@ -125,10 +125,17 @@ class Page:
     @property
     def sources(self) -> list[dict[str, Any]]:
         """The records, each keeping the search `_id` (a record without its own id is
-        reported by it)."""
+        reported by it). A hit that is no object, or whose `_source` is no object, is
+        still a record of the page: an empty one (with the hit's `_id`, if any), which the
+        mapping reports as MISSING_ID while the rest of the page goes on."""
         out = []
         for hit in self.hits:
-            source = hit.get("_source") or {}
+            if not isinstance(hit, dict):
+                out.append({})
+                continue
+            source = hit.get("_source")
+            if not isinstance(source, dict):
+                source = {}
             if "_id" not in source and hit.get("_id"):
                 source["_id"] = hit["_id"]
             out.append(source)
@@ -222,15 +229,61 @@ class QueryLimiter:
             self.sleep(pause)
 
 
-def _derived_sort(hit: dict[str, Any], id_field: str) -> list[Any] | None:
+def _derived_sort(hit: Any, id_field: str) -> list[Any] | None:
     """The sort values of a hit whose server left `sort` out: [epoch ms, id]."""
-    source = hit.get("_source") or {}
+    if not isinstance(hit, dict):
+        return None
+    source = hit.get("_source")
+    if not isinstance(source, dict):
+        source = {}
     record_id = source.get(id_field) or hit.get("_id")
     try:
         millis = int(parse_timestamp(source.get("modified_time")).timestamp() * 1000)
     except ValueError:
         return None
     return [millis, record_id] if record_id else None
+
+
+def _shape_of(data: Any, hits: Any) -> str:
+    """What a search answer was, by its JSON types only (never its values)."""
+    if not isinstance(data, dict):
+        return f"a JSON {_json_type(data)}"
+    if "hits" not in data:
+        return "a JSON object without hits"
+    if not isinstance(hits, dict):
+        return f"hits as a JSON {_json_type(hits)}"
+    return f"hits.hits as a JSON {_json_type(hits.get('hits'))}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _page_sort(hits: list[Any], id_field: str) -> list[Any] | None:
+    """Where the next page starts: the sort values of the page's last hit that has them
+    (a hit that is no object, or has none to derive, is passed over: the next page
+    would start after the last usable one and could only repeat)."""
+    for hit in reversed(hits):
+        sort = hit.get("sort") if isinstance(hit, dict) else None
+        sort = sort or _derived_sort(hit, id_field)
+        if sort:
+            return sort
+    return None
+
+
+def _sort_key(sort: Any) -> str:
+    try:
+        return jsonutil.dumps_sorted(sort).decode()
+    except (TypeError, ValueError):
+        return repr(sort)
 
 
 class MoesifManagementClient:
@@ -324,8 +377,16 @@ class MoesifManagementClient:
     # --- searches ----------------------------------------------------------------------
     def search(self, kind: str, body: dict[str, Any],
                params: dict[str, str] | None = None) -> Page:
-        data = self._search_post(kind, body, params) or {}
-        hits = data.get("hits") or {}
+        data = self._search_post(kind, body, params)
+        hits = data.get("hits") if isinstance(data, dict) else None
+        if not isinstance(hits, dict) or not isinstance(hits.get("hits", []), list):
+            # JSON, but not a search result ({"hits": {"hits": [...]}}): some other API
+            # answers at this address. Reading it as "no records" would end the run as
+            # if nothing had changed.
+            raise MoesifEndpointError(
+                f"Moesif answered {_shape_of(data, hits)} on "
+                f"{display_url(self.base_url + self.search_paths[kind])}, not a search "
+                f"result with hits.hits: not the Management API; check MOESIF_API_URL")
         total = hits.get("total", 0)
         # Moesif documents `hits.total` as a plain integer; Elasticsearch's newer shape
         # {"value": n, "relation": "eq"|"gte"} is exact only with "eq".
@@ -425,12 +486,25 @@ class MoesifManagementClient:
                      {f"{id_field}.raw": {"order": "asc"}}],
             "query": query,
         }
+        # The sort values each page ended at: a page ending where an earlier one did
+        # (a server ignoring `search_after`, or sort values repeating) would page
+        # forever over the same records.
+        ends: set[str] = set()
         while True:
             page = self.search(entity, body)
             # A short page is not the end (Moesif documents no maximum size, so a server
             # cap could shorten pages): only an empty page is.
             if not page.hits:
                 return
+            sort = _page_sort(page.hits, id_field)
+            if sort:
+                end = _sort_key(sort)
+                if end in ends:
+                    raise MoesifError(
+                        f"Moesif's {entity} search does not advance: a page ended at the "
+                        f"sort values an earlier page ended at (search_after ignored, or "
+                        f"sort values that repeat); stopped paging instead of looping")
+                ends.add(end)
             yield page
             seen += len(page.hits)
             if at_most is not None and seen >= at_most:
@@ -440,7 +514,6 @@ class MoesifManagementClient:
             # seen, which costs the one empty page, never a record.
             if page.exact_total and 0 < page.total <= seen:
                 return
-            sort = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
             if not sort:
                 raise MoesifError("Moesif returned hits without sort values; cannot page")
             body["search_after"] = sort
@@ -456,10 +529,14 @@ class MoesifManagementClient:
         page = self.search("usermetrics", body, params={"from": "-24h", "to": "now"})
         metrics: dict[str, dict[str, Any]] = {}
         for hit in page.hits:
-            source = hit.get("_source") or {}
+            if not isinstance(hit, dict):
+                continue  # optional enrichment: a hit of the wrong type adds nothing
+            source = hit.get("_source")
+            source = source if isinstance(source, dict) else {}
             user_id = source.get("user_id") or hit.get("_id")
             value = source.get("metrics") or hit.get("metrics")
-            if user_id and isinstance(value, dict) and value:
+            if isinstance(user_id, str | int) and not isinstance(user_id, bool) \
+                    and user_id != "" and isinstance(value, dict) and value:
                 metrics[str(user_id)] = value
         return metrics
 

@@ -19,6 +19,8 @@ import base64
 import gzip
 import json
 import logging
+import socket
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ from tenacity import RetryCallState, stop_after_attempt
 from connector import __version__
 from connector.errors import (
     AuthError,
+    ConfigError,
     DestinationUnavailable,
     EndpointError,
     RefusedError,
@@ -90,6 +93,47 @@ SEGMENT_POLICY = HttpPolicy(
               401: _KEY_REFUSED, 403: _KEY_REFUSED},
     errors={Action.AUTH: lambda v: SegmentAuthError(v.message, v.status)},
 )
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """An exception of `requests` and what it wraps (urllib3's MaxRetryError keeps the
+    socket's error in `.reason`; others chain it as the cause), at most a few levels."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 12:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        reason = getattr(item, "reason", None)
+        todo.extend([item.__cause__, item.__context__,
+                     reason if isinstance(reason, BaseException) else None,
+                     *(a for a in item.args if isinstance(a, BaseException))])
+    return seen
+
+
+# getaddrinfo's "no such name" answers (EAI_AGAIN, a DNS server not answering, is an
+# outage and stays retried).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def unusable_host(exc: BaseException) -> str | None:
+    """Why a connection failure says the address setting is wrong, not that the API is
+    out (None: it may be an outage). A host name that does not exist, a TLS certificate
+    that is not the host's, or https spoken to a plain-http port never heal by waiting."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
+            return "its host name does not resolve"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "its TLS certificate is not valid for that host"
+        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in (
+                "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
+            return "it does not speak TLS there (http, not https?)"
+    return None
+
+
+def connection_refused(exc: BaseException) -> bool:
+    return any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))
 
 
 def partial_result(exc: BaseException) -> DeliveryResult | None:
@@ -206,6 +250,9 @@ class SegmentSink:
         self.gzip = gzip
         self.max_failed_batches = max(1, max_failed_batches)
         self._failed_streak = 0  # batches in a row whose retries all failed
+        # Whether SEGMENT_HOST ever answered (any HTTP status): until it has, a connection
+        # refused on every attempt means nothing listens there (a wrong host or port).
+        self._answered = False
         # Records that failed in an earlier run (e.g. a retry pass): their being refused
         # again is their own refusal, not evidence against the mapping.
         self.refused_before = refused_before or (lambda _key: False)
@@ -335,7 +382,7 @@ class SegmentSink:
                 self._send_isolating(batch, result)
                 if on_batch:
                     on_batch(len(batch))
-        except (EndpointError, AuthError, DestinationUnavailable) as exc:
+        except (ConfigError, DestinationUnavailable) as exc:
             exc.partial = result  # type: ignore[attr-defined]
             raise
         return result
@@ -359,6 +406,13 @@ class SegmentSink:
 
     def _batch_failed(self, batch: list[OutMessage], exc: RetryableError,
                       result: DeliveryResult) -> None:
+        if not self._answered and getattr(exc, "refused_connection", False):
+            # Not one answer from this address, only refused connections: a setting to
+            # fix, not a batch (or records) to mark failed.
+            raise EndpointError(
+                f"nothing listens at {display_url(self.url)}: the connection was refused "
+                f"on every attempt ({self.max_retries} retries) and the address never "
+                f"answered in this run; check SEGMENT_HOST", None) from None
         self._failed_streak += 1
         if self._failed_streak >= self.max_failed_batches:
             raise DestinationUnavailable(
@@ -451,5 +505,12 @@ class SegmentSink:
             res = self._session.post(self.url, data=body, headers=headers,
                                      timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            raise SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where)) from None
+            why = unusable_host(exc)
+            if why is not None:  # never retried: waiting cannot fix the setting
+                raise EndpointError(f"Segment cannot be reached at {where}: {why}; check "
+                                    f"SEGMENT_HOST", None) from None
+            error = SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where))
+            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
+            raise error from None
+        self._answered = True
         SEGMENT_POLICY.check(res, where, [key], self.backoff.parse)

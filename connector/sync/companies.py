@@ -116,7 +116,7 @@ class CompanyStage:
         cid = _id_text(raw_id)
         if cid is None:
             detail = "company record without company_id" if raw_id in (None, "") else \
-                "company_id is not an id (text or integer)"
+                "company_id is not an id (visible text or integer)"
             self.report.issue(entity, _id_text(doc.get("_id")), "MISSING_ID", detail)
             return None
         try:

@@ -73,12 +73,13 @@ class RecordMapper:
             missing = identify.missing_required or ["userId"]
             detail = f"required field(s) missing: {', '.join(missing)}"
             if user_id not in (None, "") and record_id is None:
-                detail = "user_id is not an id (text or integer)"
+                detail = "user_id is not an id (visible text or integer)"
             issues.append((report_id, "MISSING_ID", detail))
             return Mapped(None, issues)
         if raw_company not in (None, "") and company_id is None:
             issues.append((record_id, IssueCode.BAD_VALUE.value,
-                           "company_id: not an id (text or integer); sent without a company"))
+                           "company_id: not an id (visible text or integer); sent without "
+                           "a company"))
         group = None
         version = _version_key(company, cache) if company is not None else None
         if company is not None and self.send_group_calls:

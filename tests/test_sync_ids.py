@@ -9,6 +9,7 @@ the run goes on.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -68,3 +69,47 @@ def test_a_blank_company_id_is_sent_without_a_company(sandbox, homes, value):
     assert groups == {"c_ok", "c_bad"}  # no account for the blank id
     issues = {(i["id"], i["code"]) for i in outcome.report["issues"]}
     assert ("u_bad", IssueCode.BAD_VALUE) in issues
+
+
+def duplicate_hits(which: list[int], changed: bool):
+    """Rewrite the users search so the page holds some of its hits twice (the copy last,
+    with another name when `changed`)."""
+    def rewrite(path: str, body: Any, payload: Any) -> Any:
+        if path.endswith("search/users") and isinstance(payload, dict):
+            hits = payload["hits"]["hits"]
+            for i in which:
+                if i < len(hits):
+                    copy = {**hits[i], "_source": dict(hits[i]["_source"])}
+                    if changed:
+                        copy["_source"]["name"] = "Second Version"
+                    hits.append(copy)
+        return payload
+    return rewrite
+
+
+def consistent(counts: dict[str, int]) -> bool:
+    return (counts["fetched"] == counts["changed"] + counts["unchanged"] + counts["invalid"]
+            and counts["changed"] == counts["delivered"] + counts["failed"]
+            and counts["sent"] == counts["changed"])
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.lists(st.integers(0, 3), min_size=1, max_size=4), changed=st.booleans())
+def test_a_user_twice_in_a_page_is_sent_once_in_its_last_version(sandbox, homes, which,
+                                                                  changed):
+    load(sandbox)
+    sandbox.moesif.rewrite = duplicate_hits(which, changed)
+    try:
+        outcome = sync(sandbox, homes())
+    finally:
+        sandbox.moesif.rewrite = None
+    assert outcome.exit_code == 0, outcome.report["error"]
+    identifies = [m for m in sandbox.segment.messages if m["type"] == "identify"]
+    ids = [m["userId"] for m in identifies]
+    assert sorted(ids) == sorted(set(ids)) == sorted({*HEALTHY_USERS, "u_bad"})
+    if changed:
+        names = {m["traits"].get("name") for m in identifies}
+        assert "Second Version" in names  # the last one of a user's hits is what went
+    users = outcome.report["entities"]["users"]
+    assert consistent(users), users

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from connector.errors import ConfigError, IssueCode
 from connector.moesif.management import (
     BackoffPolicy,
+    MoesifAuthError,
     MoesifEndpointError,
     MoesifError,
     MoesifManagementClient,
@@ -155,3 +156,52 @@ def test_a_run_against_a_json_api_that_is_not_moesif_is_a_configuration_error(sa
     assert outcome.exit_code == 2, outcome.report
     assert "MOESIF_API_URL" in outcome.report["error"]
     assert issubclass(MoesifEndpointError, ConfigError)
+
+
+KEY_CHARS = st.text(min_size=1, max_size=12).filter(
+    lambda t: not (t.isascii() and t.isprintable() and not any(c.isspace() for c in t)))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=KEY_CHARS, where=st.sampled_from(["start", "middle", "end"]))
+def test_a_key_no_header_can_carry_is_an_auth_error_naming_the_setting(sandbox, bad, where):
+    """Non-ASCII, control characters or line breaks in the key: a MoesifAuthError at the
+    first request (not retried, no UnicodeEncodeError or InvalidHeader as an outage),
+    without the key in its text."""
+    key = {"start": bad + "k3y-abcdef", "middle": "k3y" + bad + "abcdef",
+           "end": "k3y-abcdef" + bad}[where]
+    if key.strip() != key and _clean_after_strip(key):
+        return  # spaces around a good key are trimmed: it works (next test)
+    c = MoesifManagementClient(sandbox.moesif_url, SecretStr(key), max_retries=2,
+                               backoff=BackoffPolicy(base=0.01, cap=0.02), timeout=5)
+    with pytest.raises(MoesifAuthError) as err:
+        c.search("users", {"size": 1})
+    assert "MOESIF_MANAGEMENT_API_KEY" in str(err.value)
+    assert key not in str(err.value) and c.retries == 0
+
+
+def _clean_after_strip(key: str) -> bool:
+    k = key.strip()
+    return bool(k) and k.isascii() and k.isprintable() and not any(c.isspace() for c in k)
+
+
+@pytest.mark.parametrize("key", [f" {MANAGEMENT_KEY}", f"{MANAGEMENT_KEY}\n",
+                                 f"\t{MANAGEMENT_KEY} "])
+def test_spaces_around_the_key_are_trimmed(sandbox, key):
+    page = client_with(sandbox, key).search("users", {"size": 2})
+    assert len(page.hits) == 2
+
+
+def test_a_run_with_a_non_ascii_key_is_a_configuration_error(sandbox, tmp_path):
+    outcome = run_sync(make_settings(
+        tmp_path / "home", moesif_api_url=sandbox.moesif_url, segment_host=sandbox.segment_url,
+        moesif_management_api_key=SecretStr("ключ-1234567890")))
+    assert outcome.exit_code == 2, outcome.report
+    assert "MOESIF_MANAGEMENT_API_KEY" in outcome.report["error"]
+    assert "ключ" not in outcome.report["error"]
+
+
+def client_with(sb, key: str) -> MoesifManagementClient:
+    return MoesifManagementClient(sb.moesif_url, SecretStr(key), max_retries=1,
+                                  backoff=BackoffPolicy(base=0.01, cap=0.02), timeout=5)

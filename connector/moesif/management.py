@@ -286,6 +286,20 @@ def _sort_key(sort: Any) -> str:
         return repr(sort)
 
 
+def _header_problem(key: str) -> str | None:
+    """What in a key keeps it out of an `Authorization: Bearer` header (None: nothing).
+    Names the kind of character, never the key."""
+    if not key:
+        return "no characters"
+    if not key.isascii():
+        return "non-ASCII characters"
+    if any(c.isspace() for c in key):
+        return "spaces or line breaks"
+    if not key.isprintable():
+        return "control characters"
+    return None
+
+
 class MoesifManagementClient:
     def __init__(
         self,
@@ -307,8 +321,14 @@ class MoesifManagementClient:
         self.max_retries = max_retries
         self.backoff = backoff or BackoffPolicy()
         self.session = session or requests.Session()
+        # A key an HTTP header cannot carry (non-ASCII, spaces, line breaks) fails every
+        # request the same way: a setting to fix, said at the first request (never
+        # retried, never a UnicodeEncodeError from deep in http.client).
+        # Spaces around it are a copy-and-paste accident, not part of a key.
+        key = api_key.get_secret_value().strip()
+        self._key_problem = _header_problem(key)
         self.session.headers.update({
-            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "User-Agent": f"moesif-segment-connector/{__version__}",
         })
@@ -320,7 +340,7 @@ class MoesifManagementClient:
         self._retrying = build_retrying(wait=self.backoff, stop=StopPolicy(max_retries),
                                         before_sleep=self._count_retry, api="moesif",
                                         sleep=interruptible_sleep(stop_event))
-        self._secrets = [api_key.get_secret_value()]
+        self._secrets = list(dict.fromkeys([api_key.get_secret_value(), key]))
 
     # --- low level -------------------------------------------------------------------
     def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
@@ -330,6 +350,10 @@ class MoesifManagementClient:
         return self._request("GET", path)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._key_problem:
+            raise MoesifAuthError(f"MOESIF_MANAGEMENT_API_KEY cannot be sent: it has "
+                                  f"{self._key_problem}, which an HTTP header cannot carry; "
+                                  f"check MOESIF_MANAGEMENT_API_KEY (copied with extra text?)")
         if self.limiter is not None:
             self.limiter.acquire()
         self.requests_made += 1

@@ -35,6 +35,7 @@ from connector.errors import (
 from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, display_url
 from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
 from connector.http.retry import parse_retry_after as _parse_retry_after
+from connector.segment.sink import connection_refused, unusable_host
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +335,9 @@ class MoesifManagementClient:
         })
         self.requests_made = 0
         self.retries = 0
+        # Whether MOESIF_API_URL ever answered (any HTTP status): until it has, a
+        # connection refused on every attempt means nothing listens there.
+        self._answered = False
         # One Retrying for the client's life (its per-call state is thread-local). A new
         # one per call forms a reference cycle holding the response until the cyclic
         # GC runs, which the sync job deliberately runs rarely.
@@ -363,7 +367,14 @@ class MoesifManagementClient:
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             where = display_url(self.base_url + path)
-            raise MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where)) from None
+            why = unusable_host(exc)
+            if why is not None:  # never retried: waiting cannot fix the setting
+                raise MoesifEndpointError(f"Moesif cannot be reached at {where}: {why}; "
+                                          f"check MOESIF_API_URL") from None
+            error = MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where))
+            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
+            raise error from None
+        self._answered = True
         return self._handle(resp, path)
 
     def _handle(self, resp: requests.Response, path: str) -> Any:
@@ -389,6 +400,11 @@ class MoesifManagementClient:
         try:
             return self._retrying(fn, *args)
         except MoesifRetryableError as exc:
+            if not self._answered and getattr(exc, "refused_connection", False):
+                raise MoesifEndpointError(
+                    f"nothing listens at {display_url(self.base_url)}: the connection was "
+                    f"refused on every attempt ({self.max_retries} retries) and the address "
+                    f"never answered; check MOESIF_API_URL") from None
             raise MoesifUnavailable(f"{exc} (gave up after {self.max_retries} retries)",
                                     exc.status) from None
 

@@ -67,3 +67,16 @@ def test_a_100_kb_campaign_no_longer_refuses_the_user(sandbox, homes):
                 if m["type"] == "identify" and m["userId"] == "u_bad")
     assert "campaign" not in sent["traits"] and sent["traits"]["email"] == "u_bad@x.io"
     assert outcome.report["entities"]["users"]["invalid"] == 0
+
+
+@pytest.mark.parametrize(("field", "named"), [("name", "traits.name"),
+                                              ("email", "traits.email"),
+                                              ("user_id", "userId")])
+def test_an_oversize_refusal_names_the_field_that_is_too_big(sandbox, homes, field, named):
+    load(sandbox, "user", field, "x" * 40_000)
+    outcome = sync(sandbox, homes())
+    assert outcome.exit_code == 0, outcome.report["error"]
+    assert set(HEALTHY_USERS) <= delivered(sandbox)
+    refused = [i for i in outcome.report["issues"] if i["code"] == IssueCode.OVERSIZE]
+    assert len(refused) == 1 and f"largest field: {named} (" in refused[0]["detail"]
+    assert "xxxxxxxx" not in refused[0]["detail"]

@@ -152,8 +152,23 @@ class RecordMapper:
             if not present:
                 issues.append((c.id, "OVERSIZE",
                                f"{kind} is over 32 KB even without "
-                               f"{', '.join(t for t, _ in trimmable) or 'free-form fields'}"))
+                               f"{', '.join(t for t, _ in trimmable) or 'free-form fields'}"
+                               f"{_largest_field(body)}"))
                 return None
             _, target, path = max(present)
             _pop_path(body, path)
             c.trimmed.append(f"{prefix}.{target}")
+
+
+def _largest_field(body: dict[str, Any]) -> str:
+    """"; largest field: <path> (<n> bytes)": what makes an oversized message big, by its
+    path and size only (never its value), so a person can tell a huge name from a huge
+    id without reading the record."""
+    best: tuple[int, str] | None = None
+    for key, value in body.items():
+        nested = isinstance(value, dict) and key in ("traits", "context")
+        for sub, item in (value.items() if nested else [(None, value)]):
+            size = json_size(item)
+            if best is None or size > best[0]:
+                best = (size, key if sub is None else f"{key}.{sub}")
+    return f"; largest field: {best[1]} ({best[0]:,} bytes)" if best else ""

@@ -80,3 +80,26 @@ def test_an_oversize_refusal_names_the_field_that_is_too_big(sandbox, homes, fie
     refused = [i for i in outcome.report["issues"] if i["code"] == IssueCode.OVERSIZE]
     assert len(refused) == 1 and f"largest field: {named} (" in refused[0]["detail"]
     assert "xxxxxxxx" not in refused[0]["detail"]
+
+
+@pytest.mark.parametrize("mode", ["incremental", "dry-run"])
+def test_a_company_none_of_whose_members_could_be_sent_is_not_counted_delivered(
+        sandbox, homes, mode):
+    """c_bad's only member (u_b) cannot be sent (a 40 KB company name makes it OVERSIZE):
+    no message carried c_bad, so it is not 'delivered' but NO_MEMBERS, with a reason."""
+    from connector.sync.job import run_sync
+    from tests.conftest import make_settings
+
+    load(sandbox, "company", "name", "N" * 40_000)
+    outcome = run_sync(make_settings(homes(), moesif_api_url=sandbox.moesif_url,
+                                     segment_host=sandbox.segment_url), mode=mode)
+    assert outcome.exit_code == 0, outcome.report["error"]
+    companies = outcome.report["entities"]["companies"]
+    issues = {(i["entity"], i["id"], i["code"]) for i in outcome.report["issues"]}
+    assert ("users", "u_b", IssueCode.OVERSIZE) in issues
+    assert ("companies", "c_bad", IssueCode.NO_MEMBERS) in issues
+    assert companies["invalid"] == 1 and companies["changed"] == 1  # c_ok only
+    if mode == "incremental":
+        assert companies["delivered"] == 1
+        groups = {m["groupId"] for m in sandbox.segment.messages if m["type"] == "group"}
+        assert groups == {"c_ok"}

@@ -119,6 +119,10 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         self.joined_companies: set[str] = set()  # ids an all-users pass joined
         # company -> failure code of its members this run (DELIVERY_FAILED wins)
         self.failed_companies: dict[str, str] = {}
+        # Companies some member of which carried them to Segment in this run (a message
+        # sent, or a member unchanged since it was sent): a company none of whose members
+        # could be sent was never delivered, whatever its members' count.
+        self.companies_reached: set[str] = set()
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
         # company id -> {version key: fingerprint of the document} of the company versions

@@ -107,6 +107,9 @@ class UserStage:
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
+        for c in candidates:
+            if outcomes.get(c.id) != "invalid" and (cid := _id_text(c.doc.get("company_id"))):
+                self.companies_reached.add(cid)
         self._sample(sendable)
         if self.dry_run:
             for c in sendable:  # a dry run stores no hashes: remember them instead

@@ -205,3 +205,25 @@ def test_a_run_with_a_non_ascii_key_is_a_configuration_error(sandbox, tmp_path):
 def client_with(sb, key: str) -> MoesifManagementClient:
     return MoesifManagementClient(sb.moesif_url, SecretStr(key), max_retries=1,
                                   backoff=BackoffPolicy(base=0.01, cap=0.02), timeout=5)
+
+
+@pytest.mark.parametrize("bad_id", [{"a": 1}, [1, 2], True, ""])
+@pytest.mark.parametrize("bad_sort", [None, "text", {"a": 1}, 7])
+def test_paging_past_a_hit_without_a_usable_sort_array(sandbox, bad_id, bad_sort):
+    """A hit whose `sort` is no array (or absent) is paged past by its derived sort
+    [epoch ms, id], built from an id that can be a sort value (the hit's `_id` when the
+    record's own id is an object, a list, a boolean or empty): never a 400 from sending
+    an object back as `search_after`."""
+    def spoil(path: str, body: Any, payload: Any) -> Any:
+        if path.endswith("search/users") and isinstance(payload, dict):
+            for hit in payload["hits"]["hits"]:
+                hit["_source"] = dict(hit["_source"], user_id=bad_id)
+                if bad_sort is None:
+                    hit.pop("sort", None)
+                else:
+                    hit["sort"] = bad_sort
+        return payload
+
+    sandbox.moesif.rewrite = spoil
+    got = pages(sandbox, page_size=7)
+    assert sum(len(p.hits) for p in got) == 30

@@ -237,7 +237,9 @@ def _derived_sort(hit: Any, id_field: str) -> list[Any] | None:
     source = hit.get("_source")
     if not isinstance(source, dict):
         source = {}
-    record_id = source.get(id_field) or hit.get("_id")
+    record_id = next((v for v in (source.get(id_field), hit.get("_id"))
+                      if isinstance(v, str | int) and not isinstance(v, bool) and v != ""),
+                     None)  # an object or a list as the id cannot be a sort value
     try:
         millis = int(parse_timestamp(source.get("modified_time")).timestamp() * 1000)
     except ValueError:
@@ -274,6 +276,8 @@ def _page_sort(hits: list[Any], id_field: str) -> list[Any] | None:
     would start after the last usable one and could only repeat)."""
     for hit in reversed(hits):
         sort = hit.get("sort") if isinstance(hit, dict) else None
+        if not isinstance(sort, list):  # `search_after` takes the array a hit carries
+            sort = None
         sort = sort or _derived_sort(hit, id_field)
         if sort:
             return sort

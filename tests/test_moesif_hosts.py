@@ -69,3 +69,15 @@ def test_a_run_with_nothing_listening_at_moesif_api_url_exits_2(tmp_path):
                                          moesif_api_url=f"http://127.0.0.1:{free_port()}",
                                          segment_host=sb.segment_url, moesif_max_retries=1))
     assert outcome.exit_code == 2 and "MOESIF_API_URL" in outcome.report["error"]
+
+
+@pytest.mark.parametrize("where", ["refused", "404"])
+def test_a_key_pasted_into_moesif_api_url_never_shows_in_errors_or_logs(where, caplog):
+    with sync_sandbox(3, 1) as sb:
+        base = sb.moesif_url if where == "404" else f"http://127.0.0.1:{free_port()}"
+        c = client(f"{base}/{MANAGEMENT_KEY}")
+        with caplog.at_level("DEBUG"), pytest.raises(MoesifEndpointError) as err:
+            c.search("users", {"size": 1})
+    assert "MOESIF_API_URL" in str(err.value) and MANAGEMENT_KEY not in str(err.value)
+    assert all(MANAGEMENT_KEY not in r.getMessage() for r in caplog.records
+               if r.name.startswith("connector"))

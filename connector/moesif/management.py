@@ -22,6 +22,7 @@ from tenacity import RetryCallState
 
 from connector import __version__
 from connector.common import jsonutil
+from connector.common.redaction import redact
 from connector.common.timeutil import parse_timestamp, to_iso
 from connector.errors import (
     AuthError,
@@ -350,6 +351,11 @@ class MoesifManagementClient:
                                         sleep=interruptible_sleep(stop_event))
         self._secrets = list(dict.fromkeys([api_key.get_secret_value(), key]))
 
+    def _display(self, path: str) -> str:
+        """An address as messages show it: no user info or query, and no key even if
+        one was pasted into MOESIF_API_URL's path."""
+        return redact(display_url(self.base_url + path), self._secrets)
+
     # --- low level -------------------------------------------------------------------
     def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
         return self._request("POST", path, data=jsonutil.dumps(body), params=params)
@@ -370,7 +376,7 @@ class MoesifManagementClient:
             resp = self.session.request(method, self.base_url + path, timeout=self.timeout,
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            where = display_url(self.base_url + path)
+            where = self._display(path)
             why = unusable_host(exc)
             if why is not None:  # never retried: waiting cannot fix the setting
                 raise MoesifEndpointError(f"Moesif cannot be reached at {where}: {why}; "
@@ -385,7 +391,7 @@ class MoesifManagementClient:
         status = resp.status_code
         if status == 404 and path.startswith(SINGLE_RECORD_PATHS):
             return None  # a single record that does not exist
-        MANAGEMENT_POLICY.check(resp, display_url(self.base_url + path), self._secrets,
+        MANAGEMENT_POLICY.check(resp, self._display(path), self._secrets,
                                 self.backoff.parse)
         try:
             # Invalid UTF-8 is decoded with U+FFFD (never retried: it would come back the
@@ -406,7 +412,7 @@ class MoesifManagementClient:
         except MoesifRetryableError as exc:
             if not self._answered and getattr(exc, "refused_connection", False):
                 raise MoesifEndpointError(
-                    f"nothing listens at {display_url(self.base_url)}: the connection was "
+                    f"nothing listens at {self._display('')}: the connection was "
                     f"refused on every attempt ({self.max_retries} retries) and the address "
                     f"never answered; check MOESIF_API_URL") from None
             raise MoesifUnavailable(f"{exc} (gave up after {self.max_retries} retries)",
@@ -429,7 +435,7 @@ class MoesifManagementClient:
             # if nothing had changed.
             raise MoesifEndpointError(
                 f"Moesif answered {_shape_of(data, hits)} on "
-                f"{display_url(self.base_url + self.search_paths[kind])}, not a search "
+                f"{self._display(self.search_paths[kind])}, not a search "
                 f"result with hits.hits: not the Management API; check MOESIF_API_URL")
         total = hits.get("total", 0)
         # Moesif documents `hits.total` as a plain integer; Elasticsearch's newer shape

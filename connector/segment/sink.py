@@ -34,6 +34,7 @@ from segment.analytics.version import VERSION as LIBRARY_VERSION
 from tenacity import RetryCallState, stop_after_attempt
 
 from connector import __version__
+from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
     ConfigError,
@@ -276,6 +277,9 @@ class SegmentSink:
         # again is their own refusal, not evidence against the mapping.
         self.refused_before = refused_before or (lambda _key: False)
         self.url = f"{self.host}{BATCH_PATH}"
+        # The address as messages show it: no user info or query, and no key even if
+        # one was pasted into SEGMENT_HOST's path.
+        self._where = redact(display_url(self.url), [write_key.get_secret_value()])
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
@@ -547,7 +551,7 @@ class SegmentSink:
             # Not one answer from this address, only refused connections: a setting to
             # fix, not a batch (or records) to mark failed.
             raise EndpointError(
-                f"nothing listens at {display_url(self.url)}: the connection was refused "
+                f"nothing listens at {self._where}: the connection was refused "
                 f"on every attempt ({self.max_retries} retries) and the address never "
                 f"answered in this run; check SEGMENT_HOST", None) from None
         self._failed_streak += 1
@@ -635,7 +639,7 @@ class SegmentSink:
         if self.gzip:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        where = display_url(self.url)
+        where = self._where
         try:
             # No redirects: requests would re-send a POST as a GET; a redirect means the
             # setting is not the API's address (CONFIG in the table).

@@ -237,7 +237,9 @@ def test_invalid_users_are_reported_once(sandbox, settings):
 
 def test_failed_records_are_retried_whatever_the_cursor(sandbox, settings):
     s = settings.model_copy(update={"segment_max_retries": 0})
-    sandbox.segment.inject(500, count=2)  # fewer than SEGMENT_MAX_FAILED_BATCHES fail
+    # fewer than SEGMENT_MAX_FAILED_BATCHES fail (503: an outage, not a message that
+    # breaks the server, which a 500 could be: that batch is split to find it)
+    sandbox.segment.inject(503, count=2)
     first = run_sync(s)
     failed = [i for i in first.report["issues"] if i["code"] == "DELIVERY_FAILED"]
     failed_users = {i["id"] for i in failed if i["entity"] == "users"}

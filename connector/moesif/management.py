@@ -22,6 +22,7 @@ from tenacity import RetryCallState
 
 from connector import __version__
 from connector.common import jsonutil
+from connector.common.redaction import redact
 from connector.common.timeutil import parse_timestamp, to_iso
 from connector.errors import (
     AuthError,
@@ -35,6 +36,7 @@ from connector.errors import (
 from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, display_url
 from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
 from connector.http.retry import parse_retry_after as _parse_retry_after
+from connector.segment.sink import connection_refused, unusable_host
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +127,17 @@ class Page:
     @property
     def sources(self) -> list[dict[str, Any]]:
         """The records, each keeping the search `_id` (a record without its own id is
-        reported by it)."""
+        reported by it). A hit that is no object, or whose `_source` is no object, is
+        still a record of the page: an empty one (with the hit's `_id`, if any), which the
+        mapping reports as MISSING_ID while the rest of the page goes on."""
         out = []
         for hit in self.hits:
-            source = hit.get("_source") or {}
+            if not isinstance(hit, dict):
+                out.append({})
+                continue
+            source = hit.get("_source")
+            if not isinstance(source, dict):
+                source = {}
             if "_id" not in source and hit.get("_id"):
                 source["_id"] = hit["_id"]
             out.append(source)
@@ -222,15 +231,79 @@ class QueryLimiter:
             self.sleep(pause)
 
 
-def _derived_sort(hit: dict[str, Any], id_field: str) -> list[Any] | None:
+def _derived_sort(hit: Any, id_field: str) -> list[Any] | None:
     """The sort values of a hit whose server left `sort` out: [epoch ms, id]."""
-    source = hit.get("_source") or {}
-    record_id = source.get(id_field) or hit.get("_id")
+    if not isinstance(hit, dict):
+        return None
+    source = hit.get("_source")
+    if not isinstance(source, dict):
+        source = {}
+    record_id = next((v for v in (source.get(id_field), hit.get("_id"))
+                      if isinstance(v, str | int) and not isinstance(v, bool) and v != ""),
+                     None)  # an object or a list as the id cannot be a sort value
     try:
         millis = int(parse_timestamp(source.get("modified_time")).timestamp() * 1000)
     except ValueError:
         return None
     return [millis, record_id] if record_id else None
+
+
+def _shape_of(data: Any, hits: Any) -> str:
+    """What a search answer was, by its JSON types only (never its values)."""
+    if not isinstance(data, dict):
+        return f"a JSON {_json_type(data)}"
+    if "hits" not in data:
+        return "a JSON object without hits"
+    if not isinstance(hits, dict):
+        return f"hits as a JSON {_json_type(hits)}"
+    return f"hits.hits as a JSON {_json_type(hits.get('hits'))}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _page_sort(hits: list[Any], id_field: str) -> list[Any] | None:
+    """Where the next page starts: the sort values of the page's last hit that has them
+    (a hit that is no object, or has none to derive, is passed over: the next page
+    would start after the last usable one and could only repeat)."""
+    for hit in reversed(hits):
+        sort = hit.get("sort") if isinstance(hit, dict) else None
+        if not isinstance(sort, list):  # `search_after` takes the array a hit carries
+            sort = None
+        sort = sort or _derived_sort(hit, id_field)
+        if sort:
+            return sort
+    return None
+
+
+def _sort_key(sort: Any) -> str:
+    try:
+        return jsonutil.dumps_sorted(sort).decode()
+    except (TypeError, ValueError):
+        return repr(sort)
+
+
+def _header_problem(key: str) -> str | None:
+    """What in a key keeps it out of an `Authorization: Bearer` header (None: nothing).
+    Names the kind of character, never the key."""
+    if not key:
+        return "no characters"
+    if not key.isascii():
+        return "non-ASCII characters"
+    if any(c.isspace() for c in key):
+        return "spaces or line breaks"
+    if not key.isprintable():
+        return "control characters"
+    return None
 
 
 class MoesifManagementClient:
@@ -254,20 +327,34 @@ class MoesifManagementClient:
         self.max_retries = max_retries
         self.backoff = backoff or BackoffPolicy()
         self.session = session or requests.Session()
+        # A key an HTTP header cannot carry (non-ASCII, spaces, line breaks) fails every
+        # request the same way: a setting to fix, said at the first request (never
+        # retried, never a UnicodeEncodeError from deep in http.client).
+        # Spaces around it are a copy-and-paste accident, not part of a key.
+        key = api_key.get_secret_value().strip()
+        self._key_problem = _header_problem(key)
         self.session.headers.update({
-            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "User-Agent": f"moesif-segment-connector/{__version__}",
         })
         self.requests_made = 0
         self.retries = 0
+        # Whether MOESIF_API_URL ever answered (any HTTP status): until it has, a
+        # connection refused on every attempt means nothing listens there.
+        self._answered = False
         # One Retrying for the client's life (its per-call state is thread-local). A new
         # one per call forms a reference cycle holding the response until the cyclic
         # GC runs, which the sync job deliberately runs rarely.
         self._retrying = build_retrying(wait=self.backoff, stop=StopPolicy(max_retries),
                                         before_sleep=self._count_retry, api="moesif",
                                         sleep=interruptible_sleep(stop_event))
-        self._secrets = [api_key.get_secret_value()]
+        self._secrets = list(dict.fromkeys([api_key.get_secret_value(), key]))
+
+    def _display(self, path: str) -> str:
+        """An address as messages show it: no user info or query, and no key even if
+        one was pasted into MOESIF_API_URL's path."""
+        return redact(display_url(self.base_url + path), self._secrets)
 
     # --- low level -------------------------------------------------------------------
     def _post_once(self, path: str, body: dict[str, Any], params: dict[str, str] | None) -> Any:
@@ -277,6 +364,10 @@ class MoesifManagementClient:
         return self._request("GET", path)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._key_problem:
+            raise MoesifAuthError(f"MOESIF_MANAGEMENT_API_KEY cannot be sent: it has "
+                                  f"{self._key_problem}, which an HTTP header cannot carry; "
+                                  f"check MOESIF_MANAGEMENT_API_KEY (copied with extra text?)")
         if self.limiter is not None:
             self.limiter.acquire()
         self.requests_made += 1
@@ -285,15 +376,22 @@ class MoesifManagementClient:
             resp = self.session.request(method, self.base_url + path, timeout=self.timeout,
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            where = display_url(self.base_url + path)
-            raise MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where)) from None
+            where = self._display(path)
+            why = unusable_host(exc)
+            if why is not None:  # never retried: waiting cannot fix the setting
+                raise MoesifEndpointError(f"Moesif cannot be reached at {where}: {why}; "
+                                          f"check MOESIF_API_URL") from None
+            error = MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where))
+            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
+            raise error from None
+        self._answered = True
         return self._handle(resp, path)
 
     def _handle(self, resp: requests.Response, path: str) -> Any:
         status = resp.status_code
         if status == 404 and path.startswith(SINGLE_RECORD_PATHS):
             return None  # a single record that does not exist
-        MANAGEMENT_POLICY.check(resp, display_url(self.base_url + path), self._secrets,
+        MANAGEMENT_POLICY.check(resp, self._display(path), self._secrets,
                                 self.backoff.parse)
         try:
             # Invalid UTF-8 is decoded with U+FFFD (never retried: it would come back the
@@ -312,6 +410,11 @@ class MoesifManagementClient:
         try:
             return self._retrying(fn, *args)
         except MoesifRetryableError as exc:
+            if not self._answered and getattr(exc, "refused_connection", False):
+                raise MoesifEndpointError(
+                    f"nothing listens at {self._display('')}: the connection was "
+                    f"refused on every attempt ({self.max_retries} retries) and the address "
+                    f"never answered; check MOESIF_API_URL") from None
             raise MoesifUnavailable(f"{exc} (gave up after {self.max_retries} retries)",
                                     exc.status) from None
 
@@ -324,8 +427,16 @@ class MoesifManagementClient:
     # --- searches ----------------------------------------------------------------------
     def search(self, kind: str, body: dict[str, Any],
                params: dict[str, str] | None = None) -> Page:
-        data = self._search_post(kind, body, params) or {}
-        hits = data.get("hits") or {}
+        data = self._search_post(kind, body, params)
+        hits = data.get("hits") if isinstance(data, dict) else None
+        if not isinstance(hits, dict) or not isinstance(hits.get("hits", []), list):
+            # JSON, but not a search result ({"hits": {"hits": [...]}}): some other API
+            # answers at this address. Reading it as "no records" would end the run as
+            # if nothing had changed.
+            raise MoesifEndpointError(
+                f"Moesif answered {_shape_of(data, hits)} on "
+                f"{self._display(self.search_paths[kind])}, not a search "
+                f"result with hits.hits: not the Management API; check MOESIF_API_URL")
         total = hits.get("total", 0)
         # Moesif documents `hits.total` as a plain integer; Elasticsearch's newer shape
         # {"value": n, "relation": "eq"|"gte"} is exact only with "eq".
@@ -425,12 +536,25 @@ class MoesifManagementClient:
                      {f"{id_field}.raw": {"order": "asc"}}],
             "query": query,
         }
+        # The sort values each page ended at: a page ending where an earlier one did
+        # (a server ignoring `search_after`, or sort values repeating) would page
+        # forever over the same records.
+        ends: set[str] = set()
         while True:
             page = self.search(entity, body)
             # A short page is not the end (Moesif documents no maximum size, so a server
             # cap could shorten pages): only an empty page is.
             if not page.hits:
                 return
+            sort = _page_sort(page.hits, id_field)
+            if sort:
+                end = _sort_key(sort)
+                if end in ends:
+                    raise MoesifError(
+                        f"Moesif's {entity} search does not advance: a page ended at the "
+                        f"sort values an earlier page ended at (search_after ignored, or "
+                        f"sort values that repeat); stopped paging instead of looping")
+                ends.add(end)
             yield page
             seen += len(page.hits)
             if at_most is not None and seen >= at_most:
@@ -440,7 +564,6 @@ class MoesifManagementClient:
             # seen, which costs the one empty page, never a record.
             if page.exact_total and 0 < page.total <= seen:
                 return
-            sort = page.hits[-1].get("sort") or _derived_sort(page.hits[-1], id_field)
             if not sort:
                 raise MoesifError("Moesif returned hits without sort values; cannot page")
             body["search_after"] = sort
@@ -456,10 +579,14 @@ class MoesifManagementClient:
         page = self.search("usermetrics", body, params={"from": "-24h", "to": "now"})
         metrics: dict[str, dict[str, Any]] = {}
         for hit in page.hits:
-            source = hit.get("_source") or {}
+            if not isinstance(hit, dict):
+                continue  # optional enrichment: a hit of the wrong type adds nothing
+            source = hit.get("_source")
+            source = source if isinstance(source, dict) else {}
             user_id = source.get("user_id") or hit.get("_id")
             value = source.get("metrics") or hit.get("metrics")
-            if user_id and isinstance(value, dict) and value:
+            if isinstance(user_id, str | int) and not isinstance(user_id, bool) \
+                    and user_id != "" and isinstance(value, dict) and value:
                 metrics[str(user_id)] = value
         return metrics
 

@@ -68,6 +68,16 @@ class _Fault:
 
 
 @dataclass
+class _Body:
+    """A raw answer (any bytes, any status and content type) for the next requests."""
+    status: int
+    body: bytes
+    content_type: str
+    remaining: int
+    path_contains: str | None
+
+
+@dataclass
 class _Delay:
     seconds: float
     remaining: int
@@ -261,6 +271,10 @@ class MoesifManagementSandbox:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._delays: list[_Delay] = []
+        self._bodies: list[_Body] = []
+        # Applied to every search answer before it is sent (a hostile server: hits of the
+        # wrong type, paging that ignores `search_after`, ...); None: answers as is.
+        self.rewrite: Callable[[str, Any, Any], Any] | None = None
         self._window = -1
         self._window_count = 0
         self._closing = threading.Event()
@@ -283,6 +297,21 @@ class MoesifManagementSandbox:
         with self._lock:
             self._faults.append(_Fault(status, count, retry_after, path_contains))
 
+    def inject_body(self, body: bytes | str, status: int = 200, count: int = 1,
+                    content_type: str = "application/json",
+                    path_contains: str | None = None) -> None:
+        """The next `count` API requests get `body` as it is (truncated JSON, an HTML
+        page, JSON of the wrong shape), with `status` and `content_type`."""
+        if count <= 0:
+            return
+        raw = body.encode() if isinstance(body, str) else body
+        with self._lock:
+            self._bodies.append(_Body(status, raw, content_type, count, path_contains))
+
+    def take_body(self, path: str) -> _Body | None:
+        with self._lock:
+            return self._take(self._bodies, path)
+
     def inject_delay(self, seconds: float, count: int = 1,
                      path_contains: str | None = None) -> None:
         """Hold the response of the next `count` API requests for `seconds`."""
@@ -295,6 +324,8 @@ class MoesifManagementSandbox:
         with self._lock:
             self._faults.clear()
             self._delays.clear()
+            self._bodies.clear()
+            self.rewrite = None
             self._corrupt_marker = None
 
     def corrupt_utf8(self, marker: str | None) -> None:
@@ -372,7 +403,11 @@ class MoesifManagementSandbox:
         if early is not None:
             return early
         try:
-            return self._count(*self._route(method, path, params, parsed))
+            status, payload = self._route(method, path, params, parsed)
+            rewrite = self.rewrite
+            if rewrite is not None and status == 200:
+                payload = rewrite(path, parsed, payload)
+            return self._count(status, payload)
         except QueryError as exc:
             return self._count(400, {"message": str(exc)})
 
@@ -544,9 +579,18 @@ class MoesifManagementHandler(JsonHandler):
         body = self.read_body()
         status, payload, headers = app.handle(method, self.path, self.headers, body,
                                               self.parse_json)
+        raw = None
         if not self.path.startswith("/_sandbox/"):
             app.wait_delay(app.take_delay(self.path))
+            raw = app.take_body(self.path)
         try:
+            if raw is not None:
+                self.send_response(raw.status)
+                self.send_header("Content-Type", raw.content_type)
+                self.send_header("Content-Length", str(len(raw.body)))
+                self.end_headers()
+                self.wfile.write(raw.body)
+                return
             self.send_json(status, app.encode(payload), headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. its timeout fired)

@@ -184,6 +184,7 @@ class SegmentSandbox:
             self.rejections: Counter[str] = Counter()
             self.requests = 0  # every non-admin request, answered however
             self._refused_users: frozenset[str] = frozenset()
+            self._crashing_users: frozenset[str] = frozenset()
             self._faults.clear()
             self._delays.clear()
 
@@ -205,6 +206,13 @@ class SegmentSandbox:
         these users: splitting must isolate exactly them."""
         with self._lock:
             self._refused_users = frozenset(user_ids)
+
+    def crash_on_users(self, user_ids: set[str] | frozenset[str]) -> None:
+        """Answer 500 (a server error, as if the message broke Segment's processing) to
+        every batch holding a message of one of these users, every time: a poison message
+        for the server, not a refusal."""
+        with self._lock:
+            self._crashing_users = frozenset(user_ids)
 
     def inject_delay(self, seconds: float, count: int = 1) -> None:
         """Process the next `count` requests, but hold their responses for `seconds`
@@ -279,6 +287,8 @@ class SegmentSandbox:
             reason = validate_message(msg, index)
             if reason is not None:
                 raise Rejected(400, "invalid_message", reason)
+            if isinstance(msg, dict) and msg.get("userId") in self._crashing_users:
+                raise Rejected(500, "internal", "internal server error (crash_on_users)")
             if isinstance(msg, dict) and msg.get("userId") in self._refused_users:
                 raise Rejected(400, "invalid_message",
                                f"batch[{index}] refused by the sandbox (refuse_users)")

@@ -19,6 +19,8 @@ import base64
 import gzip
 import json
 import logging
+import socket
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,8 +34,10 @@ from segment.analytics.version import VERSION as LIBRARY_VERSION
 from tenacity import RetryCallState, stop_after_attempt
 
 from connector import __version__
+from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
+    ConfigError,
     DestinationUnavailable,
     EndpointError,
     RefusedError,
@@ -61,6 +65,12 @@ DEFAULT_MAX_FAILED_BATCHES = 3
 # over it: if every probe is refused alike, the mapping (not a record) is at fault.
 UNIFORM_REFUSAL_MIN_BATCH = 4
 PROBES = 5
+# Splitting a batch that failed with 500: requests allowed per level of the split (two
+# halves of each of a few failing parts), plus a few for the first probes and the
+# messages sent alone.
+SPLIT_REQUESTS_PER_LEVEL = 6
+SPLIT_EXTRA_REQUESTS = 8
+SPLIT_ALONE = 4  # messages sent alone (with their retries) per failing batch at most
 BATCH_PATH = "/v1/batch"
 
 
@@ -90,6 +100,54 @@ SEGMENT_POLICY = HttpPolicy(
               401: _KEY_REFUSED, 403: _KEY_REFUSED},
     errors={Action.AUTH: lambda v: SegmentAuthError(v.message, v.status)},
 )
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """An exception of `requests` and what it wraps (urllib3's MaxRetryError keeps the
+    socket's error in `.reason`; others chain it as the cause), at most a few levels."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 12:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        reason = getattr(item, "reason", None)
+        todo.extend([item.__cause__, item.__context__,
+                     reason if isinstance(reason, BaseException) else None,
+                     *(a for a in item.args if isinstance(a, BaseException))])
+    return seen
+
+
+# getaddrinfo's "no such name" answers (EAI_AGAIN, a DNS server not answering, is an
+# outage and stays retried).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def unusable_host(exc: BaseException) -> str | None:
+    """Why a connection failure says the address setting is wrong, not that the API is
+    out (None: it may be an outage). A host name that does not exist, a TLS certificate
+    that is not the host's, or https spoken to a plain-http port never heal by waiting."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
+            return "its host name does not resolve"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "its TLS certificate is not valid for that host"
+        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in (
+                "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
+            return "it does not speak TLS there (http, not https?)"
+    return None
+
+
+def connection_refused(exc: BaseException) -> bool:
+    return any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))
+
+
+def _server_error(exc: RetryableError) -> bool:
+    """A 500 Internal Server Error: what a message that breaks the server's processing
+    gets. Not 502/503/504 (a gateway or the service saying it is down or overloaded),
+    a timeout, a dropped connection or a 429: those are outages whatever was sent."""
+    return exc.status == 500
 
 
 def partial_result(exc: BaseException) -> DeliveryResult | None:
@@ -206,10 +264,22 @@ class SegmentSink:
         self.gzip = gzip
         self.max_failed_batches = max(1, max_failed_batches)
         self._failed_streak = 0  # batches in a row whose retries all failed
+        # Whether SEGMENT_HOST ever answered (any HTTP status): until it has, a connection
+        # refused on every attempt means nothing listens there (a wrong host or port).
+        self._answered = False
+        # Whether the last request Segment answered went through (2xx): a batch failing
+        # with 500 right after one is more likely a message Segment fails on than an
+        # outage, and is split to find it.
+        self._last_ok = False
+        self._split_budget = 0
+        self._alone_budget = 0
         # Records that failed in an earlier run (e.g. a retry pass): their being refused
         # again is their own refusal, not evidence against the mapping.
         self.refused_before = refused_before or (lambda _key: False)
         self.url = f"{self.host}{BATCH_PATH}"
+        # The address as messages show it: no user info or query, and no key even if
+        # one was pasted into SEGMENT_HOST's path.
+        self._where = redact(display_url(self.url), [write_key.get_secret_value()])
         # send=False: the client shapes and validates messages and hands them back.
         self._shaper = Client(write_key=write_key.get_secret_value(), host=self.host,
                               send=False, sync_mode=False)
@@ -335,7 +405,7 @@ class SegmentSink:
                 self._send_isolating(batch, result)
                 if on_batch:
                     on_batch(len(batch))
-        except (EndpointError, AuthError, DestinationUnavailable) as exc:
+        except (ConfigError, DestinationUnavailable) as exc:
             exc.partial = result  # type: ignore[attr-defined]
             raise
         return result
@@ -351,14 +421,139 @@ class SegmentSink:
             self._isolate(batch, exc, result, whole)
             return
         except RetryableError as exc:  # every retry failed
-            self._batch_failed(batch, exc, result)
+            if _server_error(exc) and self._split_failing(batch, exc, result):
+                if self._last_ok:
+                    self._failed_streak = 0  # part of it went through: Segment is up
+            else:
+                self._last_ok = False
+                self._batch_failed(batch, exc, result)
             return
         self._failed_streak = 0
+        self._last_ok = True
         result.batches += 1
         result.delivered.update(o.message_id for o in batch)
 
+    def _split_failing(self, batch: list[OutMessage], exc: RetryableError,
+                       result: DeliveryResult) -> bool:
+        """A batch Segment answered 500 to on every attempt: an outage, or messages its
+        servers fail on, which would take their batch-mates down with them run after run
+        (DELIVERY_FAILED is retried forever, and failed records are retried together).
+
+        Segment counts as up when a part of this batch goes through (each half, then the
+        first and the last message, sent once), or when the request before this batch
+        did. Then the failing parts are split on, down to the messages at fault, each
+        sent alone with its retries and, still failing, REJECTED (counted toward
+        SYNC_MAX_ATTEMPTS, then GAVE_UP). The split is bounded (requests per level,
+        messages sent alone): what it does not reach stays DELIVERY_FAILED. Returns
+        whether Segment answered anything but 500 meanwhile; False: an outage as far as
+        can be told (the caller fails what is left of the batch and counts it toward
+        DestinationUnavailable)."""
+        self._split_budget = SPLIT_EXTRA_REQUESTS + SPLIT_REQUESTS_PER_LEVEL * len(
+            batch).bit_length()
+        self._alone_budget = SPLIT_ALONE
+        delivered_before = len(result.delivered)
+        refused_before = sum(1 for code, _ in result.failed.values() if code == "REJECTED")
+        up = self._last_ok
+        failing: list[tuple[list[OutMessage], RetryableError]] = [(batch, exc)]
+        if len(batch) > 1:
+            failing = self._halves(batch, result)
+            if len(failing) == 2 and not up and len(batch) > 2:
+                # Neither half got through: probe the first and the last message alone.
+                ends = self._halves([batch[0]], result, alone=True) + \
+                    self._halves([batch[-1]], result, alone=True)
+                if len(ends) == 2:
+                    return False  # nothing got through: an outage
+                failing = [*ends, (batch[1:-1], exc)]
+            elif len(failing) == 2 and not up:
+                return False
+        elif not up:
+            return False
+        self._settle(failing, result)
+        answered = len(result.delivered) > delivered_before or sum(
+            1 for code, _ in result.failed.values() if code == "REJECTED") > refused_before
+        self._last_ok = len(result.delivered) > delivered_before
+        if not self._last_ok:
+            # Only the request before said Segment was up: if this was an outage starting,
+            # the next failing batch takes the strict path (and counts toward it).
+            self._failed_streak += 1
+        return answered
+
+    def _halves(self, batch: list[OutMessage], result: DeliveryResult, alone: bool = False
+                ) -> list[tuple[list[OutMessage], RetryableError]]:
+        """Send each half of `batch` once (`alone`: the batch itself, once); return the
+        parts that failed on a retryable error."""
+        parts = [batch] if alone else [batch[:len(batch) // 2], batch[len(batch) // 2:]]
+        failing: list[tuple[list[OutMessage], RetryableError]] = []
+        for part in parts:
+            if not part:
+                continue
+            try:
+                self._post_counted([o.encoded for o in part], result)
+            except RefusedError as refused:
+                self._isolate(part, refused, result, whole=False)
+                continue
+            except RetryableError as again:
+                failing.append((part, again))
+                continue
+            result.batches += 1
+            result.delivered.update(o.message_id for o in part)
+        return failing
+
+    def _settle(self, failing: list[tuple[list[OutMessage], RetryableError]],
+                result: DeliveryResult) -> None:
+        """Split failing parts (Segment is up) down to the messages at fault, within the
+        split's request budget."""
+        todo = list(failing)
+        while todo:
+            part, again = todo.pop()
+            if not part:
+                continue
+            if not _server_error(again) or self._split_budget <= 0:
+                for out in part:  # a timeout, a dropped connection, or no budget left
+                    result.failed[out.message_id] = ("DELIVERY_FAILED", str(again))
+            elif len(part) == 1 and self._alone_budget > 0:
+                self._alone_budget -= 1
+                self._alone(part[0], result)
+            elif len(part) == 1:
+                result.failed[part[0].message_id] = ("DELIVERY_FAILED", str(again))
+            else:
+                self._split_budget -= 2
+                todo.extend(self._halves(part, result))
+
+    def _alone(self, out: OutMessage, result: DeliveryResult) -> None:
+        """One message whose batch failed with 500 while Segment was up: sent alone with
+        every retry. Still 500: its own failure, a refusal that counts toward
+        SYNC_MAX_ATTEMPTS (then GAVE_UP), not a forever-retried outage."""
+        try:
+            self._post_with_retries([out.encoded], result)
+        except RefusedError as exc:
+            self._reject(out, exc, result)
+            return
+        except RetryableError as exc:
+            if _server_error(exc):
+                result.failed[out.message_id] = (
+                    "REJECTED", f"Segment answered {exc.status} to this message alone on "
+                                f"every attempt while it accepted others")
+            else:
+                result.failed[out.message_id] = ("DELIVERY_FAILED", str(exc))
+            return
+        result.batches += 1
+        result.delivered.add(out.message_id)
+
+    def _post_counted(self, batch: list[bytes], result: DeliveryResult) -> None:
+        """One attempt, no retries (a split's probe)."""
+        result.requests += 1
+        self._post_once(batch)
+
     def _batch_failed(self, batch: list[OutMessage], exc: RetryableError,
                       result: DeliveryResult) -> None:
+        if not self._answered and getattr(exc, "refused_connection", False):
+            # Not one answer from this address, only refused connections: a setting to
+            # fix, not a batch (or records) to mark failed.
+            raise EndpointError(
+                f"nothing listens at {self._where}: the connection was refused "
+                f"on every attempt ({self.max_retries} retries) and the address never "
+                f"answered in this run; check SEGMENT_HOST", None) from None
         self._failed_streak += 1
         if self._failed_streak >= self.max_failed_batches:
             raise DestinationUnavailable(
@@ -444,12 +639,19 @@ class SegmentSink:
         if self.gzip:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        where = display_url(self.url)
+        where = self._where
         try:
             # No redirects: requests would re-send a POST as a GET; a redirect means the
             # setting is not the API's address (CONFIG in the table).
             res = self._session.post(self.url, data=body, headers=headers,
                                      timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            raise SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where)) from None
+            why = unusable_host(exc)
+            if why is not None:  # never retried: waiting cannot fix the setting
+                raise EndpointError(f"Segment cannot be reached at {where}: {why}; check "
+                                    f"SEGMENT_HOST", None) from None
+            error = SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where))
+            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
+            raise error from None
+        self._answered = True
         SEGMENT_POLICY.check(res, where, [key], self.backoff.parse)

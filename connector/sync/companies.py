@@ -116,7 +116,7 @@ class CompanyStage:
         cid = _id_text(raw_id)
         if cid is None:
             detail = "company record without company_id" if raw_id in (None, "") else \
-                "company_id is not an id (text or integer)"
+                "company_id is not an id (visible text or integer)"
             self.report.issue(entity, _id_text(doc.get("_id")), "MISSING_ID", detail)
             return None
         try:
@@ -162,6 +162,7 @@ class CompanyStage:
         counts = self.report.entities[entity]
         hashes: dict[str, str] = {}
         failures: list[tuple[str, str, str]] = []
+        unsent: set[str] = set()
         for cid, (_, digest) in changed.items():
             outcomes = member_outcomes.get(cid, [])
             if not outcomes:
@@ -170,6 +171,15 @@ class CompanyStage:
                                   "no Moesif user belongs to this company; Segment group calls "
                                   "need a userId, so nothing was sent")
                 hashes[cid] = digest  # nothing to send until it changes again
+                continue
+            if cid not in self.companies_reached and "failed" not in outcomes:
+                counts["invalid"] += 1
+                self.report.issue(entity, cid, "NO_MEMBERS",
+                                  f"none of its {len(outcomes)} member user(s) could be sent "
+                                  "(see their issues), so nothing carried this company to "
+                                  "Segment; it is sent with them once one can be")
+                hashes[cid] = digest  # its members' next change sends it
+                unsent.add(cid)
                 continue
             counts["changed"] += 1
             if self.dry_run:
@@ -189,7 +199,8 @@ class CompanyStage:
             recorded = self.state.commit_page(PageCommit(
                 entity=entity, hashes=hashes, resolved=list(hashes), failures=failures,
                 cursor=cursor))
-        counts["delivered"] += len([h for h in hashes if member_outcomes.get(h)])
+        counts["delivered"] += len([h for h in hashes if member_outcomes.get(h)
+                                    and h not in unsent])
         counts["failed"] += len(failures)
         for f in recorded:
             if f.gave_up:

@@ -119,6 +119,10 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         self.joined_companies: set[str] = set()  # ids an all-users pass joined
         # company -> failure code of its members this run (DELIVERY_FAILED wins)
         self.failed_companies: dict[str, str] = {}
+        # Companies some member of which carried them to Segment in this run (a message
+        # sent, or a member unchanged since it was sent): a company none of whose members
+        # could be sent was never delivered, whatever its members' count.
+        self.companies_reached: set[str] = set()
         self.metrics_unavailable = False
         self.map_cache: dict[Any, Any] = {}
         # company id -> {version key: fingerprint of the document} of the company versions
@@ -185,7 +189,21 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
         cursor = self.state.cursor(entity)
         if cursor is None:
             return None
-        return parse_timestamp(cursor) - timedelta(seconds=self.settings.moesif_lookback_seconds)
+        try:
+            position = parse_timestamp(cursor)
+        except ValueError:
+            position = None
+        if position is None or position > self.report.started:
+            # A cursor past this run's start (stored from a record's future modified_time
+            # by an earlier version, or the clock went back) is no position: searching
+            # from it would skip every change before it. Start over; the stored hashes
+            # keep unchanged records from being sent again.
+            log.warning("the %s cursor (%s) is after this run's start; syncing every %s "
+                        "(unchanged ones are not sent again)", entity, cursor[:40], entity)
+            if not self.dry_run:
+                self.state.forget_cursor(entity)
+            return None
+        return position - timedelta(seconds=self.settings.moesif_lookback_seconds)
 
     def sync_entity(self, entity: str, until: datetime) -> None:
         since = self._since(entity)

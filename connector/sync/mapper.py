@@ -73,12 +73,13 @@ class RecordMapper:
             missing = identify.missing_required or ["userId"]
             detail = f"required field(s) missing: {', '.join(missing)}"
             if user_id not in (None, "") and record_id is None:
-                detail = "user_id is not an id (text or integer)"
+                detail = "user_id is not an id (visible text or integer)"
             issues.append((report_id, "MISSING_ID", detail))
             return Mapped(None, issues)
         if raw_company not in (None, "") and company_id is None:
             issues.append((record_id, IssueCode.BAD_VALUE.value,
-                           "company_id: not an id (text or integer); sent without a company"))
+                           "company_id: not an id (visible text or integer); sent without "
+                           "a company"))
         group = None
         version = _version_key(company, cache) if company is not None else None
         if company is not None and self.send_group_calls:
@@ -151,8 +152,23 @@ class RecordMapper:
             if not present:
                 issues.append((c.id, "OVERSIZE",
                                f"{kind} is over 32 KB even without "
-                               f"{', '.join(t for t, _ in trimmable) or 'free-form fields'}"))
+                               f"{', '.join(t for t, _ in trimmable) or 'free-form fields'}"
+                               f"{_largest_field(body)}"))
                 return None
             _, target, path = max(present)
             _pop_path(body, path)
             c.trimmed.append(f"{prefix}.{target}")
+
+
+def _largest_field(body: dict[str, Any]) -> str:
+    """"; largest field: <path> (<n> bytes)": what makes an oversized message big, by its
+    path and size only (never its value), so a person can tell a huge name from a huge
+    id without reading the record."""
+    best: tuple[int, str] | None = None
+    for key, value in body.items():
+        nested = isinstance(value, dict) and key in ("traits", "context")
+        for sub, item in (value.items() if nested else [(None, value)]):
+            size = json_size(item)
+            if best is None or size > best[0]:
+                best = (size, key if sub is None else f"{key}.{sub}")
+    return f"; largest field: {best[1]} ({best[0]:,} bytes)" if best else ""

@@ -118,10 +118,16 @@ def mask_paths(doc: Any, paths: set[str]) -> Any:
 
 
 def _id_text(value: Any) -> str | None:
-    """A record id as text: non-empty text without lone surrogates, or a 64-bit integer.
-    Anything else (an object, a number with a fraction, NaN) is no id."""
+    """A record id as text: text with at least one visible character and without lone
+    surrogates, or a 64-bit integer. Anything else (an object, a number with a fraction,
+    NaN, text of only spaces or control characters) is no id: "   " or "\x00" as a
+    userId or groupId would make one Segment profile of every such record."""
     if isinstance(value, str):
-        return value if value and encodable(value) else None
+        if not value or value.isspace() or not encodable(value):
+            return None
+        if value.isprintable() or any(c.isprintable() and not c.isspace() for c in value):
+            return value
+        return None
     if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
         return str(value)
     return None

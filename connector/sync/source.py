@@ -87,11 +87,17 @@ class SourceStage:
         return fetched
 
     def _page_cursor(self, docs: list[dict[str, Any]]) -> str | None:
+        """Where the next run starts: the page's last modification time, never past the
+        run's start. The search asked for records modified before it, so a later time
+        (a record's own odd `modified_time`, year 9999, a server ignoring the range) is
+        no position: the stored cursor only moves forward, and one such value would make
+        every later run skip everything modified before it."""
         for doc in reversed(docs):
             try:
-                return to_iso(parse_timestamp(doc.get("modified_time")))
+                when = parse_timestamp(doc.get("modified_time"))
             except ValueError:
                 continue
+            return to_iso(min(when, self.report.started))
         return None
 
     def _joined(self, pages: Iterator[Any]) -> Iterator[Joined]:

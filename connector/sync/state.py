@@ -160,6 +160,13 @@ class SyncState:
                     (page.cursor_entity or page.entity, page.cursor, now))
         return recorded
 
+    def forget_cursor(self, entity: str) -> None:
+        """Drop an entity's cursor (commits only ever move it forward: one that is wrong
+        in the future can only be dropped, and the next confirmed page sets it again)."""
+        with Transaction(self.conn) as conn:
+            check_fence(conn)
+            conn.execute("DELETE FROM sync_cursor WHERE entity = ?", (entity,))
+
     def reset(self) -> None:
         with Transaction(self.conn) as conn:
             for table in ("sync_cursor", "record_hash", "failed_record"):

@@ -77,6 +77,7 @@ class UserStage:
                     continue
                 candidates.append(candidate)
         self.progress("fetched", entity=entity, n=len(page.docs))
+        candidates = self._latest_of_each(candidates, counts)
         self._drift_guard()
         with Timer(self.report.phases, "diff"):
             ids = [c.id for c in candidates]
@@ -106,6 +107,9 @@ class UserStage:
         counts["changed"] += len(sendable)
         for c in sendable:
             self._count_fields(c)
+        for c in candidates:
+            if outcomes.get(c.id) != "invalid" and (cid := _id_text(c.doc.get("company_id"))):
+                self.companies_reached.add(cid)
         self._sample(sendable)
         if self.dry_run:
             for c in sendable:  # a dry run stores no hashes: remember them instead
@@ -113,6 +117,20 @@ class UserStage:
         else:
             self._deliver(entity, sendable, cursor, outcomes)
         return outcomes
+
+    @staticmethod
+    def _latest_of_each(candidates: list[Candidate], counts: Any) -> list[Candidate]:
+        """One candidate per user id: a page holding a user twice (a server repeating a
+        hit, or two records with one id) sends and commits its last one, the latest in
+        the search's order. Two would send two versions of one profile, count one
+        delivery for two sends, and could store the one's hash beside the other's
+        failure. The earlier ones are not counted as fetched: they are the same record."""
+        if len({c.id for c in candidates}) == len(candidates):
+            return candidates
+        last = {c.id: i for i, c in enumerate(candidates)}
+        kept = [c for i, c in enumerate(candidates) if last[c.id] == i]
+        counts["fetched"] -= len(candidates) - len(kept)
+        return kept
 
     # --- the map process (connector.sync.mapworker) ---------------------------------------
     def _map_process_ready(self, page: Joined) -> bool:

@@ -262,3 +262,27 @@ def test_a_nats_address_that_refuses_is_one_clear_error_soon(tmp_path: Path) -> 
     assert "--from-nats" in text and "127.0.0.1" in text
     assert "hunter2" not in text and "bob" not in text
     assert "no answer" in text or "cannot connect" in text
+
+
+def test_a_new_stream_whose_subjects_another_holds_is_a_clear_config_error(tmp_path):
+    from connector.errors import ConfigError
+    from connector.forward.nats_bridge import ensure_stream
+
+    url = nats_or_skip()
+    suffix = secrets.token_hex(4)
+    holder, subjects = f"HOLD_{suffix}", f"t{suffix}.apim.>"
+    settings = settings_for(tmp_path / "home")
+
+    async def scenario(_nc: Any, j: Any) -> str:
+        await ensure_stream(j, holder, subjects, settings)  # created: nobody holds them
+        try:
+            await ensure_stream(j, f"OTHER_{suffix}", subjects, settings)
+        except ConfigError as exc:
+            return str(exc)
+        finally:
+            await j.delete_stream(holder)
+        return "no error"
+
+    text = js(url, scenario)
+    assert f"OTHER_{suffix} does not exist" in text
+    assert f"use --stream {holder}" in text

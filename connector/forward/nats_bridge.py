@@ -153,17 +153,40 @@ def _open(loop: _Loop, url: str, what: str,
 async def ensure_stream(js: Any, stream: str, subjects: str, settings: Settings) -> Any:
     """The stream's info; created (file storage, limits retention) when missing."""
     from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import BadRequestError, NotFoundError
 
     try:
         return await js.stream_info(stream)
     except NotFoundError:
-        log.info("creating JetStream stream %s for %s", stream, subjects)
+        pass
+    log.info("creating JetStream stream %s for %s", stream, subjects)
+    try:
         return await js.add_stream(StreamConfig(
             name=stream, subjects=[subjects], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, max_bytes=settings.forward_nats_stream_max_bytes,
             max_age=float(settings.forward_nats_stream_max_age_seconds),
             duplicate_window=120.0))
+    except BadRequestError as exc:
+        if getattr(exc, "err_code", None) != SUBJECTS_OVERLAP:
+            raise
+        other = await _stream_holding(js, subjects)
+        raise ConfigError(
+            f"JetStream stream {stream} does not exist, and its subjects ({subjects}) "
+            f"already belong to stream {other or 'another stream'}: use --stream "
+            f"{other or '<that stream>'} (the subjects it publishes to must be in it)") from None
+
+
+# The server's error code when a new stream's subjects overlap an existing stream's.
+SUBJECTS_OVERLAP = 10065
+
+
+async def _stream_holding(js: Any, subjects: str) -> str | None:
+    """The stream that already holds these subjects (None when the server does not say)."""
+    probe = subjects.replace(">", "x").replace("*", "x")
+    try:
+        return str(await js.find_stream_name_by_subject(probe))
+    except Exception:  # noqa: BLE001 - only for a better message
+        return None
 
 
 def _stream_for(subject: str) -> str:

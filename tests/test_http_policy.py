@@ -409,6 +409,22 @@ def test_excerpt_is_short_one_line_and_redacted():
     assert excerpt_of(_Answer(b""), []) == "(empty)"  # type: ignore[arg-type]
 
 
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(1, 40), tags=st.integers(0, 200))
+def test_a_key_cut_by_the_excerpts_window_shows_no_part_of_it(cut: int, tags: int) -> None:
+    """Markup is dropped from the window read, so a key echoed where the window ends can
+    reach the excerpt cut in two: no piece of it may show."""
+    key = "Kq7" + "Z" * 20 + "w9x" + "M" * 14  # 40 characters
+    window = 160 * 4
+    filler = b"<p>" * tags + b"."
+    pad = window - len(filler) - cut  # the window ends `cut` characters into the key
+    if pad < 0:
+        return
+    body = filler + b"<b>" * (pad // 3) + b" " * (pad % 3) + key.encode() + b" tail"
+    text = excerpt_of(_Answer(body), [key])  # type: ignore[arg-type]
+    assert not any(key[i:i + 6] in text for i in range(len(key) - 5))
+
+
 # --- refusals: isolated when they are the records', the mapping's when uniform -------------------
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

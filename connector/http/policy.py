@@ -19,7 +19,9 @@ Templates may use {api}, {status}, {path}, {setting} (the URL setting), {key_set
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -213,8 +215,18 @@ def excerpt_of(response: requests.Response, secrets: list[str]) -> str:
     raw = response.content[:EXCERPT_CHARS * 4].decode("utf-8", "replace")
     text = re.sub(r"<[^>]{0,200}>", " ", raw) if "<" in raw else raw  # tags say nothing
     text = " ".join(text.split())
-    text = redact(text, secrets)
+    text = _without_cut_secret(redact(text, secrets), secrets)
     return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "") or "(empty)"
+
+
+def _without_cut_secret(text: str, secrets: list[str]) -> str:
+    """The window read of an answer can end inside an echoed key, where `redact` (whole
+    keys only) does not see it: a tail that starts a key is cut off as well."""
+    for secret in secrets:
+        for n in range(min(len(secret) - 1, len(text)), 3, -1):
+            if text.endswith(secret[:n]):
+                return text[:-n] + "***"
+    return text
 
 
 _SHORT_MARKERS = ("Connection refused", "Connection reset", "RemoteDisconnected",
@@ -243,3 +255,46 @@ def display_url(url: str) -> str:
     if not parts.scheme or not host:
         return url.split("?", 1)[0].rsplit("@", 1)[-1][:200]
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# --- connection failures that name a wrong address, not an outage --------------------------
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """An exception of `requests` and what it wraps (urllib3's MaxRetryError keeps the
+    socket's error in `.reason`; others chain it as the cause), at most a few levels."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 12:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        reason = getattr(item, "reason", None)
+        todo.extend([item.__cause__, item.__context__,
+                     reason if isinstance(reason, BaseException) else None,
+                     *(a for a in item.args if isinstance(a, BaseException))])
+    return seen
+
+
+# getaddrinfo's "no such name" answers (EAI_AGAIN, a DNS server not answering, is an
+# outage and stays retried).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def unusable_host(exc: BaseException) -> str | None:
+    """Why a connection failure says the address setting is wrong, not that the API is
+    out (None: it may be an outage). A host name that does not exist, a TLS certificate
+    that is not the host's, or https spoken to a plain-http port never heal by waiting."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
+            return "its host name does not resolve"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "its TLS certificate is not valid for that host"
+        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in (
+                "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
+            return "it does not speak TLS there (http, not https?)"
+    return None
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether the connection was refused (nothing listening at that address and port)."""
+    return any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))

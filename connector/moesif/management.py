@@ -33,10 +33,17 @@ from connector.errors import (
     RefusedError,
     RetryableError,
 )
-from connector.http.policy import COMMON_STATUSES, Action, HttpPolicy, Rule, display_url
+from connector.http.policy import (
+    COMMON_STATUSES,
+    Action,
+    HttpPolicy,
+    Rule,
+    connection_refused,
+    display_url,
+    unusable_host,
+)
 from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
 from connector.http.retry import parse_retry_after as _parse_retry_after
-from connector.segment.sink import connection_refused, unusable_host
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ import base64
 import gzip
 import json
 import logging
-import socket
-import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +47,9 @@ from connector.http.policy import (
     Action,
     HttpPolicy,
     Rule,
+    connection_refused,
     display_url,
+    unusable_host,
 )
 from connector.http.retry import Backoff, attempts_made, build_retrying
 
@@ -100,47 +100,6 @@ SEGMENT_POLICY = HttpPolicy(
               401: _KEY_REFUSED, 403: _KEY_REFUSED},
     errors={Action.AUTH: lambda v: SegmentAuthError(v.message, v.status)},
 )
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    """An exception of `requests` and what it wraps (urllib3's MaxRetryError keeps the
-    socket's error in `.reason`; others chain it as the cause), at most a few levels."""
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo and len(seen) < 12:
-        item = todo.pop()
-        if item is None or any(item is s for s in seen):
-            continue
-        seen.append(item)
-        reason = getattr(item, "reason", None)
-        todo.extend([item.__cause__, item.__context__,
-                     reason if isinstance(reason, BaseException) else None,
-                     *(a for a in item.args if isinstance(a, BaseException))])
-    return seen
-
-
-# getaddrinfo's "no such name" answers (EAI_AGAIN, a DNS server not answering, is an
-# outage and stays retried).
-_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-
-
-def unusable_host(exc: BaseException) -> str | None:
-    """Why a connection failure says the address setting is wrong, not that the API is
-    out (None: it may be an outage). A host name that does not exist, a TLS certificate
-    that is not the host's, or https spoken to a plain-http port never heal by waiting."""
-    for cause in _causes(exc):
-        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
-            return "its host name does not resolve"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return "its TLS certificate is not valid for that host"
-        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in (
-                "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"):
-            return "it does not speak TLS there (http, not https?)"
-    return None
-
-
-def connection_refused(exc: BaseException) -> bool:
-    return any(isinstance(c, ConnectionRefusedError) for c in _causes(exc))
 
 
 def _server_error(exc: RetryableError) -> bool:

@@ -131,3 +131,15 @@ def test_any_stored_json_loads_and_renders(base, replaced, nested):
     render_text(report)
     render_html(report)
     assert json.loads(render_json(report))["run_id"] == report.run_id
+
+
+def test_no_key_reaches_a_report_even_when_an_issue_or_a_url_quotes_it(tmp_path):
+    settings = make_settings(tmp_path)
+    key = settings.segment_write_key.get_secret_value()
+    mgmt = settings.moesif_management_api_key.get_secret_value()
+    settings = make_settings(tmp_path, segment_host=f"http://127.0.0.1:9/{key}")
+    builder = ReportBuilder("r-1", "full", "m1", settings)
+    builder.issue("users", "u1", "REJECTED", f"Segment answered 400: bad key {key} / {mgmt}")
+    text = json.dumps(builder.finish(Status.PARTIAL, None).to_dict())
+    assert key not in text and mgmt not in text
+    assert "Segment answered 400: bad key" in text

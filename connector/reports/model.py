@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connector.common.redaction import redact
 from connector.common.timeutil import to_iso, utcnow
 from connector.errors import IssueCode
 from connector.mapping import Coverage
@@ -319,9 +320,12 @@ class ReportBuilder:
         self.issue_counts: dict[str, int] = {}
         self.phases: dict[str, float] = dict.fromkeys(PHASE_NAMES, 0.0)
         self.samples: list[dict[str, Any]] = []
+        # A report is kept on disk and shown to people: no key goes into it, even one an
+        # issue's detail quotes (an API's answer echoing it, a key pasted into a URL).
+        self._secrets = settings.secrets()
         self.settings: dict[str, Any] = {
-            "moesif_api_url": settings.moesif_api_url,
-            "segment_host": settings.segment_host,
+            "moesif_api_url": redact(settings.moesif_api_url, self._secrets),
+            "segment_host": redact(settings.segment_host, self._secrets),
             "page_size": settings.moesif_page_size,
             "lookback_seconds": settings.moesif_lookback_seconds,
             "group_calls": settings.sync_send_group_calls,
@@ -333,6 +337,8 @@ class ReportBuilder:
         code = str(code)
         self.issue_counts[code] = self.issue_counts.get(code, 0) + 1
         if len(self.issues) < MAX_STORED_ISSUES:
+            if self._secrets:
+                detail = redact(detail, self._secrets)
             item: dict[str, Any] = {"entity": entity, "id": record_id, "code": code,
                                     "detail": detail}
             if attempts is not None:

@@ -236,10 +236,14 @@ def test_segment_unusable_url_is_never_retried():
     assert exit_code_for(err.value) == ExitCode.CONFIGURATION
 
 
-def test_segment_connection_refused_is_retried():
+def test_segment_connection_refused_is_retried_then_names_the_host():
+    # Retried first; refused on every attempt by an address that never answered in this
+    # run, it is SEGMENT_HOST to fix (tests/test_segment_sink_hosts.py: after an answer,
+    # the same refusals are an outage, DestinationUnavailable).
     sink = sink_for(f"http://127.0.0.1:{free_port()}", max_retries=2, max_failed_batches=1)
-    with pytest.raises(DestinationUnavailable):
+    with pytest.raises(EndpointError) as err:
         sink.send(one_message(sink))
+    assert "SEGMENT_HOST" in str(err.value) and "2 retries" in str(err.value)
 
 
 def test_segment_uniform_refusal_is_the_mappings_fault_and_cheap(segment):
@@ -451,3 +455,10 @@ def test_any_refused_subset_is_isolated_or_called_uniform(sync_sandbox, case):
     assert result.delivered == {f"m-{i}" for i in range(n)} - set(result.failed)
     depth = max(1, math.ceil(math.log2(n)) + 1)
     assert sandbox.stats()["requests"] <= 6 + len(bad) * depth * 2  # bounded, never 2n
+
+
+@pytest.mark.parametrize("policy", [SEGMENT_POLICY, MANAGEMENT_POLICY, COLLECTOR_POLICY])
+def test_a_header_no_request_can_carry_is_a_config_error_naming_the_key(policy):
+    verdict = policy.judge_exception(requests.exceptions.InvalidHeader("bad\nvalue"), "/p")
+    assert verdict.action is Action.CONFIG
+    assert policy.key_setting in verdict.message and "bad" not in verdict.message

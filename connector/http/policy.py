@@ -104,6 +104,10 @@ COMMON_EXCEPTIONS: tuple[tuple[type[BaseException], Rule], ...] = (
     (requests.exceptions.MissingSchema, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
     (requests.exceptions.InvalidSchema, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
     (requests.exceptions.InvalidURL, Rule(Action.CONFIG, BAD_URL_TEMPLATE)),
+    # A header value no HTTP request can carry (a key with a line break): never heals.
+    (requests.exceptions.InvalidHeader, Rule(Action.CONFIG, "{api}: a request header cannot "
+                                                            "be sent as set; check "
+                                                            "{key_setting}")),
     (requests.exceptions.Timeout, Rule(Action.RETRY, "timeout calling {api} on {path} "
                                                      "({error})")),
     (requests.exceptions.ConnectionError, Rule(Action.RETRY, "connection error calling {api} "

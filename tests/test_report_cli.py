@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from connector.reports.cli import report_app
 from connector.reports.store import ReportStore
 from connector.state.store import connect
+from tests.backends import pg_url  # noqa: F401  (fixture)
 
 RUN_1 = "20261122T050000Z-a1b2c3"
 RUN_2 = "20261122T051500Z-d4e5f6"
@@ -264,3 +265,11 @@ def test_bad_settings_exit_2(reports, monkeypatch):
     result = invoke("list")
     assert result.exit_code == 2
     assert "REPORT_KEEP_RUNS" in result.stderr
+
+
+def test_an_empty_postgresql_state_is_named_not_the_home(home, monkeypatch, pg_url):  # noqa: F811
+    monkeypatch.setenv("STATE_URL", pg_url)
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    assert "no runs recorded yet in postgresql://" in result.stdout
+    assert str(home) not in result.stdout

@@ -35,7 +35,7 @@ from connector.reports.render import (
 )
 from connector.reports.store import AmbiguousRunId, ReportStore
 from connector.settings import ConfigError, Settings, load_settings
-from connector.state.store import check_home, connect_state
+from connector.state.store import check_home, connect_state, state_location
 
 report_app = typer.Typer(help="Inspect the mapping reports of past runs.",
                          no_args_is_help=True, add_completion=False)
@@ -76,7 +76,7 @@ def _open_store() -> Iterator[tuple[Settings, ReportStore | None]]:
 def _load(store: ReportStore | None, settings: Settings, run_id: str) -> RunReport:
     """A finished (or interrupted) run's report, or one line on stderr and its exit code."""
     if store is None:
-        _fail(f"no runs recorded yet (no state file at {settings.state_path})")
+        _fail(f"no runs recorded yet (no state at {state_location(settings)})")
     try:
         report = store.get(run_id)
     except AmbiguousRunId as exc:
@@ -127,7 +127,7 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1,
     if holder is not None:
         typer.echo(holder)
     if not runs:
-        typer.echo(f"no runs recorded yet in {settings.connector_home}")
+        typer.echo(f"no runs recorded yet in {state_location(settings)}")
         return
     extra = sorted({e for run in runs for e in run.entities} - set(MAIN_ENTITIES))
     console = _stdout_console()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,17 @@ MANAGEMENT_KEY = "test-mgmt-key-7f3a9c2e1b"
 WRITE_KEY = "test-write-key-5d8e2f1a6c"
 APP_ID = "test-app-id-9b4c7e2d0a"
 ALL_KEYS = (MANAGEMENT_KEY, WRITE_KEY, APP_ID)
+
+
+@pytest.fixture(autouse=True)
+def _no_command_log_handler_left() -> Iterator[None]:
+    """A command run in-process (CliRunner) puts the connector's log handler on the root
+    logger, writing to a stream the runner closes afterwards: one left behind turns every
+    later log line of the session into a '--- Logging error ---' traceback on stderr."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
+        root.removeHandler(handler)
 
 
 def make_settings(home: Path, **overrides) -> Settings:

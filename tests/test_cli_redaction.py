@@ -94,6 +94,6 @@ def test_a_failed_sync_with_json_logs_writes_only_json_on_stderr(tmp_path):
         root = logging.getLogger()
         for handler in [h for h in root.handlers if getattr(h, "_connector_handler", False)]:
             root.removeHandler(handler)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # nothing listens at MOESIF_API_URL: the setting
     lines = [json.loads(line) for line in result.stderr.splitlines()]  # a plain line fails
     assert lines[-1]["level"] == "ERROR" and lines[-1]["msg"].startswith("error: ")

@@ -209,3 +209,35 @@ def test_a_header_ahead_of_the_file_is_not_truncation_while_a_wal_is_beside_it(t
     wal.unlink()
     with pytest.raises(ConfigError, match="truncated"):
         check_state_file(path)
+
+
+def test_processes_opening_a_new_state_file_at_once_all_get_it(tmp_path: Path) -> None:
+    """A scheduler and a forwarder started together on a fresh home: SQLite answers the
+    second switch to WAL with 'database is locked' at once (no busy wait). Seen about
+    once in 150 opens before connect() retried it; here 600 opens, 6 at a time."""
+    import threading
+
+    from connector.state.store import connect
+
+    errors: list[str] = []
+    for attempt in range(100):
+        path = tmp_path / f"home-{attempt}" / "state.sqlite3"
+        barrier = threading.Barrier(6)
+
+        def open_it(path: Path = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                conn = connect(path)
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                conn.close()
+                if mode != "wal":
+                    errors.append(f"journal mode {mode}")
+            except sqlite3.Error as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []

@@ -17,6 +17,7 @@ import errno
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,24 @@ def check_state_file(path: Path) -> None:
         raise _damaged(path, f"truncated: {size:,} bytes")
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while the file is locked: when two processes
+    open a new state file at once (a scheduler and a forwarder started together), SQLite
+    answers the second one's switch with "database is locked" at once, without waiting
+    in its busy handler."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # another connection is switching the same file: a moment
+        pause = min(pause * 2, 0.2)
+
+
 def connect(path: Path | str, *, timeout: float = 30.0) -> sqlite3.Connection:
     """Open the state file in WAL mode with settings that survive a SIGKILL.
 
@@ -129,7 +148,7 @@ def connect(path: Path | str, *, timeout: float = 30.0) -> sqlite3.Connection:
         conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None,
                                check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, timeout)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")

@@ -71,3 +71,28 @@ def test_a_second_signal_exits_at_once_with_128_plus_the_signal():
     finally:
         proc.kill()
         proc.wait()
+
+
+BUSY_SCRIPT = textwrap.dedent("""
+    import hashlib, threading
+    from connector.ops.signals import stop_on_signals
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        print("ready", flush=True)
+        # Minutes in one C call that releases the GIL but never returns to Python: the
+        # main thread cannot run a signal handler until it ends.
+        hashlib.pbkdf2_hmac("sha256", b"x", b"y", 2_000_000_000)
+""")
+
+
+def test_a_second_signal_exits_even_while_the_main_thread_cannot_run_handlers():
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT], stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=PROJECT))
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()

@@ -55,8 +55,69 @@ def stop_on_signals(stop: threading.Event,
         yield handler
         return
     previous = {sig: signal.signal(sig, handler.handle) for sig in STOP_SIGNALS}
+    watchdog = _SecondSignalWatchdog()
     try:
         yield handler
     finally:
+        watchdog.close()
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _SecondSignalWatchdog:
+    """Makes "a second signal exits at once" hold whatever the main thread is doing.
+
+    Python runs a signal's handler in the main thread, between bytecodes. A signal that
+    arrives just before the main thread blocks in a lock wait (`join()`, `Event.wait`)
+    is only handled when that wait ends: minutes, for a long cleanup. The interpreter
+    also writes every signal's number to the wakeup fd, from C, at once: this thread
+    reads it, and exits on the second stop signal itself (the main thread's handler,
+    when it does run first, exits the same way).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        try:
+            self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # not the main thread of the main interpreter
+            self._previous = None
+            self._close_pipe()
+            return
+        self._thread = threading.Thread(target=self._watch, name="second-signal",
+                                        daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        seen = 0
+        while True:
+            try:
+                data = os.read(self._read, 64)
+            except OSError:
+                return
+            if not data:  # closed: the `with` block is over
+                return
+            for number in data:
+                if number in STOP_SIGNALS:
+                    seen += 1
+                    if seen >= 2:
+                        os._exit(128 + number)
+
+    def close(self) -> None:
+        if self._previous is None:
+            return
+        signal.set_wakeup_fd(self._previous)
+        self._previous = None
+        # The write end first: the thread's read then ends (EOF). The read end is closed
+        # only once the thread is gone, so it never reads a reused descriptor.
+        with contextlib.suppress(OSError):
+            os.close(self._write)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            with contextlib.suppress(OSError):
+                os.close(self._read)
+
+    def _close_pipe(self) -> None:
+        for fd in (self._write, self._read):
+            with contextlib.suppress(OSError):
+                os.close(fd)

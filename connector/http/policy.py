@@ -31,7 +31,6 @@ import requests
 from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
-    ConfigError,
     EndpointError,
     FailureKind,
     RefusedError,
@@ -83,12 +82,16 @@ ErrorFactory = Callable[[Verdict], Exception]
 DEFAULT_ERRORS: dict[Action, ErrorFactory] = {
     Action.RETRY: lambda v: RetryableError(v.message, v.status, v.retry_after),
     Action.REFUSE: lambda v: RefusedError(v.message, v.status, v.excerpt),
-    Action.CONFIG: lambda v: (EndpointError(v.message, v.status) if v.status is not None
-                              else ConfigError(v.message)),
+    # The address (or the mapping) is wrong, whether or not anything answered.
+    Action.CONFIG: lambda v: EndpointError(v.message, v.status),
     Action.AUTH: lambda v: AuthError(v.message, v.status),
 }
 
 RETRY_TEMPLATE = "{api} answered {status} on {path}"
+UNREACHABLE_TEMPLATE = "{api} cannot be reached at {path}: {error}; check {setting}"
+NOTHING_LISTENS_TEMPLATE = ("nothing listens at {path}: the connection was refused on every "
+                            "attempt ({error}) and the address never answered in this run; "
+                            "check {setting}")
 REDIRECT_TEMPLATE = ("{api} answered {status} (a redirect) on {path}: the address is not "
                      "the API's; check {setting}")
 NOT_HERE_TEMPLATE = ("{api} answered {status} on {path}: no such endpoint there, the "
@@ -186,6 +189,25 @@ class HttpPolicy:
         rule = self.rule_for_exception(exc)
         message = self._format(rule.template, path=path, error=short_reason(exc))
         return Verdict(rule.action, message)
+
+    def request_error(self, exc: BaseException, path: str) -> Exception:
+        """What a request that got no answer raises. An address that cannot be right (no
+        such host name, a TLS mismatch) is CONFIG at once, never retried; otherwise the
+        table's row, marked `refused_connection` so that a client which knows the address
+        never answered can tell a wrong port (`nothing_listens`) from an outage."""
+        why = unusable_host(exc)
+        if why is not None:
+            return self.error(Verdict(Action.CONFIG, self._format(
+                UNREACHABLE_TEMPLATE, path=path, error=why)))
+        error = self.error(self.judge_exception(exc, path))
+        error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
+        return error
+
+    def nothing_listens(self, path: str, retries: int) -> Exception:
+        """The CONFIG error for connections refused on every retry by an address that
+        never answered (see `request_error`)."""
+        return self.error(Verdict(Action.CONFIG, self._format(
+            NOTHING_LISTENS_TEMPLATE, path=path, error=f"{retries} retries")))
 
     def error(self, verdict: Verdict) -> Exception:
         """The exception a verdict raises (the client's own classes, by its `errors`)."""

@@ -38,9 +38,7 @@ from connector.http.policy import (
     Action,
     HttpPolicy,
     Rule,
-    connection_refused,
     display_url,
-    unusable_host,
 )
 from connector.http.retry import RETRY_AFTER_CAP, Backoff, build_retrying
 from connector.http.retry import parse_retry_after as _parse_retry_after
@@ -383,14 +381,7 @@ class MoesifManagementClient:
             resp = self.session.request(method, self.base_url + path, timeout=self.timeout,
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            where = self._display(path)
-            why = unusable_host(exc)
-            if why is not None:  # never retried: waiting cannot fix the setting
-                raise MoesifEndpointError(f"Moesif cannot be reached at {where}: {why}; "
-                                          f"check MOESIF_API_URL") from None
-            error = MANAGEMENT_POLICY.error(MANAGEMENT_POLICY.judge_exception(exc, where))
-            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
-            raise error from None
+            raise MANAGEMENT_POLICY.request_error(exc, self._display(path)) from None
         self._answered = True
         return self._handle(resp, path)
 
@@ -418,10 +409,8 @@ class MoesifManagementClient:
             return self._retrying(fn, *args)
         except MoesifRetryableError as exc:
             if not self._answered and getattr(exc, "refused_connection", False):
-                raise MoesifEndpointError(
-                    f"nothing listens at {self._display('')}: the connection was "
-                    f"refused on every attempt ({self.max_retries} retries) and the address "
-                    f"never answered; check MOESIF_API_URL") from None
+                raise MANAGEMENT_POLICY.nothing_listens(self._display(""),
+                                                        self.max_retries) from None
             raise MoesifUnavailable(f"{exc} (gave up after {self.max_retries} retries)",
                                     exc.status) from None
 

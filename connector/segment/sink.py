@@ -47,9 +47,7 @@ from connector.http.policy import (
     Action,
     HttpPolicy,
     Rule,
-    connection_refused,
     display_url,
-    unusable_host,
 )
 from connector.http.retry import Backoff, attempts_made, build_retrying
 
@@ -509,10 +507,7 @@ class SegmentSink:
         if not self._answered and getattr(exc, "refused_connection", False):
             # Not one answer from this address, only refused connections: a setting to
             # fix, not a batch (or records) to mark failed.
-            raise EndpointError(
-                f"nothing listens at {self._where}: the connection was refused "
-                f"on every attempt ({self.max_retries} retries) and the address never "
-                f"answered in this run; check SEGMENT_HOST", None) from None
+            raise SEGMENT_POLICY.nothing_listens(self._where, self.max_retries) from None
         self._failed_streak += 1
         if self._failed_streak >= self.max_failed_batches:
             raise DestinationUnavailable(
@@ -605,12 +600,6 @@ class SegmentSink:
             res = self._session.post(self.url, data=body, headers=headers,
                                      timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            why = unusable_host(exc)
-            if why is not None:  # never retried: waiting cannot fix the setting
-                raise EndpointError(f"Segment cannot be reached at {where}: {why}; check "
-                                    f"SEGMENT_HOST", None) from None
-            error = SEGMENT_POLICY.error(SEGMENT_POLICY.judge_exception(exc, where))
-            error.refused_connection = connection_refused(exc)  # type: ignore[attr-defined]
-            raise error from None
+            raise SEGMENT_POLICY.request_error(exc, where) from None
         self._answered = True
         SEGMENT_POLICY.check(res, where, [key], self.backoff.parse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,15 @@ MANAGEMENT_KEY = "test-mgmt-key-7f3a9c2e1b"
 WRITE_KEY = "test-write-key-5d8e2f1a6c"
 APP_ID = "test-app-id-9b4c7e2d0a"
 ALL_KEYS = (MANAGEMENT_KEY, WRITE_KEY, APP_ID)
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory, request):
+    """A fresh CONNECTOR_HOME on every call: hypothesis runs all its examples in one test
+    function, whose tmp_path they would otherwise share."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    counter = itertools.count()
+    return lambda: root / f"home{next(counter)}"
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,6 @@ batch as before, at the cost of four more requests.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,12 +94,6 @@ def sync_box():
     with sync_sandbox(0, 0) as sb:
         yield sb
 
-
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("segment-poison")
-    counter = itertools.count()
-    return lambda: root / f"home{next(counter)}"
 
 
 def test_a_poison_user_gives_up_and_never_holds_back_the_others(sync_box, homes):

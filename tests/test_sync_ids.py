@@ -8,7 +8,6 @@ the run goes on.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -29,12 +28,6 @@ def sandbox():
     with sync_sandbox(0, 0) as sb:
         yield sb
 
-
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ids")
-    counter = itertools.count()
-    return lambda: root / f"home{next(counter)}"
 
 
 @given(BLANK)

@@ -7,7 +7,6 @@ trimmable now: dropped, largest first, with OVERSIZE_TRIMMED naming what went.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -25,12 +24,6 @@ def sandbox():
     with sync_sandbox(0, 0) as sb:
         yield sb
 
-
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oversize")
-    counter = itertools.count()
-    return lambda: root / f"home{next(counter)}"
 
 
 def wide(keys: int, text: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ a server might, and the Segment sandbox shows what arrived.
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -81,12 +80,6 @@ def sandbox():
     with sync_sandbox(0, 0) as sb:
         yield sb
 
-
-@pytest.fixture(scope="module")
-def homes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("poison")
-    counter = itertools.count()
-    return lambda: root / f"home{next(counter)}"
 
 
 def load(sandbox, target: str | None = None, field: str | None = None, value: Any = None,

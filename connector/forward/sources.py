@@ -387,10 +387,16 @@ class LogTailer:
         start = self._offset
         if self._skipping or size - start > self.max_line_bytes:
             return self._skip_to(start, size)
-        data = os.pread(self._fd, size - start, start)
+        return self._take_tail(start, os.pread(self._fd, size - start, start))
+
+    def _take_tail(self, start: int, data: bytes) -> LineChunk:
+        """The unterminated last line `data` (at byte `start`), taken: reading resumes
+        after it."""
         self._offset = start + len(data)
+        self._scan_from = 0
+        self._refresh_fingerprint()
         return LineChunk(self.source, [data], start, "byte",
-                         (self.key, self._ident, self._offset))
+                         (self.key, self._ident, self._offset))  # type: ignore[arg-type]
 
     def final_tail(self) -> LineChunk | None:
         """At the end of a `once` run: the unterminated last line when `tail_complete`
@@ -417,11 +423,7 @@ class LogTailer:
                         "a complete record yet; left for a later run", self.path, len(data),
                         start)
             return None
-        self._offset = start + len(data)
-        self._scan_from = 0
-        self._refresh_fingerprint()
-        return LineChunk(self.source, [data], start, "byte",
-                         (self.key, self._ident, self._offset))  # type: ignore[arg-type]
+        return self._take_tail(start, data)
 
     def _skip_to(self, start: int, size: int) -> LineChunk:
         """An unterminated over-long last line of a rotated file: skip to its end."""

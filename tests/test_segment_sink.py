@@ -139,3 +139,13 @@ def test_a_400_isolates_the_bad_message(segment):
     assert set(result.failed) == {"x" * 150}
     assert result.failed["x" * 150][0] == "REJECTED"
     assert len(result.delivered) == 6
+
+
+def test_gzipped_batches_are_read_by_the_sandbox_as_sent(segment):
+    sandbox, url = segment
+    sink = make_sink(url, gzip=True, batch_messages=25)
+    messages = [out(sink, i, "ü" * 300) for i in range(60)]
+    result = sink.send(messages)
+    assert result.delivered == {f"m-{i}" for i in range(60)}
+    assert not result.failed
+    assert sandbox.by_message_id["m-7"]["traits"] == {"p": "ü" * 300}

@@ -16,7 +16,6 @@ messages are plain JSON types (trap 6).
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from segment.analytics.version import VERSION as LIBRARY_VERSION
 from tenacity import RetryCallState, stop_after_attempt
 
 from connector import __version__
+from connector.common.compression import gzip_body
 from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
@@ -591,7 +591,7 @@ class SegmentSink:
                          orjson.dumps(sent_at), b',"writeKey":', orjson.dumps(key), b"}"))
         headers = dict(self._headers)
         if self.gzip:
-            body = gzip.compress(body, compresslevel=1)
+            body = gzip_body(body)
             headers["Content-Encoding"] = "gzip"
         where = self._where
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connector.common.timeutil import parse_timestamp
 from connector.forward.apim import validate_event, validate_event_dict
 from connector.forward.errors import MalformedEvent
 from connector.forward.masking import MASK, MaskConfig
@@ -650,3 +652,46 @@ def test_blank_correlation_ids_are_content_ids(blank: str, times: list[int]) -> 
     ids = {m.process({"requestTimestamp": t, "correlationId": blank}, "response")
            ["transaction_id"] for t in times}
     assert len(ids) == len(times)
+
+
+# --- the response time written from the request's text ---------------------------------
+_INSTANTS = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59))
+
+
+@given(when=_INSTANTS, latency=st.one_of(
+    st.integers(-5, 90_000_000), st.floats(0.001, 5e6, allow_nan=False),
+    st.sampled_from([1, 999, 1000, 59_999, 86_399_999, 86_400_000])))
+def test_response_time_from_text_is_the_datetime_sum(when: datetime, latency: float) -> None:
+    from connector.forward.moesif_event import _iso, _response_time
+
+    text = _iso(when.replace(microsecond=when.microsecond // 1000 * 1000, tzinfo=UTC))
+    parsed = parse_timestamp(text)
+    try:
+        expected = _iso(parsed + timedelta(milliseconds=latency))
+    except OverflowError:
+        with pytest.raises(MalformedEvent):
+            _response_time(parsed, latency, text)
+        return
+    assert _response_time(parsed, latency, text) == expected
+    assert _response_time(parsed, latency) == expected
+
+
+@given(when=_INSTANTS)
+def test_wso2_request_time_reads_as_the_lenient_parser_does(when: datetime) -> None:
+    from connector.forward.apim import _parse_utc, request_time_of
+
+    text = when.strftime("%Y-%m-%dT%H:%M:%S") if when.year >= 1000 else \
+        f"{when.year:04d}" + when.strftime("-%m-%dT%H:%M:%S")
+    text += f".{when.microsecond // 1000:03d}Z"
+    fast = _parse_utc(text)
+    assert fast == parse_timestamp(text) and fast.tzinfo is UTC
+    assert request_time_of(text) == fast
+
+
+@pytest.mark.parametrize("text", ["2026-13-01T00:00:00.000Z", "2026-02-30T00:00:00.000Z",
+                                  "0000-01-01T00:00:00.000Z", "2026-01-01T24:00:00.000Z"])
+def test_an_impossible_wso2_shaped_time_is_still_refused(text: str) -> None:
+    from connector.forward.apim import request_time_of
+
+    with pytest.raises(ValueError, match="requestTimestamp"):
+        request_time_of(text)

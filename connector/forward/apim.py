@@ -17,6 +17,7 @@ Every field of the seed's two tables is declared with the seed's type. Beyond th
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import UnionType
@@ -200,7 +201,18 @@ class _OutOfRange(Exception):
     """A valid timestamp that leaves the datetime range once in UTC."""
 
 
+# What WSO2 writes (`Instant.toString()` at milliseconds): read by `fromisoformat` as it is.
+_WSO2_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
 def _parse_utc(value: str | int | float) -> datetime:
+    if type(value) is str and _WSO2_TIME.fullmatch(value):
+        # UTC already: no offset to apply, no range to leave. An impossible date (month
+        # 13) falls through to the lenient parser, which words the error.
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
     try:
         when = parse_timestamp(value)
     except TimestampOutOfRange:

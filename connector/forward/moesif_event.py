@@ -579,7 +579,7 @@ class EventMapper:
             if latency is _MISSING or not latency:
                 response_time = request["time"]
             else:
-                response_time = _response_time(when, latency)
+                response_time = _response_time(when, latency, time_text)
             moesif["response"] = {
                 "time": response_time,
                 "status": status,
@@ -692,12 +692,33 @@ def _without(data: dict[str, Any], exclude: dict[str, Any]) -> dict[str, Any]:
     return data if out is None else out
 
 
-def _response_time(when: datetime, latency: float) -> str:
+def _response_time(when: datetime, latency: float, text: str | None = None) -> str:
+    """`_iso(when + latency ms)`. With `text`, `when` in `_iso`'s own form (what WSO2
+    writes) and a whole number of milliseconds, the sum is written from the text: a
+    datetime sum and its formatting cost a tenth of an event's mapping."""
+    if text is not None and type(latency) is int and 0 < latency < _LATENCY_FAST_MAX:
+        total = int(text[20:23]) + latency
+        if total < 1000:
+            return f"{text[:20]}{total:03d}Z"
+        try:
+            return f"{_seconds_later(text[:19], total // 1000)}.{total % 1000:03d}Z"
+        except OverflowError:
+            pass  # past year 9999: worded below
     try:
         return _iso(when + timedelta(milliseconds=latency))
     except OverflowError:  # e.g. a request at 9999-12-31: no value in the message
         raise MalformedEvent(BAD_VALUE, "response.time (request time + response.latency_ms) "
                                         "is out of the datetime range") from None
+
+
+# Latencies past a day take the datetime path (and its out-of-range error) below.
+_LATENCY_FAST_MAX = 86_400_000
+
+
+@lru_cache(maxsize=4096)
+def _seconds_later(second: str, seconds: int) -> str:
+    """'YYYY-MM-DDTHH:MM:SS' moved on by `seconds`, in the same form."""
+    return (datetime.fromisoformat(second) + timedelta(seconds=seconds)).isoformat()
 
 
 def _transaction_id(kind: str, key: Any, plain: dict[str, Any], secret: bytes) -> str:

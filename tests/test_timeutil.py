@@ -74,3 +74,33 @@ def test_parse_own_iso_answers_as_the_lenient_parser(value):
             parse_own_iso(value)
         return
     assert parse_own_iso(value) == expected
+
+
+_DIGIT = st.characters(categories=("Nd",))  # any Unicode digit: `\d` matches them all
+
+
+@given(date=st.datetimes(), fraction=st.text(st.sampled_from("0123456789") | _DIGIT,
+                                             max_size=9),
+       zone=st.sampled_from(["", "Z", "z"]), odd=st.lists(st.tuples(st.integers(0, 18),
+                                                                    _DIGIT), max_size=2))
+def test_iso_utc_fast_path_answers_as_the_lenient_parser(date, fraction, zone, odd):
+    """Moesif's shapes take the slicing path; its answer (or its refusal) is the
+    lenient parser's: same text out, or a ValueError from both."""
+    text = list(f"{date.year:04d}" + date.strftime("-%m-%dT%H:%M:%S"))
+    for at, digit in odd:  # an impossible date, or digits from another script
+        if text[at].isdigit():
+            text[at] = digit
+    value = "".join(text) + (f".{fraction}" if fraction else "") + zone
+    try:
+        expected = to_iso(parse_timestamp(value))
+    except ValueError:
+        with pytest.raises(ValueError):
+            iso_utc(value)
+        return
+    assert iso_utc(value) == expected
+    assert expected.isascii()
+
+
+def test_another_scripts_digits_never_reach_the_output():
+    with pytest.raises(ValueError):
+        iso_utc("2026-11-30T12:34:56.\u0663\u0663Z")

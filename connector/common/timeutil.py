@@ -73,7 +73,9 @@ def to_iso(value: datetime) -> str:
             f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z")
 
 
-_COMMON = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]?)")
+# ASCII digits only: `\d` would also pass another script's digits into the output.
+_COMMON = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?[Zz]?", re.ASCII)
+_common = _COMMON.fullmatch
 
 
 def iso_utc(value: object) -> str:
@@ -81,17 +83,17 @@ def iso_utc(value: object) -> str:
 
     The three shapes Moesif writes are all UTC, so they are rewritten by slicing (after
     `fromisoformat` has validated the date and time) instead of a datetime round trip;
-    this runs for every timestamp of every record.
+    this runs for every timestamp of every record, so the match has no groups: the
+    shape fixes where the parts are.
     """
-    if isinstance(value, str):
-        match = _COMMON.fullmatch(value)
-        if match:
-            base, fraction = match.group(1), match.group(2) or ""
-            try:
-                datetime.fromisoformat(base)
-            except ValueError:
-                raise ValueError(f"not a timestamp: {value[:60]!r}") from None
-            return f"{base}.{(fraction + '000')[:3]}Z"
+    if isinstance(value, str) and _common(value):
+        base = value[:19]
+        try:
+            datetime.fromisoformat(base)
+        except ValueError:
+            raise ValueError(f"not a timestamp: {value[:60]!r}") from None
+        fraction = value[20:].rstrip("Zz") if value[19:20] == "." else ""
+        return f"{base}.{(fraction + '000')[:3]}Z"
     return to_iso(parse_timestamp(value))
 
 

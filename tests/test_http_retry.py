@@ -32,7 +32,7 @@ from connector.settings import Settings
     ("86400", RETRY_AFTER_CAP), ("9" * 40, None),  # too many digits to be a delta
     ("Mon, 01 Jan 1990 00:00:00 GMT", RETRY_AFTER_FLOOR),  # in the past
     ("soon", None), ("", None), (None, None), ("   ", None), ("1e3", None), ("nan", None),
-    ("inf", None), ("1_000", None),
+    ("inf", None), ("1_000", None), ("\u0663", None), ("\uff17", None),  # not ASCII digits
 ])
 def test_named_values(value, expected):
     assert parse_retry_after(value) == expected

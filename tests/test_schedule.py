@@ -102,7 +102,8 @@ def test_parse_interval(text, seconds):
     assert parse_interval(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "15x", "1m30", "0", "0m", "-5", "m", "1.5h"])
+@pytest.mark.parametrize("text", ["", "abc", "15x", "1m30", "0", "0m", "-5", "m", "1.5h", "²",
+                                  "\u0663m", "1h\u0663\u0660m"])
 def test_parse_interval_refuses_nonsense(text):
     with pytest.raises(ValueError, match="interval"):
         parse_interval(text)

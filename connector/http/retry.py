@@ -32,7 +32,7 @@ from connector.errors import DestinationUnavailable, RetryableError
 
 RETRY_AFTER_FLOOR = 1.0
 RETRY_AFTER_CAP = 300.0
-_DELTA_SECONDS = re.compile(r"-?\d{1,30}(?:\.\d{0,30})?")
+_DELTA_SECONDS = re.compile(r"-?\d{1,30}(?:\.\d{0,30})?", re.ASCII)
 
 Wait = Callable[[RetryCallState], float]
 

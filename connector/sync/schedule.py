@@ -54,7 +54,7 @@ DEFAULT_INTERVAL = timedelta(minutes=15)
 JOB_ID = "sync"
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_INTERVAL = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_INTERVAL = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 
 RunOnce = Callable[[threading.Event], int]
 
@@ -62,7 +62,7 @@ RunOnce = Callable[[threading.Event], int]
 def parse_interval(text: str | int) -> timedelta:
     """`"15m"`, `"90s"`, `"1h"`, `"1h30m"`, `"2d"` or plain seconds (`"900"`)."""
     raw = str(text).strip().lower()
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():  # not '²' nor another script's digits
         seconds = int(raw)
     else:
         match = _INTERVAL.fullmatch(raw)

@@ -68,8 +68,7 @@ TARGET_RSS_MB = 200.0
 TARGET_INGEST_P99_MS = 5.0
 TARGET_LATENCY_P99_S = 2.0
 
-_REPORT_LINE = re.compile(
-    r"^forward: (?P<counters>.*) backlog=(?P<backlog>\d+) exit=(?P<exit>\d+)$", re.MULTILINE)
+_REPORT_LINE = re.compile(r"backlog=(?P<backlog>\d+) exit=(?P<exit>\d+)$", re.MULTILINE)
 
 
 # --- small helpers -----------------------------------------------------------------------
@@ -107,13 +106,16 @@ def make_mapper() -> Any:
 
 
 def forwarder_report(stderr: str) -> dict[str, int]:
-    """The counters the forwarder prints at exit (`forward: read=... backlog=N exit=C`)."""
+    """The counters the forwarder prints at exit: `forward: read=...` lines, wrapped to 80
+    columns, the last ending in `backlog=N exit=C`."""
     matches = list(_REPORT_LINE.finditer(stderr))
     if not matches:
         return {}
     last = matches[-1]
-    counters = dict(part.split("=", 1) for part in last["counters"].split())
-    out = {name: int(value) for name, value in counters.items()}
+    start = stderr.rfind("forward: read=", 0, last.end())
+    text = " ".join(line.removeprefix("forward: ")
+                    for line in stderr[start:last.start()].splitlines())
+    out = {name: int(value) for name, value in (part.split("=", 1) for part in text.split())}
     out["backlog"] = int(last["backlog"])
     return out
 

@@ -20,6 +20,8 @@ import orjson
 import psutil
 import pytest
 import requests
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.forward.config import resolve_config
 from connector.forward.encoder import EncoderSpec
@@ -30,9 +32,10 @@ from connector.forward.pipeline import (
     EXIT_OK,
     forward_status,
     run_forward,
+    summary_lines,
 )
 from connector.forward.sender import REJECTED_BY_COLLECTOR
-from connector.forward.spool import Spool
+from connector.forward.spool import COUNTER_NAMES, Spool
 from connector.sandbox.apim_log import LogGenerator, LogStats
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
@@ -663,3 +666,17 @@ def test_an_unresolvable_moesif_key_exits_2_naming_the_key(
     config = resolve_config(Settings(_env_file=None, moesif_application_id="from-env",
                                      connector_home=tmp_path / "home"), wso2)
     assert config.application_id.get_secret_value() == "from-env"
+
+
+# --- the exit summary ------------------------------------------------------------------
+@given(values=st.lists(st.integers(0, 10**15), min_size=len(COUNTER_NAMES),
+                       max_size=len(COUNTER_NAMES)),
+       backlog=st.integers(0, 10**12), code=st.sampled_from([0, 1, 2, 130, 143]))
+def test_the_exit_summary_fits_80_columns_and_keeps_every_counter(values, backlog, code):
+    counters = dict(zip(COUNTER_NAMES, values, strict=True))
+    lines = summary_lines(counters, backlog, code)
+    assert all(len(line) <= 80 and line.startswith("forward: ") for line in lines)
+    assert lines[-1].endswith(f" backlog={backlog} exit={code}")
+    words = " ".join(line.removeprefix("forward: ") for line in lines).split()
+    assert words == [f"{n}={v}" for n, v in counters.items()] + [f"backlog={backlog}",
+                                                                 f"exit={code}"]

@@ -455,10 +455,31 @@ def _report(out: Any, code: int, counters: dict[str, int], backlog: int,
         return
     if json_mode() and out is sys.stderr:
         return
-    parts = " ".join(f"{name}={counters[name]}" for name in COUNTER_NAMES)
-    print(f"forward: {parts} backlog={backlog} exit={code}", file=out)
+    for line in summary_lines(counters, backlog, code):
+        print(line, file=out)
     if fatal is not None:
         print(f"forward: stopped by error: {fatal}", file=out)
+
+
+SUMMARY_WIDTH = 80
+
+
+def summary_lines(counters: dict[str, int], backlog: int, code: int) -> list[str]:
+    """`forward: name=value ...` lines that fit 80 columns, `backlog=N exit=C` ending the
+    last one (scripts read the counters from the `forward:` lines up to it)."""
+    prefix = "forward: "
+    words = [f"{name}={counters[name]}" for name in COUNTER_NAMES]
+    words.append(f"backlog={backlog} exit={code}")  # one word: never split apart
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        if current and len(prefix) + len(current) + 1 + len(word) > SUMMARY_WIDTH:
+            lines.append(prefix + current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(prefix + current)
+    return lines
 
 
 def forward_status(settings: Settings) -> dict[str, Any]:

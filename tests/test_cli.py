@@ -60,6 +60,15 @@ def test_missing_key_is_exit_2_naming_the_setting(env):
     assert "SEGMENT_WRITE_KEY" in result.output
 
 
+def test_a_missing_mappings_dir_is_one_error_line_and_no_run(env, tmp_path):
+    result = invoke(["sync", "--no-progress"], dict(env, MAPPINGS_DIR=str(tmp_path / "none")))
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: mapping file "), result.output
+    assert "none" in lines[0] and "fetched" not in result.output
+    assert "no runs recorded yet" in invoke(["report", "list"], env).output
+
+
 def test_schedule_once_runs_one_leased_sync(env):
     result = invoke(["schedule", "--once", "--no-progress"], env)
     assert result.exit_code == 0, result.output

@@ -174,7 +174,8 @@ def sync(
             _progress_callback(progress and log_format is LogFormat.text) as bar:
         outcome = run_sync_locked(settings, mode, stop, bar)
     report = outcome.report
-    log_summary(report, int(outcome.exit_code))
+    if outcome.started:  # a run stopped before it began has only zeros to tell
+        log_summary(report, int(outcome.exit_code))
     if outcome.exit_code == ExitCode.CONFIGURATION and report.error:
         _fail(report.error)  # a person must act: one line, not a report of zeros
     typer.echo(render_summary(report, width=_terminal_width()).rstrip("\n"))

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 class SyncOutcome:
     exit_code: int  # an ExitCode
     report: RunReport
+    started: bool = True  # False: stopped before fetching anything (its counts are zeros)
 
 
 class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, CompanyStage):
@@ -288,7 +289,7 @@ class SyncRun(SourceStage, UserStage, ShapeStage, SampleStage, DeliveryStage, Co
 def failed_outcome(settings: Settings, mode: str, error: str, exit_code: int) -> SyncOutcome:
     """The outcome of a run that could not start: a report that says why."""
     report = Report(new_run_id(), mode, "-", settings).finish(Status.FAILED, error)
-    return SyncOutcome(exit_code, report)
+    return SyncOutcome(exit_code, report, started=False)
 
 
 def _run_to_the_end(run: SyncRun, stop_event: threading.Event,

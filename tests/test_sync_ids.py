@@ -106,3 +106,46 @@ def test_a_user_twice_in_a_page_is_sent_once_in_its_last_version(sandbox, homes,
         assert "Second Version" in names  # the last one of a user's hits is what went
     users = outcome.report["entities"]["users"]
     assert consistent(users), users
+
+
+def duplicate_company_hits(which: list[int], changed: bool):
+    """Rewrite the companies pass's search so a page holds some hits twice (the copy
+    last, with another name when `changed`); look-ups by id are left alone."""
+    def rewrite(path: str, body: Any, payload: Any) -> Any:
+        by_id = "terms" in str(body)
+        if path.endswith("search/companies") and isinstance(payload, dict) and not by_id:
+            hits = payload["hits"]["hits"]
+            for i in which:
+                if i < len(hits):
+                    copy = {**hits[i], "_source": dict(hits[i]["_source"])}
+                    if changed:
+                        copy["_source"]["company_name"] = "Second Version"
+                    hits.append(copy)
+        return payload
+    return rewrite
+
+
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.lists(st.integers(0, 1), min_size=1, max_size=3), changed=st.booleans(),
+       runs=st.integers(1, 2))
+def test_a_company_twice_in_a_page_is_counted_once_and_its_members_sent_once(
+        sandbox, homes, which, changed, runs):
+    load(sandbox)
+    home = homes()
+    if runs == 2:  # a second run: companies are no longer all new
+        assert sync(sandbox, home).exit_code == 0
+        sandbox.dataset.touch_companies(["c_ok", "c_bad"])
+        sandbox.segment.reset()
+    sandbox.moesif.rewrite = duplicate_company_hits(which, changed)
+    try:
+        outcome = sync(sandbox, home)
+    finally:
+        sandbox.moesif.rewrite = None
+    assert outcome.exit_code == 0, outcome.report["error"]
+    groups = [(m["userId"], m["groupId"]) for m in sandbox.segment.messages
+              if m["type"] == "group"]
+    assert len(groups) == len(set(groups)), groups  # no member sent twice
+    companies = outcome.report["entities"]["companies"]
+    assert consistent(companies), companies
+    assert companies["fetched"] == 2

@@ -286,3 +286,89 @@ def test_a_new_stream_whose_subjects_another_holds_is_a_clear_config_error(tmp_p
     text = js(url, scenario)
     assert f"OTHER_{suffix} does not exist" in text
     assert f"use --stream {holder}" in text
+
+
+# --- the pipelined forwarder: a failure or a stop leaves what it did not send unacked ----
+@pytest.fixture
+def published(tmp_path) -> Iterator[tuple[str, str, str, set[str]]]:
+    """A fresh stream holding a generated log's events: (url, stream, durable, txids)."""
+    url = nats_or_skip()
+    suffix = secrets.token_hex(4)
+    stream, subject, durable = f"P_{suffix}", f"p{suffix}.apim.node1", f"d{suffix}"
+    log_path = tmp_path / "apim_metrics.log"
+    LogGenerator(seed=11).write(log_path, 1200)
+    publisher = settings_for(tmp_path / "gw")
+    assert run_nats(publisher, from_log=log_path, to_nats=url, subject=subject, stream=stream,
+                    once=True, out=open(os.devnull, "w")) == 0  # noqa: SIM115
+    expected = expected_txids(publisher, log_path.read_bytes().split(b"\n")[:-1])
+    try:
+        yield url, stream, durable, expected
+    finally:
+        async def drop(_nc: Any, j: Any) -> None:
+            await j.delete_stream(stream)
+        js(url, drop)
+
+
+def _forwarder(tmp_path: Path, url: str, stream: str, durable: str, collector_url: str,
+               **env: str) -> Any:
+    from connector.forward.nats_bridge import NatsForwarder
+
+    settings = Settings(_env_file=None, moesif_application_id=APP_ID,
+                        moesif_collector_url=collector_url, connector_home=tmp_path / "fwd",
+                        forward_batch_events=100, forward_batch_age_seconds=0.2, **env)
+    return NatsForwarder(settings, resolve_config(settings), url, stream, durable, once=True)
+
+
+def test_a_refused_application_id_is_exit_2_and_acks_nothing(tmp_path, published):
+    url, stream, durable, expected = published
+    collector = MoesifCollectorSandbox({"another-application"})
+    with collector.server() as server:
+        forwarder = _forwarder(tmp_path, url, stream, durable, server.url)
+        try:
+            assert forwarder.run() == 2
+        finally:
+            forwarder.close()
+    assert forwarder.delivered == 0 and not collector.events
+    status = _status(url, stream, durable)
+    # Pulled batches stay unacknowledged (redelivered later); nothing left the stream.
+    assert status["pending"] + status["ack_pending"] >= len(expected)
+
+
+def test_a_stop_during_an_outage_acks_only_what_moesif_confirmed(tmp_path, published):
+    url, stream, durable, expected = published
+    collector = MoesifCollectorSandbox({APP_ID})
+    with collector.server() as server:
+        forwarder = _forwarder(tmp_path, url, stream, durable, server.url)
+        collector.outage(True)  # an outage from the first batch on
+        ran: list[int] = []
+        runner = threading.Thread(target=lambda: ran.append(forwarder.run()))
+        runner.start()
+        try:
+            wait_until(lambda: collector.requests >= 2, 30, "the forwarder to retry")
+            forwarder.stop_event.set()
+            runner.join(timeout=60)
+            assert not runner.is_alive() and ran == [0]
+        finally:
+            forwarder.stop_event.set()
+            runner.join(timeout=60)
+            forwarder.close()
+    assert forwarder.delivered == 0
+    status = _status(url, stream, durable)
+    assert status["pending"] + status["ack_pending"] >= len(expected)
+
+
+def test_every_event_is_delivered_once_through_the_pipelined_forwarder(tmp_path, published):
+    url, stream, durable, expected = published
+    collector = MoesifCollectorSandbox({APP_ID})
+    with collector.server() as server:
+        collector.inject_delay(0.2, count=3)  # the sender lags: batches queue behind it
+        forwarder = _forwarder(tmp_path, url, stream, durable, server.url)
+        try:
+            assert forwarder.run() == 0
+        finally:
+            forwarder.close()
+    received = [e["transaction_id"] for e in collector.events]
+    assert sorted(received) == sorted(expected)  # each once, none missing
+    assert forwarder.delivered == len(expected)
+    status = _status(url, stream, durable)
+    assert status["pending"] == 0 and status["ack_pending"] == 0

@@ -3,10 +3,11 @@
 ```
  gateway host                            any host, any number of them
  apim_metrics.log -> LogTailer           forward --from-nats (pull consumer, one durable)
-   -> parse, validate, mask, map           fetch <= FORWARD_BATCH_EVENTS (back-pressure:
-   -> JetStream publish                      nothing more is pulled until they are done)
-      Nats-Msg-Id = transaction_id         -> CollectorClient.post_batch (gzip, retry)
-   -> offset saved after every ack         -> ack on 201 | 400: split, dead-letter, ack
+   -> parse, validate, mask, map           fetch <= FORWARD_BATCH_EVENTS, decode (while the
+   -> JetStream publish                      sender thread posts the batch before; one
+      Nats-Msg-Id = transaction_id           decoded batch at most waits for it)
+   -> offset saved after every ack         -> CollectorClient.post_batch (gzip, retry)
+                                           -> ack on 201 | 400: split, dead-letter, ack
 ```
 
 - Publisher (`forward --from-log ... --to-nats URL --subject apim.analytics.<node>`): the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Coroutine
@@ -281,6 +283,7 @@ class NatsForwarder:
                                       stop_event=self.stop_event, **config.client_options)
         self.source = f"nats:{stream}"
         self.delivered = self.dead_lettered = 0
+        self._counts_lock = threading.Lock()
         self.loop = _Loop()
         self.nc, self.js = _open(self.loop, url, "--from-nats")
         self.sub: Any = None
@@ -300,25 +303,94 @@ class NatsForwarder:
         return await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
 
     def run(self) -> int:
+        """Pull, decode, post, ack. Decoding the next batch overlaps posting the one
+        before (a sender thread; one batch waits between them), so the CPU work and
+        Moesif's round trip are not added up. Every batch pulled is kept ours (in
+        progress) from its decoding to its ack."""
         self.sub = self.loop.run(self._subscribe(), timeout=30)
         age = self.settings.forward_batch_age_seconds
-        while not self.stop_event.is_set():
-            msgs = self._fetch(age)
-            if not msgs:
-                if self.once:
+        handoff: queue.Queue[tuple[list[Any], list[tuple[str, bytes]], Any] | None] = \
+            queue.Queue(maxsize=1)
+        failure: list[BaseException] = []
+        sender = threading.Thread(target=self._send_loop, args=(handoff, failure),
+                                  name="nats-send", daemon=True)
+        sender.start()
+        try:
+            while not self.stop_event.is_set() and not failure:
+                msgs = self._fetch(age)
+                if not msgs:
+                    if self.once:
+                        break
+                    continue
+                beat = self.loop.submit(self._in_progress(msgs))
+                try:
+                    events = self._decode_and_record(msgs)
+                except BaseException:
+                    beat.cancel()
+                    raise
+                if not self._hand_over(handoff, (msgs, events, beat), failure):
+                    beat.cancel()  # not sent: unacknowledged, redelivered after ack_wait
                     break
-                continue
-            try:
-                self._handle(msgs)
-            except DeliveryInterrupted:
-                break  # stopped mid-send: unacknowledged, redelivered to another forwarder
-            except CollectorConfigError as exc:
+        finally:
+            self._hand_over(handoff, None, failure, wait=True)
+            sender.join()
+        for exc in failure:
+            if isinstance(exc, CollectorConfigError):
                 log.error("Moesif refused the configuration: %s", exc)
                 return int(ExitCode.CONFIGURATION)
+            if not isinstance(exc, DeliveryInterrupted):
+                raise exc
         return int(ExitCode.OK)
 
+    def _hand_over(self, handoff: queue.Queue[Any], item: Any, failure: list[BaseException],
+                   wait: bool = False) -> bool:
+        """Queue `item` for the sender; False once the sender stopped (a failure, or a
+        stop while waiting). `wait`: the end marker, which the sender always takes."""
+        while not failure:
+            if self.stop_event.is_set() and not wait:
+                return False
+            try:
+                handoff.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        if wait:
+            with contextlib.suppress(queue.Empty):
+                dropped = handoff.get_nowait()  # the sender stopped: room for the marker
+                if dropped is not None:
+                    dropped[2].cancel()  # unacknowledged: redelivered after ack_wait
+            handoff.put(item)
+        return False
+
+    def _send_loop(self, handoff: queue.Queue[Any], failure: list[BaseException]) -> None:
+        while (item := handoff.get()) is not None:
+            msgs, events, beat = item
+            if failure:
+                beat.cancel()  # left unacknowledged: redelivered after ack_wait
+                continue
+            try:
+                try:
+                    self._send_or_split(events)
+                finally:
+                    beat.cancel()
+                self.loop.run(self._ack(msgs), timeout=30)
+            except BaseException as exc:  # noqa: BLE001 - handed to the pulling thread
+                failure.append(exc)
+
+    def _decode_and_record(self, msgs: list[Any]) -> list[tuple[str, bytes]]:
+        events, dead = self._decode(msgs)
+        # Dead letters are recorded (in this host's state file) before anything is acked.
+        self.spool.append([], None, dead, {"read": len(msgs), "masked": len(events)})
+        self._count(dead_lettered=len(dead))
+        return events
+
+    def _count(self, delivered: int = 0, dead_lettered: int = 0) -> None:
+        with self._counts_lock:  # the pulling and the sending thread both count
+            self.delivered += delivered
+            self.dead_lettered += dead_lettered
+
     def _fetch(self, age: float) -> list[Any]:
-        # Back-pressure: nothing more is pulled until the last batch was settled.
+        # Back-pressure: at most one batch waits for the sender while the next is pulled.
         try:
             return self.loop.run(self.sub.fetch(self.settings.forward_batch_events,
                                                 timeout=max(0.2, age)), timeout=age + 30)
@@ -356,18 +428,6 @@ class NatsForwarder:
             dead.extend(result.dead_letters)
         return events, dead
 
-    def _handle(self, msgs: list[Any]) -> None:
-        events, dead = self._decode(msgs)
-        # Dead letters are recorded (in this host's state file) before anything is acked.
-        self.spool.append([], None, dead, {"read": len(msgs), "masked": len(events)})
-        self.dead_lettered += len(dead)
-        beat = self.loop.submit(self._in_progress(msgs))
-        try:
-            self._send_or_split(events)
-        finally:
-            beat.cancel()
-        self.loop.run(self._ack(msgs), timeout=30)
-
     async def _in_progress(self, msgs: list[Any]) -> None:
         """A long send (Moesif down, retrying): keep the messages ours."""
         every = max(1.0, self.settings.forward_nats_ack_wait_seconds / 3)
@@ -394,14 +454,14 @@ class NatsForwarder:
                                     REJECTED_BY_COLLECTOR, detail,
                                     batch[0][1][:DEAD_LETTER_KEEP_BYTES])
                 self.spool.append([], None, [letter])
-                self.dead_lettered += 1
+                self._count(dead_lettered=1)
                 return
             middle = len(batch) // 2
             self._send_or_split(batch[:middle])
             self._send_or_split(batch[middle:])
             return
         self.spool.bump({"delivered": len(batch)})
-        self.delivered += len(batch)
+        self._count(delivered=len(batch))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -365,8 +365,10 @@ class NatsForwarder:
     def _send_loop(self, handoff: queue.Queue[Any], failure: list[BaseException]) -> None:
         while (item := handoff.get()) is not None:
             msgs, events, beat = item
-            if failure:
-                beat.cancel()  # left unacknowledged: redelivered after ack_wait
+            if failure or self.stop_event.is_set():
+                # Only the batch in hand is finished on a stop; one still waiting is left
+                # unacknowledged, redelivered (to any forwarder) after ack_wait.
+                beat.cancel()
                 continue
             try:
                 try:

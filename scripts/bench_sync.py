@@ -12,7 +12,8 @@ separate process:
   3. a naive baseline sending the same messages: page with `requests`, same mapping,
      segment-analytics-python's Client at its defaults (consumer thread), no diffing, no
      state.
-Prints users/s, messages/s and peak RSS of each, and the ratio to the baseline, and the
+Prints users/s, messages/s, peak RSS and CPU seconds (the run with its map process, and
+the sandbox beside it) of each, and the ratio to the baseline, and the
 Moesif queries per 1,000 users of each connector run, counted by the sandbox (the full sync
 with the 24-hour metrics enrichment on, and again, in a fresh state home, with
 SYNC_USER_METRICS=false; `--skip-metrics-off` leaves that run out). The full sync maps in
@@ -81,12 +82,35 @@ def watch_children(pid: int, peaks: dict[int, float], done: threading.Event) -> 
 
 
 CHILD_PEAKS: dict[int, float] = {}
+SANDBOX_PID: int | None = None
+LAST_CPU: dict[str, float] = {}  # CPU seconds of the last timed child and of the sandbox
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """utime + stime of a process from /proc (0 when it cannot be read)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def cpu_line(seconds: float, what: str) -> str:
+    """Where the CPU went during the last timed child: on 2 cores the sandbox competes."""
+    child, sandbox = LAST_CPU.get("child", 0.0), LAST_CPU.get("sandbox", 0.0)
+    return (f"  CPU: {what} {child:.1f} s, sandbox "
+            f"{sandbox:.1f} s -> {(child + sandbox) / seconds:.2f} of {os.cpu_count()} "
+            f"cores busy")
 
 
 def timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Run a child process; return (seconds, peak RSS in MB, stdout). The peak RSS of its
     own children (sampled) is left in CHILD_PEAKS."""
     CHILD_PEAKS.clear()
+    sandbox0 = _proc_cpu(SANDBOX_PID)
     with tempfile.TemporaryFile("w+") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -96,6 +120,9 @@ def timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]
         watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - t0
+        # wait4's usage counts the child and the children it waited for (the map process).
+        LAST_CPU.update(child=usage.ru_utime + usage.ru_stime,
+                        sandbox=_proc_cpu(SANDBOX_PID) - sandbox0)
         done.set()
         watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -212,6 +239,8 @@ def main() -> None:
 
     print(f"seeding sandbox: {args.users:,} users, {args.companies:,} companies ...")
     sandbox, urls = start_sandbox(args.users, args.companies)
+    global SANDBOX_PID
+    SANDBOX_PID = sandbox.pid
     home = tempfile.mkdtemp(prefix="bench-sync-")
     env = dict(os.environ, MOESIF_API_URL=urls["moesif_api_url"],
                SEGMENT_HOST=urls["segment_host"], MOESIF_MANAGEMENT_API_KEY=MGMT_KEY,
@@ -229,6 +258,7 @@ def main() -> None:
         print(f"connector full sync : {secs:7.2f} s  {ours:9,.0f} users/s  "
               f"{stats.get('received_count', 0) / secs:9,.0f} messages/s  peak RSS {rss:6.1f} MB")
         print(f"  metrics on : {per_1000(queries, args.users)}")
+        print(cpu_line(secs, "run and map process"))
         if CHILD_PEAKS:
             print(f"  map process peak RSS (sampled): {max(CHILD_PEAKS.values()):.1f} MB")
         reset_segment(urls)
@@ -257,6 +287,7 @@ def main() -> None:
             print(f"naive baseline      : {secs3:7.2f} s  {base:9,.0f} users/s  "
                   f"{stats3.get('received_count', 0) / secs3:9,.0f} messages/s  "
                   f"peak RSS {rss3:6.1f} MB")
+            print(cpu_line(secs3, "baseline"))
             print(f"  baseline delivered {stats3.get('received_count', 0):,} of "
                   f"{worker.get('messages', 0):,} messages; the library dropped "
                   f"{worker.get('dropped_queue_full', 0):,} on a full queue, silently")

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.common.headers import header_text_problem
 from connector.common.redaction import remember_secrets, url_secrets
 from connector.errors import ConfigError
 
@@ -151,11 +152,12 @@ class Settings(BaseSettings):
         text = text.strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
             raise ValueError("is wrapped in quotes; set it without them")
-        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
-            raise ValueError("contains a space, line break or control character")
-        if not text.isascii():
-            raise ValueError("contains non-ASCII characters (a typographic quote?)")
-        return text or None
+        if not text:
+            return None
+        problem = header_text_problem(text)
+        if problem:
+            raise ValueError(f"contains {problem}")
+        return text
 
     @field_validator("state_url")
     @classmethod
@@ -339,11 +341,11 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"{env_file}: cannot be read ({exc.strerror or exc}); fix its "
                           "permissions or remove it") from None
     except ValidationError as exc:
-        problems = "; ".join(
+        reasons = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: "
             f"{plain_bound(e['msg'].removeprefix('Value error, '))}" for e in exc.errors()
         )
-        raise ConfigError(f"invalid setting(s): {problems}") from None
+        raise ConfigError(f"invalid setting(s): {reasons}") from None
     remember_secrets(settings.secrets())  # so a command's last line is scrubbed of them
     ENV_FILE_PROBLEMS[:] = sorted(set(problems))
     return settings

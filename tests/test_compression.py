@@ -32,3 +32,12 @@ def test_the_same_body_gzips_to_the_same_bytes() -> None:
 def test_a_level_isal_does_not_have_is_refused(level: int) -> None:
     with pytest.raises(ValueError, match="gzip level must be 0-3"):
         gzip_body(b"x", level)
+
+
+def test_the_collector_client_refuses_a_level_when_built_not_per_batch() -> None:
+    from pydantic import SecretStr
+
+    from connector.moesif.collector import CollectorClient
+
+    with pytest.raises(ValueError, match="gzip level must be 0-3"):
+        CollectorClient("http://127.0.0.1:9", SecretStr("app-id"), compresslevel=6)

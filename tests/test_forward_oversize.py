@@ -22,11 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.errors import DeadLetterCode
-from connector.forward.encoder import MOESIF_MAX_EVENT_BYTES, EventEncoder
+from connector.forward.encoder import EventEncoder
 from connector.forward.errors import MalformedEvent
 from connector.forward.masking import MaskConfig
 from connector.forward.pipeline import run_forward
-from connector.moesif.collector import MAX_EVENT_BYTES
+from connector.moesif.limits import MAX_EVENT_BYTES
 from connector.sandbox.moesif_collector import MoesifCollectorSandbox
 from connector.settings import Settings
 
@@ -49,10 +49,6 @@ def collector() -> Iterator[tuple[MoesifCollectorSandbox, str]]:
     app = MoesifCollectorSandbox({APP_ID})
     with app.server() as server:
         yield app, server.url
-
-
-def test_the_limit_is_the_collectors() -> None:
-    assert MOESIF_MAX_EVENT_BYTES == MAX_EVENT_BYTES
 
 
 def test_an_oversize_event_in_the_log_is_dead_lettered_and_the_rest_delivered(
@@ -90,4 +86,4 @@ def test_no_encoded_event_is_over_the_limit(size: int) -> None:
         assert exc.reason_code == DeadLetterCode.EVENT_TOO_LARGE.value
         assert "Collector" in exc.detail
     else:
-        assert len(body) <= MOESIF_MAX_EVENT_BYTES
+        assert len(body) <= MAX_EVENT_BYTES

@@ -28,10 +28,14 @@ def url_secrets(url: str | None) -> list[str]:
         return []
     for chunk in parts.query.split("&"):
         name, _, value = chunk.partition("=")
-        if unquote(name).strip().lower() in _URL_SECRET_PARAMS and value:
+        if _secret_param(name) and value:
             raw.append(value)
     found = {form for value in raw for form in (value, unquote(value)) if form}
     return sorted(found, key=len, reverse=True)
+
+
+def _secret_param(name: str) -> bool:
+    return unquote(name).strip().lower() in _URL_SECRET_PARAMS
 
 
 def redact_url(url: str) -> str:
@@ -47,8 +51,7 @@ def redact_url(url: str) -> str:
     except ValueError:
         return REDACTED
     query = "&".join(
-        f"{chunk.partition('=')[0]}={REDACTED}"
-        if unquote(chunk.partition("=")[0]).strip().lower() in _URL_SECRET_PARAMS
+        f"{chunk.partition('=')[0]}={REDACTED}" if _secret_param(chunk.partition("=")[0])
         else chunk for chunk in parts.query.split("&")) if parts.query else ""
     return parts._replace(netloc=netloc, query=query).geturl()
 

@@ -18,13 +18,10 @@ from connector.errors import DeadLetterCode
 from connector.forward.config import ForwardConfig
 from connector.forward.errors import MalformedEvent
 from connector.forward.masking import MaskConfig, Masker
+from connector.moesif.limits import MAX_EVENT_BYTES
 
 # What a dead letter keeps of a masked event (the spool clips it further).
 DEAD_LETTER_KEEP_BYTES = 8192
-# The Collector's documented limit per event (connector.moesif.collector.MAX_EVENT_BYTES;
-# not imported: parse workers do not load the HTTP client). An event over it is refused
-# here, never spooled to be refused by Moesif (or dropped unseen) later.
-MOESIF_MAX_EVENT_BYTES = 1_000_000
 
 
 
@@ -98,10 +95,11 @@ class EventEncoder:
             # The type only: an exception's text may quote the (unmasked) value.
             raise MalformedEvent(DeadLetterCode.BAD_VALUE,
                                  f"the event cannot be mapped ({type(exc).__name__})") from None
-        if len(body) > MOESIF_MAX_EVENT_BYTES:
+        # Refused here, never spooled to be refused by Moesif (or dropped unseen) later.
+        if len(body) > MAX_EVENT_BYTES:
             raise MalformedEvent(DeadLetterCode.EVENT_TOO_LARGE,
                                  f"the Moesif event would be {len(body)} bytes, over the "
-                                 f"Collector's limit of {MOESIF_MAX_EVENT_BYTES} bytes per event")
+                                 f"Collector's limit of {MAX_EVENT_BYTES} bytes per event")
         return event["transaction_id"], body
 
     def kept(self, event: Any, line: bytes | None = None) -> bytes:

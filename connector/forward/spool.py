@@ -211,13 +211,17 @@ class Spool:
         if offset_update is not None:
             self._save_offset(conn, offset_update, now)
         if dead_letters:
-            conn.executemany(
-                "INSERT INTO dead_letters (source, position, reason_code, detail, raw, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [_dead_letter_row(d, now) for d in dead_letters])
-            self._prune_dead_letters(conn)
+            self._add_dead_letters(conn, dead_letters, now)
         self._bump(conn, counters)
         return seqs
+
+    def _add_dead_letters(self, conn: sqlite3.Connection, letters: Sequence[DeadLetter],
+                          now: float) -> None:
+        conn.executemany(
+            "INSERT INTO dead_letters (source, position, reason_code, detail, raw, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [_dead_letter_row(d, now) for d in letters])
+        self._prune_dead_letters(conn)
 
     def _prune_dead_letters(self, conn: sqlite3.Connection) -> None:
         """Keep at most `max_dead_letters`: the oldest go (in the inserting transaction)."""
@@ -287,11 +291,7 @@ class Spool:
                 ).fetchall()
                 letters = [DeadLetter(source, f"transaction_id={txid} seq={seq}", reason,
                                       detail, body) for seq, txid, body in rows]
-                conn.executemany(
-                    "INSERT INTO dead_letters (source, position, reason_code, detail, raw, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [_dead_letter_row(d, now) for d in letters])
-                self._prune_dead_letters(conn)
+                self._add_dead_letters(conn, letters, now)
                 removed, size = self._delete(conn, seq_list)
                 self._bump(conn, {"dead_lettered": removed})
             self._depth -= removed

@@ -33,7 +33,7 @@ from tenacity import RetryCallState
 
 from connector import __version__
 from connector.common import jsonutil
-from connector.common.compression import DEFAULT_LEVEL, gzip_body
+from connector.common.compression import DEFAULT_LEVEL, check_level, gzip_body
 from connector.common.redaction import redact
 from connector.errors import (
     AuthError,
@@ -58,9 +58,6 @@ log = logging.getLogger(__name__)
 
 BATCH_PATH = "/v1/events/batch"
 CONFIG_PATH = "/v1/config"
-# Documented Collector limits (compressed or not).
-MAX_EVENT_BYTES = 1_000_000
-MAX_BATCH_BYTES = 50_000_000
 # ISA-L's level 1 (connector.common.compression): as small as zlib's level 1, 4x faster.
 DEFAULT_COMPRESSLEVEL = DEFAULT_LEVEL
 # A server may ask for any Retry-After; past this we would rather probe again.
@@ -209,8 +206,7 @@ class CollectorClient:
         self.retry_after_max = retry_after_max
         self.stop_event = stop_event
         self.on_retry = on_retry
-        gzip_body(b"", compresslevel)  # a level out of range is refused here, not per batch
-        self.compresslevel = compresslevel
+        self.compresslevel = check_level(compresslevel)  # refused here, not per batch
         # One Retrying for the client's life: tenacity keeps per-call state thread-local,
         # and so do we for what differs per call (attempt limit, stop event).
         self._call = threading.local()

@@ -22,6 +22,7 @@ from tenacity import RetryCallState
 
 from connector import __version__
 from connector.common import jsonutil
+from connector.common.headers import header_text_problem
 from connector.common.redaction import redact
 from connector.common.timeutil import parse_timestamp, to_iso
 from connector.errors import (
@@ -297,20 +298,6 @@ def _sort_key(sort: Any) -> str:
         return repr(sort)
 
 
-def _header_problem(key: str) -> str | None:
-    """What in a key keeps it out of an `Authorization: Bearer` header (None: nothing).
-    Names the kind of character, never the key."""
-    if not key:
-        return "no characters"
-    if not key.isascii():
-        return "non-ASCII characters"
-    if any(c.isspace() for c in key):
-        return "spaces or line breaks"
-    if not key.isprintable():
-        return "control characters"
-    return None
-
-
 class MoesifManagementClient:
     def __init__(
         self,
@@ -337,7 +324,7 @@ class MoesifManagementClient:
         # retried, never a UnicodeEncodeError from deep in http.client).
         # Spaces around it are a copy-and-paste accident, not part of a key.
         key = api_key.get_secret_value().strip()
-        self._key_problem = _header_problem(key)
+        self._key_problem = header_text_problem(key)
         self.session.headers.update({
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",

@@ -155,16 +155,30 @@ def test_log_to_jetstream_survives_a_nats_restart(own_nats, tmp_path):
     assert js(own_nats.url, ids) == every  # none lost, none twice
 
 
-def test_two_forwarders_share_a_consumer_one_killed_mid_batch(tmp_path):
-    url = nats_or_skip()
+def publish_log(tmp_path: Path, url: str, records: int, seed: int
+                ) -> tuple[str, str, str, Settings, set[str]]:
+    """A generated log published to a fresh stream: (stream, subject, durable, the
+    publisher's settings, the transaction ids of its valid events)."""
     suffix = secrets.token_hex(4)
     stream, subject, durable = f"T_{suffix}", f"t{suffix}.apim.node1", f"d{suffix}"
     log_path = tmp_path / "apim_metrics.log"
-    LogGenerator(seed=5).write(log_path, 3000)
+    LogGenerator(seed=seed).write(log_path, records)
     publisher = settings_for(tmp_path / "gw")
     assert run_nats(publisher, from_log=log_path, to_nats=url, subject=subject, stream=stream,
                     once=True, out=open(os.devnull, "w")) == 0  # noqa: SIM115
     expected = expected_txids(publisher, log_path.read_bytes().split(b"\n")[:-1])
+    return stream, subject, durable, publisher, expected
+
+
+def drop_stream(url: str, stream: str) -> None:
+    async def drop(_nc: Any, j: Any) -> None:
+        await j.delete_stream(stream)
+    js(url, drop)
+
+
+def test_two_forwarders_share_a_consumer_one_killed_mid_batch(tmp_path):
+    url = nats_or_skip()
+    stream, subject, durable, publisher, expected = publish_log(tmp_path, url, 3000, seed=5)
     # Other producers: raw log lines and event maps, and a poison message.
     extra = tmp_path / "extra.log"
     LogGenerator(seed=6).write(extra, 40)
@@ -186,9 +200,7 @@ def test_two_forwarders_share_a_consumer_one_killed_mid_batch(tmp_path):
             _run_two_forwarders(tmp_path, url, stream, durable, server.url, collector,
                                 expected, others)
     finally:
-        async def drop(_nc: Any, j: Any) -> None:
-            await j.delete_stream(stream)
-        js(url, drop)
+        drop_stream(url, stream)
 
 
 def _run_two_forwarders(tmp_path: Path, url: str, stream: str, durable: str,
@@ -293,20 +305,11 @@ def test_a_new_stream_whose_subjects_another_holds_is_a_clear_config_error(tmp_p
 def published(tmp_path) -> Iterator[tuple[str, str, str, set[str]]]:
     """A fresh stream holding a generated log's events: (url, stream, durable, txids)."""
     url = nats_or_skip()
-    suffix = secrets.token_hex(4)
-    stream, subject, durable = f"P_{suffix}", f"p{suffix}.apim.node1", f"d{suffix}"
-    log_path = tmp_path / "apim_metrics.log"
-    LogGenerator(seed=11).write(log_path, 1200)
-    publisher = settings_for(tmp_path / "gw")
-    assert run_nats(publisher, from_log=log_path, to_nats=url, subject=subject, stream=stream,
-                    once=True, out=open(os.devnull, "w")) == 0  # noqa: SIM115
-    expected = expected_txids(publisher, log_path.read_bytes().split(b"\n")[:-1])
+    stream, _, durable, _, expected = publish_log(tmp_path, url, 1200, seed=11)
     try:
         yield url, stream, durable, expected
     finally:
-        async def drop(_nc: Any, j: Any) -> None:
-            await j.delete_stream(stream)
-        js(url, drop)
+        drop_stream(url, stream)
 
 
 def _forwarder(tmp_path: Path, url: str, stream: str, durable: str, collector_url: str,

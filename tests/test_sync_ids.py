@@ -64,19 +64,24 @@ def test_a_blank_company_id_is_sent_without_a_company(sandbox, homes, value):
     assert ("u_bad", IssueCode.BAD_VALUE) in issues
 
 
-def duplicate_hits(which: list[int], changed: bool):
-    """Rewrite the users search so the page holds some of its hits twice (the copy last,
-    with another name when `changed`)."""
+def duplicate_hits(which: list[int], changed: bool, entity: str = "users"):
+    """Rewrite the `entity` pass's search so a page holds some of its hits twice (the
+    copy last, with another name when `changed`); look-ups by id are left alone."""
+    name_field = "name" if entity == "users" else "company_name"
+
     def rewrite(path: str, body: Any, payload: Any) -> Any:
-        if path.endswith("search/users") and isinstance(payload, dict):
+        by_id = "terms" in str(body)
+        if path.endswith(f"search/{entity}") and isinstance(payload, dict) and not by_id:
             hits = payload["hits"]["hits"]
             for i in which:
                 if i < len(hits):
                     copy = {**hits[i], "_source": dict(hits[i]["_source"])}
                     if changed:
-                        copy["_source"]["name"] = "Second Version"
+                        copy["_source"][name_field] = "Second Version"
                     hits.append(copy)
+                    rewrite.copies += 1  # type: ignore[attr-defined]
         return payload
+    rewrite.copies = 0  # type: ignore[attr-defined]
     return rewrite
 
 
@@ -92,12 +97,13 @@ def consistent(counts: dict[str, int]) -> bool:
 def test_a_user_twice_in_a_page_is_sent_once_in_its_last_version(sandbox, homes, which,
                                                                   changed):
     load(sandbox)
-    sandbox.moesif.rewrite = duplicate_hits(which, changed)
+    sandbox.moesif.rewrite = rewrite = duplicate_hits(which, changed)
     try:
         outcome = sync(sandbox, homes())
     finally:
         sandbox.moesif.rewrite = None
     assert outcome.exit_code == 0, outcome.report["error"]
+    assert rewrite.copies > 0  # the page did hold a user twice
     identifies = [m for m in sandbox.segment.messages if m["type"] == "identify"]
     ids = [m["userId"] for m in identifies]
     assert sorted(ids) == sorted(set(ids)) == sorted({*HEALTHY_USERS, "u_bad"})
@@ -106,23 +112,6 @@ def test_a_user_twice_in_a_page_is_sent_once_in_its_last_version(sandbox, homes,
         assert "Second Version" in names  # the last one of a user's hits is what went
     users = outcome.report["entities"]["users"]
     assert consistent(users), users
-
-
-def duplicate_company_hits(which: list[int], changed: bool):
-    """Rewrite the companies pass's search so a page holds some hits twice (the copy
-    last, with another name when `changed`); look-ups by id are left alone."""
-    def rewrite(path: str, body: Any, payload: Any) -> Any:
-        by_id = "terms" in str(body)
-        if path.endswith("search/companies") and isinstance(payload, dict) and not by_id:
-            hits = payload["hits"]["hits"]
-            for i in which:
-                if i < len(hits):
-                    copy = {**hits[i], "_source": dict(hits[i]["_source"])}
-                    if changed:
-                        copy["_source"]["company_name"] = "Second Version"
-                    hits.append(copy)
-        return payload
-    return rewrite
 
 
 @settings(max_examples=4, deadline=None,
@@ -137,12 +126,13 @@ def test_a_company_twice_in_a_page_is_counted_once_and_its_members_sent_once(
         assert sync(sandbox, home).exit_code == 0
         sandbox.dataset.touch_companies(["c_ok", "c_bad"])
         sandbox.segment.reset()
-    sandbox.moesif.rewrite = duplicate_company_hits(which, changed)
+    sandbox.moesif.rewrite = rewrite = duplicate_hits(which, changed, "companies")
     try:
         outcome = sync(sandbox, home)
     finally:
         sandbox.moesif.rewrite = None
     assert outcome.exit_code == 0, outcome.report["error"]
+    assert rewrite.copies > 0  # the page did hold a company twice
     groups = [(m["userId"], m["groupId"]) for m in sandbox.segment.messages
               if m["type"] == "group"]
     assert len(groups) == len(set(groups)), groups  # no member sent twice

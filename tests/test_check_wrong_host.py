@@ -69,9 +69,12 @@ def test_moesif_and_collector_checks_fail_on_a_wrong_host(web_server, tmp_path, 
     settings = make_settings(tmp_path, moesif_api_url=f"{web_server}/{answer}",
                              moesif_collector_url=f"{web_server}/{answer}",
                              moesif_max_retries=0)
-    for result in (check_moesif(settings), check_collector(settings)):
+    for result, setting in ((check_moesif(settings), "MOESIF_API_URL"),
+                            (check_collector(settings), "MOESIF_COLLECTOR_URL")):
         assert not result.ok, result.detail
         assert_no_keys_in(result.detail)
+        if answer != "503":
+            assert setting in result.detail, result.detail
 
 
 def test_segment_check_names_a_refused_connection(tmp_path):

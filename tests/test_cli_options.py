@@ -44,6 +44,7 @@ def test_an_out_of_range_number_is_a_usage_error(tmp_path, path, option, value):
     result = runner.invoke(app, args, env={"CONNECTOR_HOME": str(tmp_path / "home"),
                                            "COLUMNS": "80"})
     assert result.exit_code == 2, (args, result.output)
+    assert option in result.output, result.output  # refused for this option, not another
     assert "unexpected" not in result.output and "Traceback" not in result.output
 
 

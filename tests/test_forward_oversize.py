@@ -11,6 +11,7 @@ Collector that drops an oversize event without refusing the batch would lose it 
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from connector.errors import DeadLetterCode
@@ -77,13 +78,19 @@ def test_an_oversize_event_in_the_log_is_dead_lettered_and_the_rest_delivered(
 
 
 @settings(max_examples=25, deadline=None)
-@given(size=st.integers(400_000, 1_000_000))
-def test_no_encoded_event_is_over_the_limit(size: int) -> None:
+@given(size=st.integers(1, 1_000_000))
+@example(size=400_000)  # fits
+@example(size=990_000)  # does not
+def test_an_event_is_refused_exactly_when_its_moesif_form_is_over_the_limit(size: int) -> None:
     encoder = EventEncoder(False, MaskConfig())
-    try:
-        _, body = encoder(_event(3, size), None)
-    except MalformedEvent as exc:
-        assert exc.reason_code == DeadLetterCode.EVENT_TOO_LARGE.value
-        assert "Collector" in exc.detail
+    event = _event(3, size)
+    # What the Moesif form weighs, from the mapping itself (no encoder limit involved).
+    weight = len(orjson.dumps(encoder.mapper.process(copy.deepcopy(event), None)))
+    if weight > MAX_EVENT_BYTES:
+        with pytest.raises(MalformedEvent) as refused:
+            encoder(event, None)
+        assert refused.value.reason_code == DeadLetterCode.EVENT_TOO_LARGE.value
+        assert "Collector" in refused.value.detail
     else:
-        assert len(body) <= MAX_EVENT_BYTES
+        _, body = encoder(event, None)
+        assert len(body) == weight <= MAX_EVENT_BYTES

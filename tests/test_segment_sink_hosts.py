@@ -97,13 +97,19 @@ def test_refused_after_the_host_answered_is_an_outage_not_a_configuration_error(
     assert {code for code, _ in result.failed.values()} == {"DELIVERY_FAILED"}
 
 
-def test_a_configuration_error_without_a_status_still_carries_what_was_confirmed():
-    """A ConfigError of any kind (not only EndpointError/AuthError) keeps the partial
-    result, so the run commits what Segment confirmed before it."""
-    sink = make_sink(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(ConfigError) as err:
-        sink.send(messages(sink))
-    assert partial_result(err.value) is not None
+def test_a_configuration_error_still_carries_what_was_confirmed_before_it():
+    """A ConfigError in the middle of a send keeps the partial result, so the run
+    commits what Segment confirmed before it: here the first batch goes through, then
+    every message of the second is refused alike (the mapping's fault)."""
+    sandbox = SegmentSandbox({WRITE_KEY})
+    with sandbox.server() as server:
+        sink = make_sink(server.url, batch_messages=6)
+        sandbox.refuse_users({f"u{i}" for i in range(6, 12)})
+        with pytest.raises(ConfigError) as err:
+            sink.send(messages(sink, 12))
+    partial = partial_result(err.value)
+    assert partial is not None
+    assert partial.delivered == {f"m-{i}" for i in range(6)}
 
 
 def test_a_run_with_nothing_listening_at_segment_host_exits_2_and_the_next_run_sends():
